@@ -1,0 +1,256 @@
+"""Library entry points: play a workload against a server and judge it, without pytest.
+
+>>> from pytest_ctxplat import run_workload
+>>> result = run_workload("http://127.0.0.1:8000", "chat", overrides={"users": 8},
+...                       slo={"ttft_p95_ms": 2000})          # doctest: +SKIP
+>>> result.hit_rates.request, result.verdict.passed          # doctest: +SKIP
+
+The plugin's ``ctxplat_run`` fixture calls the same functions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as _dt
+import threading
+import time
+import zlib
+from collections.abc import Coroutine, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+
+from .driver.runner import RunOptions, Runner
+from .driver.scrape import MetricsSnapshot, scrape, server_delta
+from .errors import SLOViolation
+from .report import stats
+from .report.result import HitRates, RunResult, ServerMetrics, write_json
+from .servers.attach import AttachedServer
+from .servers.base import ServerHandle
+from .slo import SLOSpec, evaluate, parse_slo
+from .workload.spec import WorkloadSpec, load_workload
+
+__all__ = ["arun_workload", "run_sync", "run_workload"]
+
+T = TypeVar("T")
+_GAUGES = ("vllm:kv_cache_usage_perc", "vllm:num_requests_running", "vllm:num_requests_waiting")
+
+
+def run_sync(coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro`` to completion from sync code, also when called inside a running
+    event loop (an ``async def`` test): then it runs in a worker thread's own loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = asyncio.run(coro)
+        except BaseException as exc:  # re-raised in the caller's thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, name="ctxplat-run", daemon=True)
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]  # type: ignore[no-any-return]
+
+
+def run_workload(server: str | ServerHandle, workload: str | WorkloadSpec, **kwargs: Any
+                 ) -> RunResult:
+    """Synchronous :func:`arun_workload`."""
+    return run_sync(arun_workload(server, workload, **kwargs))
+
+
+async def _probe_model(client: httpx.AsyncClient, url: str) -> str | None:
+    try:
+        resp = await client.get(url + "/v1/models", timeout=10.0)
+        data = resp.json()["data"]
+        return str(data[0]["id"]) if data else None
+    except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError):
+        return None
+
+
+def _block_size(snap: MetricsSnapshot | None) -> int | None:
+    if snap is None:
+        return None
+    for key in snap.with_prefix("vllm:cache_config_info"):
+        if "block_size=" in key:
+            try:
+                return int(key.split("block_size=")[1].split(",")[0].rstrip("}"))
+            except ValueError:
+                return None
+    return None
+
+
+async def _poll_gauges(client: httpx.AsyncClient, url: str, runner: Runner,
+                       peaks: dict[str, float], timeline: list[dict[str, float]],
+                       every_s: float) -> None:
+    while True:
+        await asyncio.sleep(every_s)
+        snap = await scrape(client, url)
+        point = {"t": runner.now(), "in_flight": float(runner.in_flight),
+                 "requests_done": float(sum(1 for r in runner.records if r.end_s is not None))}
+        if snap is not None:
+            for g in _GAUGES:
+                v = snap.get(g)
+                peaks[g] = max(peaks.get(g, 0.0), v)
+                point[g.split(":", 1)[1]] = v
+            point["prefix_cache_hits"] = snap.get("vllm:prefix_cache_hits_total")
+            point["prefix_cache_queries"] = snap.get("vllm:prefix_cache_queries_total")
+        timeline.append(point)
+
+
+async def arun_workload(
+    server: str | ServerHandle,
+    workload: str | WorkloadSpec,
+    *,
+    overrides: Mapping[str, Any] | None = None,
+    slo: SLOSpec | Mapping[str, Any] | None = None,
+    seed: int = 0,
+    token_salt: int | None = None,
+    model: str | None = None,
+    name: str = "run",
+    results_dir: str | Path | None = None,
+    reset_cache: bool = True,
+    check: bool = False,
+    scrape_every_s: float = 1.0,
+    extra_body: Mapping[str, Any] | None = None,
+) -> RunResult:
+    """Play ``workload`` against ``server``, measure, judge against ``slo``.
+
+    The result is written to ``results_dir`` (when given) before it is judged, and also
+    when the run is interrupted, so measurements are never lost. With ``check=True`` a
+    breached SLO raises :class:`~pytest_ctxplat.errors.SLOViolation`.
+    """
+    from .driver.http import ClientLimits, StreamClient
+
+    handle: ServerHandle = AttachedServer(server) if isinstance(server, str) else server
+    spec = workload if isinstance(workload, WorkloadSpec) else load_workload(
+        workload, overrides)
+    if isinstance(workload, WorkloadSpec) and overrides:
+        import dataclasses
+
+        spec = dataclasses.replace(workload, **overrides)
+    slo_spec = slo if isinstance(slo, SLOSpec) or slo is None else parse_slo(slo, name)
+    url = handle.url
+    started_at = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    wall0 = time.perf_counter()
+    peaks: dict[str, float] = {}
+    timeline: list[dict[str, float]] = []
+    notes: dict[str, str] = {}
+    async with httpx.AsyncClient(headers=handle.headers()) as control:
+        model = model or handle.info.model or await _probe_model(control, url) or "default"
+        if reset_cache:
+            with contextlib.suppress(httpx.HTTPError):
+                resp = await control.post(url + "/reset_prefix_cache", timeout=30.0)
+                if resp.status_code >= 400:
+                    notes["reset_prefix_cache"] = f"HTTP {resp.status_code}"
+        before = await scrape(control, url)
+        server_bs = _block_size(before) or 1
+        options = RunOptions(model=model, seed=seed,
+                             token_salt=zlib.crc32(name.encode()) if token_salt is None else token_salt,
+                             server_block_size=server_bs, extra_body=dict(extra_body or {}))
+        limits = ClientLimits(max_connections=0)
+        interrupted = False
+        async with StreamClient(url, limits=limits, headers=handle.headers()) as client:
+            runner = Runner(spec, client, options)
+            poller = asyncio.create_task(
+                _poll_gauges(control, url, runner, peaks, timeline, scrape_every_s))
+            try:
+                await runner.run()
+            except (asyncio.CancelledError, KeyboardInterrupt):
+                interrupted = True
+                raise
+            finally:
+                poller.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await poller
+                after = await _final_scrape(control, url) if not interrupted else None
+                result = _build(name, handle, spec, seed, started_at, wall0, runner, before,
+                                after, peaks, timeline, slo_spec, notes, interrupted,
+                                server_bs)
+                if results_dir is not None:
+                    write_json(result, Path(results_dir))
+    if check and result.verdict is not None and not result.verdict.passed:
+        raise SLOViolation(format_breach(result), result.verdict)
+    return result
+
+
+async def _final_scrape(control: httpx.AsyncClient, url: str) -> MetricsSnapshot | None:
+    try:
+        return await asyncio.wait_for(scrape(control, url), 15.0)
+    except (asyncio.TimeoutError, httpx.HTTPError):
+        return None
+
+
+def _build(name: str, handle: ServerHandle, spec: WorkloadSpec, seed: int, started_at: str,
+           wall0: float, runner: Runner, before: MetricsSnapshot | None,
+           after: MetricsSnapshot | None, peaks: Mapping[str, float],
+           timeline: list[dict[str, float]], slo_spec: SLOSpec | None,
+           notes: Mapping[str, str], interrupted: bool, server_bs: int) -> RunResult:
+    records = tuple(runner.records)
+    wall = time.perf_counter() - wall0
+    summary = stats.summarize(records, wall)
+    delta = server_delta(before, after, peaks) if before is not None and after is not None \
+        else None
+    rates, rate_notes = stats.hit_rates(records, delta)
+    rate_notes.update(notes)
+    good = stats.goodput(records, slo_spec.good_thresholds()) if slo_spec else None
+    observed = stats.observed_metrics(summary, rates, good)
+    missing = {}
+    if not any(r.ok for r in records):
+        missing = {k: "no successful requests" for k, v in observed.items() if v is None}
+    missing.update(rate_notes)
+    verdict = evaluate(slo_spec, observed, missing) if slo_spec is not None else None
+    server_metrics = None
+    if delta is not None:
+        server_metrics = ServerMetrics(prefix_hit_rate=delta.get("prefix_hit_rate"),
+                                       external_hit_rate=delta.get("external_hit_rate"),
+                                       figures={k: v for k, v in delta.items()
+                                                if k not in ("prefix_hit_rate",
+                                                             "external_hit_rate")})
+    target = handle.info.to_dict()
+    target["server_block_size"] = server_bs
+    target["alive_after_run"] = handle.alive()
+    if not handle.alive():
+        target["log_tail"] = handle.log_tail()
+    errors = [f"{r.session_id}#{r.index}: {r.error}" for r in records if r.error][:10]
+    return RunResult(name=name, target=target, workload=spec.describe(), seed=seed,
+                     started_at=started_at, wall_s=wall, metrics=summary,
+                     hit_rates=HitRates(designed=rates["designed"], request=rates["request"],
+                                        server=rates["server"], notes=rate_notes),
+                     server=server_metrics, observed=observed, slo=slo_spec, verdict=verdict,
+                     records=records, timeline=tuple(timeline), interrupted=interrupted,
+                     errors_sample=tuple(errors))
+
+
+def format_breach(result: RunResult) -> str:
+    """The failure message of a breached SLO: the verdict table plus context."""
+    assert result.verdict is not None
+    lines = [f"SLO breached ({len(result.verdict.failed)} of {len(result.verdict.checks)} "
+             f"objectives) for {result.name}", "", result.verdict.table(), "",
+             _context_line(result)]
+    if result.errors_sample:
+        lines += ["first errors:", *("  " + e for e in result.errors_sample[:5])]
+    log_tail = result.target.get("log_tail")
+    if log_tail:
+        lines += ["server log tail:", log_tail]
+    return "\n".join(lines)
+
+
+def _context_line(result: RunResult) -> str:
+    m = result.metrics
+    h = result.hit_rates
+
+    def pct(v: float | None) -> str:
+        return "n/a" if v is None else f"{v:.1%}"
+
+    return (f"{m['requests']} requests ({m['errors']} errors) in {m['duration_s'] or 0:.1f} s "
+            f"against {result.target.get('launcher')} {result.target.get('url')}; hit rate "
+            f"designed {pct(h.designed)} / request {pct(h.request)} / server {pct(h.server)}")

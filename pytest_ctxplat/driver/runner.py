@@ -1,0 +1,171 @@
+"""The session runner: plays a workload's sessions against a streaming client.
+
+Each user is one task that walks its sessions step by step: wait the step's delay, send
+the request, wait for it to finish (closed loop). All times come from the event loop's
+clock, so the runner works in real time and on a virtual clock alike. Bounds
+(``duration_s``, ``max_requests``) stop new requests; requests in flight finish, up to a
+grace period after which they are cancelled and recorded as such.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import orjson
+
+from ..workload.model import DesignedCache, RequestPlan
+from ..workload.spec import WorkloadContext, WorkloadSpec
+from ..workload.tokens import TokenSpace, render_words
+from .records import RequestRecord
+
+__all__ = ["RunOptions", "Runner", "StreamingClient"]
+
+
+class StreamingClient(Protocol):
+    async def stream(
+        self, path: str, body: bytes, record: RequestRecord, now: Callable[[], float]
+    ) -> None: ...
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunOptions:
+    """How requests are rendered and bounded.
+
+    ``token_salt`` changes every token of the run without changing its structure, so a
+    warm cache from an earlier run of the same workload cannot serve hits.
+    """
+
+    model: str
+    seed: int = 0
+    token_salt: int = 0
+    server_block_size: int = 1
+    ignore_eos: bool = True
+    extra_body: Mapping[str, Any] = field(default_factory=dict)
+    grace_s: float = 120.0
+    token_min: int = 100
+    token_max: int = 4096
+
+
+class Runner:
+    """Plays ``workload`` through ``client``; ``records`` fills in as requests complete,
+    so whatever was measured survives an interruption."""
+
+    def __init__(self, workload: WorkloadSpec, client: StreamingClient, options: RunOptions):
+        self.workload = workload
+        self.client = client
+        self.options = options
+        self.records: list[RequestRecord] = []
+        self.in_flight = 0
+        self.started = 0
+        self._tokens = TokenSpace(
+            workload.block_size,
+            seed=options.seed * 1_000_003 + options.token_salt,
+            token_min=options.token_min,
+            token_max=options.token_max,
+        )
+        self._designed = DesignedCache(options.server_block_size)
+        self._stop = asyncio.Event()
+        self._t0 = 0.0
+        self._deadline = math.inf
+        self._path = "/v1/chat/completions" if workload.api == "chat" else "/v1/completions"
+
+    def now(self) -> float:
+        return asyncio.get_running_loop().time() - self._t0
+
+    def stop(self) -> None:
+        """Stop starting new requests (e.g. on an external signal)."""
+        self._stop.set()
+
+    async def run(self) -> list[RequestRecord]:
+        loop = asyncio.get_running_loop()
+        self._t0 = loop.time()
+        wl = self.workload
+        if wl.duration_s is not None:
+            self._deadline = wl.duration_s
+        ctx = WorkloadContext(seed=self.options.seed)
+        tasks = [asyncio.create_task(self._user(u, ctx)) for u in range(wl.users)]
+        try:
+            done, pending = await asyncio.wait(
+                tasks,
+                timeout=None
+                if math.isinf(self._deadline)
+                else self._deadline + self.options.grace_s,
+            )
+            for t in pending:
+                t.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+            for t in done:
+                exc = t.exception()
+                if exc is not None:
+                    raise exc
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        return self.records
+
+    def _may_send(self) -> bool:
+        if self._stop.is_set() or self.now() >= self._deadline:
+            return False
+        cap = self.workload.max_requests
+        return cap is None or self.started < cap
+
+    async def _sleep(self, delay: float) -> bool:
+        """Sleep ``delay`` but not past the deadline or a stop; False if the run is over."""
+        if delay > 0:
+            remaining = self._deadline - self.now()
+            if remaining <= 0:
+                return False
+            stop_wait = asyncio.ensure_future(self._stop.wait())
+            try:
+                await asyncio.wait([stop_wait], timeout=min(delay, remaining))
+            finally:
+                stop_wait.cancel()
+        return self._may_send()
+
+    async def _user(self, user: int, ctx: WorkloadContext) -> None:
+        for session in self.workload.user_sessions(user, ctx):
+            for index, plan in enumerate(session.steps):
+                if not await self._sleep(plan.delay_s):
+                    return
+                await self._send(user, session.session_id, index, plan)
+
+    def body(self, plan: RequestPlan) -> bytes:
+        tokens = self._tokens.tokens(plan.blocks, plan.tail_id, plan.tail_len)
+        payload: dict[str, Any] = {
+            "model": self.options.model,
+            "max_tokens": plan.output_tokens,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "temperature": 0.0,
+        }
+        if self.options.ignore_eos:
+            payload["ignore_eos"] = True
+        if self.workload.api == "chat":
+            payload["messages"] = [{"role": "user", "content": render_words(tokens)}]
+        else:
+            payload["prompt"] = tokens
+        payload.update(self.options.extra_body)
+        return orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY)
+
+    async def _send(self, user: int, session_id: str, index: int, plan: RequestPlan) -> None:
+        self.started += 1
+        body = self.body(plan)
+        record = RequestRecord(
+            session_id=session_id,
+            user=user,
+            index=index,
+            prompt_tokens=plan.prompt_tokens,
+            max_tokens=plan.output_tokens,
+            designed_cached_tokens=self._designed.observe(plan),
+        )
+        self.records.append(record)
+        self.in_flight += 1
+        try:
+            await self.client.stream(self._path, body, record, self.now)
+        finally:
+            self.in_flight -= 1

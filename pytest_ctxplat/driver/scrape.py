@@ -1,0 +1,130 @@
+"""Server-side metrics: scrape Prometheus ``/metrics`` and take deltas over a run.
+
+Parsing uses ``prometheus_client``'s text parser. Samples are summed over labels that
+only identify the server (``model_name``, ``engine``), so one figure per metric remains;
+the ``source`` / ``transfer_type`` / ``tier`` labels are kept. Old vLLM names
+(``vllm:gpu_prefix_cache_*``) are mapped to the current ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+__all__ = ["MetricsSnapshot", "parse_metrics", "scrape", "server_delta"]
+
+_RENAMES = {
+    "vllm:gpu_prefix_cache_queries_total": "vllm:prefix_cache_queries_total",
+    "vllm:gpu_prefix_cache_hits_total": "vllm:prefix_cache_hits_total",
+    "vllm:gpu_cache_usage_perc": "vllm:kv_cache_usage_perc",
+}
+_KEPT_LABELS = ("source", "transfer_type", "tier", "block_size")
+
+
+@dataclass(frozen=True)
+class MetricsSnapshot:
+    """Sample name (with kept labels, e.g. ``name{source=x}``) -> value."""
+
+    values: Mapping[str, float] = field(default_factory=dict)
+
+    def get(self, name: str, default: float = 0.0) -> float:
+        return self.values.get(name, default)
+
+    def has(self, name: str) -> bool:
+        return name in self.values
+
+    def with_prefix(self, prefix: str) -> dict[str, float]:
+        return {k: v for k, v in self.values.items() if k.startswith(prefix)}
+
+
+def parse_metrics(text: str) -> MetricsSnapshot:
+    values: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            name = _RENAMES.get(sample.name, sample.name)
+            kept = [f"{k}={sample.labels[k]}" for k in _KEPT_LABELS if k in sample.labels]
+            key = f"{name}{{{','.join(kept)}}}" if kept else name
+            values[key] = values.get(key, 0.0) + float(sample.value)
+    return MetricsSnapshot(values)
+
+
+async def scrape(client: httpx.AsyncClient, base_url: str) -> MetricsSnapshot | None:
+    """GET ``/metrics``; None when the server has none (404, connection error, bad text)."""
+    try:
+        resp = await client.get(base_url.rstrip("/") + "/metrics", timeout=10.0)
+    except httpx.HTTPError:
+        return None
+    if resp.status_code != 200:
+        return None
+    try:
+        return parse_metrics(resp.text)
+    except ValueError:
+        return None
+
+
+def _rate(hits: float, queries: float) -> float | None:
+    return hits / queries if queries > 0 else None
+
+
+def server_delta(
+    before: MetricsSnapshot, after: MetricsSnapshot, peaks: Mapping[str, float] | None = None
+) -> dict[str, Any]:
+    """Figures of one run from two snapshots: counters as deltas, gauges as peaks."""
+
+    def d(name: str) -> float:
+        return after.get(name) - before.get(name)
+
+    q = d("vllm:prefix_cache_queries_total")
+    h = d("vllm:prefix_cache_hits_total")
+    eq = d("vllm:external_prefix_cache_queries_total")
+    eh = d("vllm:external_prefix_cache_hits_total")
+    out: dict[str, Any] = {
+        "prefix_cache_queries": q,
+        "prefix_cache_hits": h,
+        "prefix_hit_rate": _rate(h, q),
+        "external_prefix_cache_queries": eq,
+        "external_prefix_cache_hits": eh,
+        "external_hit_rate": _rate(eh, eq),
+        "prompt_tokens": d("vllm:prompt_tokens_total"),
+        "generation_tokens": d("vllm:generation_tokens_total"),
+        "prompt_tokens_cached": d("vllm:prompt_tokens_cached_total"),
+        "preemptions": d("vllm:num_preemptions_total"),
+    }
+    if q <= 0 and not after.has("vllm:prefix_cache_queries_total"):
+        out["note"] = "server exposes no vllm:prefix_cache_queries metric"
+    by_source = {
+        k.split("source=")[1].rstrip("}"): after.get(k) - before.get(k)
+        for k in after.values
+        if k.startswith("vllm:prompt_tokens_by_source_total{")
+    }
+    if by_source:
+        out["prompt_tokens_by_source"] = by_source
+    offload = {
+        k.split("transfer_type=")[1].rstrip("}"): after.get(k) - before.get(k)
+        for k in after.values
+        if k.startswith("vllm:kv_offload_total_bytes_total{")
+    }
+    if offload:
+        out["kv_offload_bytes"] = offload
+    tiers = {
+        k: after.get(k) - before.get(k)
+        for k in after.values
+        if k.startswith("ctxplat_sim:")
+        and k.endswith("_total")
+        or ("ctxplat_sim:" in k and "_total{" in k)
+    }
+    if tiers:
+        out["sim_counters"] = tiers
+    peaks = dict(peaks or {})
+    for gauge in (
+        "vllm:kv_cache_usage_perc",
+        "vllm:num_requests_running",
+        "vllm:num_requests_waiting",
+    ):
+        short = gauge.split(":", 1)[1] + "_max"
+        out[short] = max(peaks.get(gauge, 0.0), after.get(gauge), before.get(gauge))
+    return out

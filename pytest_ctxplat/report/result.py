@@ -1,0 +1,129 @@
+"""Run results: frozen dataclasses with ``to_dict()``, written as one JSON file per run.
+
+The JSON carries ``schema_version``, the plugin version, machine, server description,
+seed and time next to the figures, so a result file is understandable on its own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import platform
+import re
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from ..driver.records import RequestRecord
+from ..slo import SLOSpec, Verdict
+
+__all__ = ["SCHEMA_VERSION", "RunResult", "machine_info", "result_path", "write_json"]
+
+SCHEMA_VERSION = 1
+
+
+def machine_info() -> dict[str, Any]:
+    return {
+        "platform": platform.platform(),
+        "python": sys.version.split()[0],
+        "cpu_count": os.cpu_count(),
+        "machine": platform.machine(),
+    }
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class HitRates:
+    """The three hit rates side by side (fractions of prompt tokens)."""
+
+    designed: float | None
+    request: float | None
+    server: float | None
+    notes: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"designed": self.designed, "request": self.request, "server": self.server,
+                "notes": dict(self.notes)}
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ServerMetrics:
+    """Server-side figures of one run from ``/metrics`` deltas (None: not available)."""
+
+    prefix_hit_rate: float | None = None
+    external_hit_rate: float | None = None
+    figures: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"prefix_hit_rate": self.prefix_hit_rate,
+                "external_hit_rate": self.external_hit_rate, **dict(self.figures)}
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RunResult:
+    """Everything measured in one run of a workload against one server."""
+
+    name: str
+    target: Mapping[str, Any]
+    workload: Mapping[str, Any]
+    seed: int
+    started_at: str
+    wall_s: float
+    metrics: Mapping[str, Any]
+    hit_rates: HitRates
+    server: ServerMetrics | None
+    observed: Mapping[str, float | None]
+    slo: SLOSpec | None = None
+    verdict: Verdict | None = None
+    records: tuple[RequestRecord, ...] = ()
+    timeline: tuple[Mapping[str, float], ...] = ()
+    interrupted: bool = False
+    errors_sample: tuple[str, ...] = ()
+
+    @property
+    def passed(self) -> bool:
+        return self.verdict is None or self.verdict.passed
+
+    def to_dict(self, *, records: bool = True) -> dict[str, Any]:
+        from .. import __version__
+
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "plugin_version": __version__,
+            "name": self.name,
+            "started_at": self.started_at,
+            "wall_s": self.wall_s,
+            "machine": machine_info(),
+            "seed": self.seed,
+            "target": dict(self.target),
+            "workload": dict(self.workload),
+            "slo": self.slo.to_dict() if self.slo else None,
+            "verdict": self.verdict.to_dict() if self.verdict else None,
+            "interrupted": self.interrupted,
+            "metrics": dict(self.metrics),
+            "hit_rates": self.hit_rates.to_dict(),
+            "server": self.server.to_dict() if self.server else None,
+            "observed": dict(self.observed),
+            "errors_sample": list(self.errors_sample),
+            "timeline": [dict(t) for t in self.timeline],
+            "records": [r.to_dict() for r in self.records] if records else None,
+        }
+
+
+def result_path(results_dir: Path, name: str) -> Path:
+    """A file name for ``name`` (a test node id, say) that is safe on every filesystem."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_")[:180] or "run"
+    return results_dir / f"{safe}.json"
+
+
+def write_json(result: RunResult, results_dir: Path) -> Path:
+    """Write ``result`` atomically; returns the path."""
+    results_dir.mkdir(parents=True, exist_ok=True)
+    path = result_path(results_dir, result.name)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_bytes(orjson.dumps(result.to_dict(), option=orjson.OPT_INDENT_2
+                                 | orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS))
+    tmp.replace(path)
+    return path

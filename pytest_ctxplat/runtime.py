@@ -1,0 +1,106 @@
+"""The pytest side of running a workload: starting the session's server and running one
+test's workload. Kept out of ``plugin.py`` so the plugin stays thin and cheap to import;
+the work itself is done by the library (:mod:`pytest_ctxplat.api`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import warnings
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from .api import arun_workload, format_breach
+from .errors import ConfigError, ServerError, SLOViolation
+from .servers.attach import AttachedServer
+from .servers.base import ServerHandle
+from .servers.sim import start_sim
+from .workload.spec import coerce_fields, load_workload
+
+if TYPE_CHECKING:
+    from .plugin import Settings
+    from .report.result import RunResult
+
+DEFAULT_WORKLOAD = "chat"
+
+
+def start_server(config: pytest.Config, s: Settings) -> ServerHandle:
+    """Start or attach to the session's server: hook implementations first, then the
+    built-in ``sim`` and ``url`` launchers."""
+    handle = config.pluginmanager.hook.pytest_ctxplat_start_server(config=config, name=s.server)
+    if handle is not None:
+        return handle  # type: ignore[no-any-return]
+    if s.server == "url":
+        assert s.url is not None
+        if os.environ.get("PYTEST_XDIST_WORKER"):
+            warnings.warn(
+                "ctxplat: several xdist workers share one server at --ctxplat-url; their "
+                "loads overlap and /metrics deltas mix. Run SLO tests without -n.",
+                pytest.PytestWarning, stacklevel=1)
+        try:
+            return AttachedServer(s.url, api_key_env=s.api_key_env, model=s.model)
+        except ConfigError as exc:
+            raise pytest.UsageError(str(exc)) from None
+    return start_sim({"speedup": s.sim_speedup, "seed": s.seed},
+                     log_dir=s.results / "logs", profile="sim")
+
+
+def _properties(result: RunResult) -> list[tuple[str, Any]]:
+    m = result.metrics
+    o = result.observed
+    props: dict[str, Any] = {
+        "server": f"{result.target.get('launcher')}:{result.target.get('profile')}",
+        "requests": m["requests"],
+        "errors": m["errors"],
+        "ttft_p50_ms": o.get("ttft_ms.p50"),
+        "ttft_p95_ms": o.get("ttft_ms.p95"),
+        "ttft_p99_ms": o.get("ttft_ms.p99"),
+        "itl_p99_ms": o.get("itl_ms.p99"),
+        "e2e_p95_ms": o.get("e2e_ms.p95"),
+        "decode_tps_p10": o.get("decode_tps.p10"),
+        "decode_tps_p50": o.get("decode_tps.p50"),
+        "output_tokens_per_s": m.get("output_tokens_per_s"),
+        "hit_rate_designed": result.hit_rates.designed,
+        "hit_rate_request": result.hit_rates.request,
+        "hit_rate_server": result.hit_rates.server,
+        "slo_passed": None if result.verdict is None else result.verdict.passed,
+    }
+    return [(f"ctxplat.{k}", _round(v)) for k, v in props.items()]
+
+
+def _round(v: Any) -> Any:
+    return round(v, 4) if isinstance(v, float) else v
+
+
+async def run_item(item: pytest.Item, server: ServerHandle, workload: str | None,
+                   check: bool, overrides: dict[str, Any]) -> RunResult:
+    __tracebackhide__ = True
+    from .plugin import item_key, settings_key
+
+    config = item.config
+    s = config.stash[settings_key]
+    spec = item.stash.get(item_key, None)
+    marker_wl = spec.workload if spec else None
+    try:
+        if workload is not None:
+            wl = load_workload(workload, overrides, extra_dirs=s.workload_dirs
+                               + [config.rootpath / "workloads"], where=item.nodeid)
+        elif marker_wl is not None:
+            wl = dataclasses.replace(marker_wl, **coerce_fields(
+                type(marker_wl), overrides, item.nodeid)) if overrides else marker_wl
+        else:
+            wl = load_workload(DEFAULT_WORKLOAD, overrides, where=item.nodeid)
+    except (ConfigError, TypeError) as exc:
+        raise ConfigError(f"{item.nodeid}: {exc}") from None
+    if not server.alive():
+        raise ServerError(f"the server under test is not running; log tail:\n"
+                          f"{server.log_tail()}")
+    result = await arun_workload(server, wl, slo=spec.slo if spec else None, seed=s.seed,
+                                 model=s.model, name=item.nodeid, results_dir=s.results,
+                                 reset_cache=s.reset_cache, check=False)
+    item.user_properties.extend(_properties(result))
+    config.pluginmanager.hook.pytest_ctxplat_result(config=config, item=item, result=result)
+    if check and result.verdict is not None and not result.verdict.passed:
+        raise SLOViolation(format_breach(result), result.verdict)
+    return result

@@ -1,0 +1,86 @@
+"""Deterministic prompt synthesis: block id -> token ids.
+
+Every request's input is a list of full blocks (ids) plus a partial tail block. The
+tokens of a block depend only on ``(seed, block id, position in block)``, so the same id
+always renders to the same tokens: two prompts that share leading block ids share exactly
+that token prefix, and the server sees the prefix structure the plan designed.
+
+Synthesis is vectorised (one numpy pass over the whole prompt), so a 100k-token prompt
+costs well under a millisecond.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = ["TokenSpace", "render_words"]
+
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+_GOLD = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _mix(x: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
+    """splitmix64 finaliser, vectorised (wrapping uint64 arithmetic)."""
+    x = x ^ (x >> np.uint64(30))
+    x = x * _M1
+    x = x ^ (x >> np.uint64(27))
+    x = x * _M2
+    return x ^ (x >> np.uint64(31))
+
+
+class TokenSpace:
+    """Maps block ids to token ids in ``[token_min, token_max)``.
+
+    ``token_min`` skips the low ids that tokenizers reserve for special tokens; the
+    default range fits any model with a vocabulary of at least 4,096 tokens (the tiny
+    local models included).
+    """
+
+    __slots__ = ("_pos", "block_size", "seed", "span", "token_min")
+
+    def __init__(
+        self, block_size: int, *, seed: int = 0, token_min: int = 100, token_max: int = 4096
+    ) -> None:
+        if block_size <= 0:
+            raise ValueError(f"block_size must be > 0, got {block_size}")
+        if not 0 <= token_min < token_max:
+            raise ValueError(f"need 0 <= token_min < token_max, got {token_min}, {token_max}")
+        self.block_size = block_size
+        self.seed = seed
+        self.token_min = token_min
+        self.span = token_max - token_min
+        with np.errstate(over="ignore"):
+            self._pos = (np.arange(block_size, dtype=np.uint64) + np.uint64(1)) * _GOLD
+
+    def tokens(
+        self, block_ids: Sequence[int] | npt.NDArray[np.int64], tail_id: int = 0, tail_len: int = 0
+    ) -> npt.NDArray[np.int64]:
+        """Token ids of ``block_ids`` (full blocks) followed by the first ``tail_len``
+        tokens of block ``tail_id``."""
+        bs = self.block_size
+        if not 0 <= tail_len < bs:
+            raise ValueError(f"tail_len must be in [0, {bs}), got {tail_len}")
+        ids = np.asarray(block_ids, dtype=np.int64).astype(np.uint64)
+        if tail_len:
+            ids = np.append(ids, np.uint64(tail_id))
+        with np.errstate(over="ignore"):
+            keys = _mix(ids ^ np.uint64(self.seed * 0x632BE59BD9B4E019 & 0xFFFFFFFFFFFFFFFF))
+            grid = _mix(keys[:, None] + self._pos[None, :]).ravel()
+        out = (grid % np.uint64(self.span)).astype(np.int64) + self.token_min
+        if tail_len:
+            out = out[: len(ids) * bs - (bs - tail_len)]
+        return out
+
+
+def render_words(token_ids: npt.NDArray[np.int64]) -> str:
+    """Render token ids as text, one word per token (``"t<id>"`` joined by spaces).
+
+    Used for chat prompts: a word-level tokenizer maps each word back to one token, so
+    block boundaries survive the trip through text. Real tokenizers may merge or split
+    words; the driver checks drift with ``/tokenize`` where the server offers it.
+    """
+    return " ".join(f"t{t}" for t in token_ids.tolist())

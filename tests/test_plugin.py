@@ -1,0 +1,263 @@
+"""Plugin behaviour through pytester: options, markers, usage errors, JSON, JUnit."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from junitparser import JUnitXml, Properties, Property
+
+pytest_plugins = ["pytester"]
+
+FAST = ["--ctxplat-sim-speedup=20", "-p", "no:cacheprovider"]
+
+TINY_TEST = """
+import pytest
+
+@pytest.mark.slo(ttft_p95_ms=5000, cache_hit_rate_min=0.3, error_rate_max=0)
+@pytest.mark.workload("chat", users=2, turns=3, think_time_s=0.05, start_spread_s=0.05,
+                      system_prompt_tokens=512, user_tokens=64, output_tokens=8, block_size=16)
+def test_tiny(ctxplat_run):
+    result = ctxplat_run()
+    assert result.metrics["requests"] == 6
+"""
+
+
+@pytest.fixture(autouse=True)
+def _quiet_asyncio_ini(pytester: pytest.Pytester) -> None:
+    pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
+
+
+def _sim_processes(parent_pid: int) -> list[int]:
+    """Simulator processes started by ``parent_pid`` that are still alive."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmd = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"pytest_ctxplat.sim" in cmd and str(parent_pid).encode() in cmd:
+            found.append(int(entry.name))
+    return found
+
+
+def test_help_lists_options_with_ini_twins(pytester: pytest.Pytester) -> None:
+    result = pytester.runpytest("--help")
+    result.stdout.fnmatch_lines([
+        "*ctxplat*",
+        "*--ctxplat-server=CTXPLAT_SERVER*",
+        "*--ctxplat-url=CTXPLAT_URL*",
+        "*--ctxplat-results=CTXPLAT_RESULTS*",
+        "*--ctxplat-seed=CTXPLAT_SEED*",
+        "*ctxplat_server (string)*",
+        "*ctxplat_results (string)*",
+    ])
+
+
+def test_markers_registered_with_signatures(pytester: pytest.Pytester) -> None:
+    result = pytester.runpytest("--markers")
+    result.stdout.fnmatch_lines([
+        "@pytest.mark.slo(*ttft_p95_ms=None*cache_hit_source=*",
+        "@pytest.mark.workload(name, **overrides)*",
+    ])
+
+
+def test_marker_typo_fails_before_any_server_starts(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("""
+        import pytest
+
+        @pytest.mark.slo(ttft_p95=100)
+        def test_x(ctxplat_run):
+            ctxplat_run()
+    """)
+    start = time.monotonic()
+    result = pytester.runpytest("--ctxplat-results=res")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*test_marker_typo*::test_x: unknown SLO key 'ttft_p95'; "
+                                 "valid keys: *ttft_p95_ms*"])
+    assert not (pytester.path / "res" / "logs").exists()  # no server was started
+    assert time.monotonic() - start < 10
+
+
+@pytest.mark.parametrize(("marker", "match"), [
+    ('workload("chat", userz=3)', "*unknown key 'userz'; valid keys:*users*"),
+    ('workload("nope")', "*unknown workload 'nope'; available: chat*"),
+    ('workload("chat", users="3")', "*users must be an integer*"),
+    ("slo(cache_hit_rate_min=1.5)", "*cache_hit_rate_min is a fraction in [[]0, 1[]]*"),
+    ("slo(ttft_p95_ms=-5)", "*ttft_p95_ms must be >= 0*"),
+])
+def test_bad_markers_are_usage_errors(pytester: pytest.Pytester, marker: str, match: str
+                                      ) -> None:
+    pytester.makepyfile(f"""
+        import pytest
+
+        @pytest.mark.{marker}
+        def test_x(ctxplat_run):
+            ctxplat_run()
+    """)
+    result = pytester.runpytest()
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([match])
+
+
+def test_bad_options_name_valid_values(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("def test_x(): pass")
+    r = pytester.runpytest("--ctxplat-server=gpu")
+    assert r.ret == pytest.ExitCode.USAGE_ERROR
+    r.stderr.fnmatch_lines(["*unknown server 'gpu'; valid: sim, url*"])
+    r = pytester.runpytest("--ctxplat-server=url")
+    r.stderr.fnmatch_lines(["*--ctxplat-server=url needs --ctxplat-url*"])
+    r = pytester.runpytest("--ctxplat-seed=abc")
+    r.stderr.fnmatch_lines(["*--ctxplat-seed: expected a int, got 'abc'*"])
+    r = pytester.runpytest("--ctxplat-url=localhost:8000")
+    r.stderr.fnmatch_lines(["*--ctxplat-url must start with http:// or https://*"])
+
+
+def test_ini_twins_are_read(pytester: pytest.Pytester) -> None:
+    pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n"
+                     "ctxplat_seed = 7\nctxplat_results = out\n")
+    pytester.makepyfile("def test_x(): pass")
+    result = pytester.runpytest()
+    result.stdout.fnmatch_lines(["ctxplat: server=sim seed=7 results=*out reset_cache=True*"])
+
+
+def test_run_writes_json_junit_and_summary(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_tiny=TINY_TEST)
+    result = pytester.runpytest("--ctxplat-results=res", "--junitxml=r.xml", *FAST)
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*ctxplat SLO summary*", "*test_tiny.py::test_tiny*passed*pass*"])
+    files = list((pytester.path / "res").glob("*.json"))
+    assert len(files) == 1
+    data = json.loads(files[0].read_text())
+    assert data["schema_version"] == 1
+    assert data["plugin_version"]
+    assert data["seed"] == 0
+    assert data["target"]["launcher"] == "sim"
+    assert data["slo"]["ttft_p95_ms"] == 5000
+    assert data["verdict"]["passed"] is True
+    assert len(data["records"]) == 6
+    assert data["hit_rates"]["request"] > 0.3
+    xml = JUnitXml.fromfile(str(pytester.path / "r.xml"))
+    cases = [c for suite in xml for c in suite]
+    assert len(cases) == 1
+    props = {p.name: p.value for group in cases[0].iterchildren(Properties)
+             for p in group.iterchildren(Property)}
+    assert float(props["ctxplat.ttft_p95_ms"]) > 0
+    assert 0.3 < float(props["ctxplat.hit_rate_request"]) <= 1
+    assert props["ctxplat.slo_passed"] == "True"
+
+
+def test_breach_fails_with_table_and_keeps_results(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(TINY_TEST.replace("ttft_p95_ms=5000", "ttft_p95_ms=0.0001"))
+    result = pytester.runpytest("--ctxplat-results=res", *FAST)
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines([
+        "*SLOViolation: SLO breached (1 of 3 objectives)*",
+        "*metric*target*observed*margin*result*",
+        "*ttft_p95_ms*<= 0.0001*FAIL*",
+        "*cache_hit_rate_min*>= 0.3*ok*",
+    ])
+    data = json.loads(next((pytester.path / "res").glob("*.json")).read_text())
+    assert data["verdict"]["passed"] is False
+
+
+def test_check_false_returns_result(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(TINY_TEST.replace("ttft_p95_ms=5000", "ttft_p95_ms=0.0001")
+                        .replace("ctxplat_run()", "ctxplat_run(check=False)")
+                        + "    assert not result.verdict.passed\n")
+    pytester.runpytest(*FAST).assert_outcomes(passed=1)
+
+
+def test_async_tests_are_supported(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("""
+        import pytest
+
+        @pytest.mark.asyncio
+        @pytest.mark.workload("chat", users=2, turns=2, think_time_s=0.01, output_tokens=4,
+                              system_prompt_tokens=256, user_tokens=32)
+        async def test_await(ctxplat_run):
+            result = await ctxplat_run.arun()
+            assert result.metrics["ok"] == 4
+
+        @pytest.mark.asyncio
+        @pytest.mark.workload("chat", users=1, turns=2, think_time_s=0.01, output_tokens=4)
+        async def test_sync_call_inside_loop(ctxplat_run):
+            assert ctxplat_run().metrics["ok"] == 2
+    """)
+    pytester.runpytest(*FAST, "-p", "asyncio").assert_outcomes(passed=2)
+
+
+def test_workload_yaml_from_project_dir(pytester: pytest.Pytester) -> None:
+    (pytester.path / "workloads").mkdir()
+    (pytester.path / "workloads" / "mine.yaml").write_text(
+        "kind: chat\nusers: 1\nturns: 2\nthink_time_s: 0.01\noutput_tokens: 4\n")
+    pytester.makepyfile("""
+        import pytest
+
+        @pytest.mark.workload("mine", turns=3)
+        def test_x(ctxplat_run):
+            assert ctxplat_run().metrics["requests"] == 3
+    """)
+    pytester.runpytest(*FAST).assert_outcomes(passed=1)
+
+
+def test_xdist_keeps_figures_in_summary(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_a=TINY_TEST, test_b=TINY_TEST)
+    result = pytester.runpytest_subprocess("-n", "2", "--junitxml=r.xml", *FAST)
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["*ctxplat SLO summary*"])
+    result.stdout.fnmatch_lines(["*test_a.py::test_tiny*pass*"])
+    result.stdout.fnmatch_lines(["*test_b.py::test_tiny*pass*"])
+
+
+def test_no_process_left_after_failure(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(TINY_TEST.replace("== 6", "== 999"))
+    proc = subprocess.Popen([sys.executable, "-m", "pytest", *FAST, "-q"], cwd=pytester.path,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 1, out.decode()
+    assert _sim_processes(proc.pid) == []
+
+
+def test_no_process_left_after_ctrl_c(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("""
+        import pytest
+
+        @pytest.mark.workload("chat", users=2, turns=50, think_time_s=0.2)
+        def test_long(ctxplat_run):
+            ctxplat_run()
+    """)
+    proc = subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider",
+                             "--ctxplat-results=res"], cwd=pytester.path,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 60
+    while not _sim_processes(proc.pid):
+        assert time.monotonic() < deadline and proc.poll() is None, "simulator never started"
+        time.sleep(0.1)
+    time.sleep(2.0)  # let some requests complete
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == pytest.ExitCode.INTERRUPTED, out.decode()
+    time.sleep(0.5)
+    assert _sim_processes(proc.pid) == []
+    # what was measured before the interruption is written
+    data = json.loads(next((pytester.path / "res").glob("*.json")).read_text())
+    assert data["interrupted"] is True
+    assert any(r["end_s"] is not None for r in data["records"])
+
+
+def test_plugin_import_is_cheap() -> None:
+    code = ("import sys, pytest_ctxplat.plugin; "
+            "print(','.join(m for m in ('numpy', 'httpx', 'aiohttp', 'starlette') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert out.stdout.strip() == ""
