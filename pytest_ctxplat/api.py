@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 import httpx
 
-from .driver.runner import RunOptions, Runner
+from .driver.runner import Runner, RunOptions
 from .driver.scrape import MetricsSnapshot, scrape, server_delta
 from .errors import SLOViolation
 from .report import stats
@@ -153,8 +153,8 @@ async def arun_workload(
                     notes["reset_prefix_cache"] = f"HTTP {resp.status_code}"
         before = await scrape(control, url)
         server_bs = _block_size(before) or 1
-        options = RunOptions(model=model, seed=seed,
-                             token_salt=zlib.crc32(name.encode()) if token_salt is None else token_salt,
+        salt = zlib.crc32(name.encode()) if token_salt is None else token_salt
+        options = RunOptions(model=model, seed=seed, token_salt=salt,
                              server_block_size=server_bs, extra_body=dict(extra_body or {}))
         limits = ClientLimits(max_connections=0)
         interrupted = False

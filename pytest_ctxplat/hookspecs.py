@@ -23,12 +23,14 @@ def pytest_ctxplat_start_server(config: pytest.Config, name: str) -> ServerHandl
     ``close()``, or None to let other implementations (and the built-ins) try. The first
     non-None result wins.
     """
+    return None
 
 
 @pytest.hookspec
 def pytest_ctxplat_workload_kinds() -> list[type[Any]]:
     """Return workload kind classes (subclasses of ``WorkloadSpec`` with a ``kind`` name)
     to register before markers are parsed."""
+    return []
 
 
 @pytest.hookspec

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Generator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import pytest
 
@@ -46,7 +46,7 @@ class ItemSpec:
 settings_key = pytest.StashKey[Settings]()
 item_key = pytest.StashKey[ItemSpec]()
 
-_OPTIONS: list[tuple[str, str, str, Any]] = [
+_OPTIONS: list[tuple[str, Literal["string", "bool"], str, Any]] = [
     # (name, ini type, help, default)
     ("server", "string", "Server under test: 'sim' (embedded simulator, default) or 'url' "
      "(attach to --ctxplat-url).", "sim"),
@@ -171,7 +171,7 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     for kinds in config.pluginmanager.hook.pytest_ctxplat_workload_kinds():
         for cls in kinds:
             register_kind(cls)
-    dirs = config.stash[settings_key].workload_dirs + [config.rootpath / "workloads"]
+    dirs = [*config.stash[settings_key].workload_dirs, config.rootpath / "workloads"]
     for item in items:
         slo_m = item.get_closest_marker("slo")
         wl_m = item.get_closest_marker("workload")

@@ -84,8 +84,8 @@ async def run_item(item: pytest.Item, server: ServerHandle, workload: str | None
     marker_wl = spec.workload if spec else None
     try:
         if workload is not None:
-            wl = load_workload(workload, overrides, extra_dirs=s.workload_dirs
-                               + [config.rootpath / "workloads"], where=item.nodeid)
+            dirs = [*s.workload_dirs, config.rootpath / "workloads"]
+            wl = load_workload(workload, overrides, extra_dirs=dirs, where=item.nodeid)
         elif marker_wl is not None:
             wl = dataclasses.replace(marker_wl, **coerce_fields(
                 type(marker_wl), overrides, item.nodeid)) if overrides else marker_wl

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import numpy as np
@@ -50,7 +51,7 @@ def test_chat_sessions_share_system_prefix_and_grow() -> None:
     for s in sessions:
         lengths = [r.prompt_tokens for r in s]
         assert lengths == [1100, 1250, 1400, 1550]
-        for prev, cur in zip(s, s[1:]):
+        for prev, cur in itertools.pairwise(s):
             assert (cur.blocks[: len(prev.blocks)] == prev.blocks).all()
 
 

@@ -37,7 +37,7 @@ class RequestRecord:
     output_tokens: int = 0
     cached_tokens: int | None = None
     usage_prompt_tokens: int | None = None
-    chunk_gaps_s: array = field(default_factory=lambda: array("d"))
+    chunk_gaps_s: array[float] = field(default_factory=lambda: array("d"))
     status: int | None = None
     error: str | None = None
 

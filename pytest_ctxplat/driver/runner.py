@@ -15,6 +15,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import numpy as np
+import numpy.typing as npt
 import orjson
 
 from ..workload.model import DesignedCache, RequestPlan
@@ -22,13 +24,66 @@ from ..workload.spec import WorkloadContext, WorkloadSpec
 from ..workload.tokens import TokenSpace, render_words
 from .records import RequestRecord
 
-__all__ = ["RunOptions", "Runner", "StreamingClient"]
+__all__ = ["HttpSink", "OutgoingRequest", "RequestSink", "RunOptions", "Runner",
+           "StreamingClient"]
 
 
 class StreamingClient(Protocol):
+    """An HTTP streaming client (``driver.http.StreamClient``)."""
+
     async def stream(
         self, path: str, body: bytes, record: RequestRecord, now: Callable[[], float]
     ) -> None: ...
+
+
+class RequestSink(Protocol):
+    """Where the runner sends requests. ``submit`` fills ``record`` like
+    ``StreamClient.stream`` does and never raises except for cancellation. An in-process
+    sink (the simulator on a virtual clock) can read ``request.tokens()`` directly and
+    skip JSON."""
+
+    async def submit(
+        self, request: OutgoingRequest, record: RequestRecord, now: Callable[[], float]
+    ) -> None: ...
+
+
+class OutgoingRequest:
+    """One request as the runner built it: the plan, its token ids, its JSON body.
+    Tokens and body are computed on first use only."""
+
+    __slots__ = ("_body", "_tokens", "path", "plan", "runner")
+
+    def __init__(self, runner: Runner, plan: RequestPlan, path: str) -> None:
+        self.runner = runner
+        self.plan = plan
+        self.path = path
+        self._tokens: npt.NDArray[np.int64] | None = None
+        self._body: bytes | None = None
+
+    def tokens(self) -> npt.NDArray[np.int64]:
+        if self._tokens is None:
+            p = self.plan
+            self._tokens = self.runner.token_space.tokens(p.blocks, p.tail_id, p.tail_len)
+        return self._tokens
+
+    def body(self) -> bytes:
+        if self._body is None:
+            self._body = self.runner.render_body(self.plan, self.tokens())
+        return self._body
+
+
+class HttpSink:
+    """Adapts a :class:`StreamingClient` to :class:`RequestSink`."""
+
+    __slots__ = ("client",)
+
+    def __init__(self, client: StreamingClient) -> None:
+        self.client = client
+
+    async def submit(
+        self, request: OutgoingRequest, record: RequestRecord, now: Callable[[], float]
+    ) -> None:
+        await self.client.stream(request.path, request.body(), record, now)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -54,14 +109,17 @@ class Runner:
     """Plays ``workload`` through ``client``; ``records`` fills in as requests complete,
     so whatever was measured survives an interruption."""
 
-    def __init__(self, workload: WorkloadSpec, client: StreamingClient, options: RunOptions):
+    def __init__(self, workload: WorkloadSpec, sink: RequestSink | StreamingClient,
+                 options: RunOptions):
         self.workload = workload
-        self.client = client
+        self.sink: RequestSink = (
+            HttpSink(sink) if not hasattr(sink, "submit") else sink  # type: ignore[assignment]
+        )
         self.options = options
         self.records: list[RequestRecord] = []
         self.in_flight = 0
         self.started = 0
-        self._tokens = TokenSpace(
+        self.token_space = TokenSpace(
             workload.block_size,
             seed=options.seed * 1_000_003 + options.token_salt,
             token_min=options.token_min,
@@ -134,8 +192,7 @@ class Runner:
                     return
                 await self._send(user, session.session_id, index, plan)
 
-    def body(self, plan: RequestPlan) -> bytes:
-        tokens = self._tokens.tokens(plan.blocks, plan.tail_id, plan.tail_len)
+    def render_body(self, plan: RequestPlan, tokens: npt.NDArray[np.int64]) -> bytes:
         payload: dict[str, Any] = {
             "model": self.options.model,
             "max_tokens": plan.output_tokens,
@@ -154,7 +211,7 @@ class Runner:
 
     async def _send(self, user: int, session_id: str, index: int, plan: RequestPlan) -> None:
         self.started += 1
-        body = self.body(plan)
+        request = OutgoingRequest(self, plan, self._path)
         record = RequestRecord(
             session_id=session_id,
             user=user,
@@ -166,6 +223,6 @@ class Runner:
         self.records.append(record)
         self.in_flight += 1
         try:
-            await self.client.stream(self._path, body, record, self.now)
+            await self.sink.submit(request, record, self.now)
         finally:
             self.in_flight -= 1

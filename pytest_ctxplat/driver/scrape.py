@@ -113,8 +113,8 @@ def server_delta(
     tiers = {
         k: after.get(k) - before.get(k)
         for k in after.values
-        if k.startswith("ctxplat_sim:")
-        and k.endswith("_total")
+        if (k.startswith("ctxplat_sim:")
+        and k.endswith("_total"))
         or ("ctxplat_sim:" in k and "_total{" in k)
     }
     if tiers:

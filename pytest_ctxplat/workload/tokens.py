@@ -29,7 +29,8 @@ def _mix(x: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
     x = x * _M1
     x = x ^ (x >> np.uint64(27))
     x = x * _M2
-    return x ^ (x >> np.uint64(31))
+    out: npt.NDArray[np.uint64] = x ^ (x >> np.uint64(31))
+    return out
 
 
 class TokenSpace:
@@ -70,7 +71,8 @@ class TokenSpace:
         with np.errstate(over="ignore"):
             keys = _mix(ids ^ np.uint64(self.seed * 0x632BE59BD9B4E019 & 0xFFFFFFFFFFFFFFFF))
             grid = _mix(keys[:, None] + self._pos[None, :]).ravel()
-        out = (grid % np.uint64(self.span)).astype(np.int64) + self.token_min
+        out: npt.NDArray[np.int64] = (grid % np.uint64(self.span)).astype(np.int64)
+        out += self.token_min
         if tail_len:
             out = out[: len(ids) * bs - (bs - tail_len)]
         return out

@@ -1,0 +1,211 @@
+"""Run the simulator as an HTTP server: a command line (``python -m pytest_ctxplat.sim``,
+``ctxplat serve-sim``) and an in-process server thread for tests.
+
+``--parent-pid PID`` makes the server exit when that process is gone (checked every
+0.5 s; on Linux, when PID is the real parent, ``PR_SET_PDEATHSIG`` = SIGTERM is set as
+well. Note that the kernel sends it when the parent *thread* that spawned us exits).
+``--ready-file PATH`` receives the bound port, written atomically once listening.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ctypes
+import os
+import signal
+import socket
+import sys
+import threading
+from pathlib import Path
+from types import FrameType
+
+import uvicorn
+
+from pytest_ctxplat.errors import ConfigError
+from pytest_ctxplat.sim.app import create_app
+from pytest_ctxplat.sim.config import SimConfig
+from pytest_ctxplat.sim.engine import Engine
+
+__all__ = ["SimServerHandle", "build_parser", "main", "serve_in_thread"]
+
+_PR_SET_PDEATHSIG = 1
+PARENT_CHECK_S = 0.5
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="ctxplat-sim", description="Simulated vLLM (OpenAI-compatible) server."
+    )
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000, help="0 picks a free port")
+    p.add_argument("--config", metavar="YAML", help="SimConfig settings as a YAML mapping")
+    p.add_argument("--model", help="served model name")
+    p.add_argument("--speedup", type=float)
+    p.add_argument("--block-size", type=int)
+    p.add_argument("--kv-capacity-tokens", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--parent-pid", type=int, metavar="PID", help="exit when PID is gone")
+    p.add_argument("--ready-file", metavar="PATH", help="write the bound port here")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> SimConfig:
+    """The config file (if any) with command-line overrides applied."""
+    config = SimConfig.from_yaml(args.config) if args.config else SimConfig()
+    overrides = {
+        name: getattr(args, name)
+        for name in ("model", "speedup", "block_size", "kv_capacity_tokens", "seed")
+        if getattr(args, name) is not None
+    }
+    if overrides:
+        config = SimConfig.from_mapping({**_as_dict(config), **overrides}, "command line")
+    return config
+
+
+def _as_dict(config: SimConfig) -> dict[str, object]:
+    return {name: getattr(config, name) for name in SimConfig.field_names()}
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.set_inheritable(True)
+    return sock
+
+
+def _uvicorn_server(engine: Engine) -> uvicorn.Server:
+    config = uvicorn.Config(
+        create_app(engine), log_level="warning", access_log=False, lifespan="on",
+        timeout_graceful_shutdown=2,
+    )  # fmt: skip
+    return uvicorn.Server(config)
+
+
+def _write_atomic(path: str, text: str) -> None:
+    target = Path(path)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, target)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie is dead for our purpose
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _set_parent_death_signal(parent_pid: int) -> None:
+    if not sys.platform.startswith("linux") or os.getppid() != parent_pid:
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+
+
+async def _serve(
+    server: uvicorn.Server, sock: socket.socket, ready_file: str | None, parent: int | None
+) -> None:
+    task = asyncio.ensure_future(server.serve(sockets=[sock]))
+    while not server.started and not task.done():
+        await asyncio.sleep(0.01)
+    if server.started and ready_file:
+        _write_atomic(ready_file, f"{sock.getsockname()[1]}\n")
+    while parent is not None and not task.done():
+        if not _pid_alive(parent):
+            server.should_exit = True
+            break
+        await asyncio.sleep(PARENT_CHECK_S)
+    await task
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Serve until SIGTERM/SIGINT (or until ``--parent-pid`` is gone). Returns the exit
+    status (0 on a clean stop, 2 for bad arguments or config)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.parent_pid is not None:
+        _set_parent_death_signal(args.parent_pid)
+        if not _pid_alive(args.parent_pid):
+            return 0
+    try:
+        config = config_from_args(args)
+        sock = _bind(args.host, args.port)
+    except (ConfigError, OSError) as exc:
+        print(f"ctxplat-sim: {exc}", file=sys.stderr)
+        return 2
+    server = _uvicorn_server(Engine(config))
+
+    def on_signal(sig: int, frame: FrameType | None) -> None:
+        # active outside uvicorn's own handlers (and when uvicorn re-raises on exit)
+        server.should_exit = True
+
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, on_signal)
+    with sock:
+        asyncio.run(_serve(server, sock, args.ready_file, args.parent_pid))
+    return 0
+
+
+class SimServerHandle:
+    """A simulator served by uvicorn on a background thread (own event loop)."""
+
+    def __init__(self, config: SimConfig, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.config = config
+        self.engine = Engine(config)
+        self._server = _uvicorn_server(self.engine)
+        self._sock = _bind(host, port)
+        self.host = host
+        self.port: int = self._sock.getsockname()[1]
+        self.url = f"http://{host}:{self.port}"
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="ctxplat-sim", daemon=True)
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._server.serve(sockets=[self._sock]))
+        except BaseException as exc:
+            self._error = exc
+
+    def start(self, timeout: float = 10.0) -> SimServerHandle:
+        self._thread.start()
+        deadline = threading.Event()
+        waited = 0.0
+        while not self._server.started:
+            if not self._thread.is_alive() or waited > timeout:
+                self.close()
+                raise RuntimeError(f"simulator did not start: {self._error!r}")
+            deadline.wait(0.01)
+            waited += 0.01
+        return self
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop the server and wait for its thread (idempotent)."""
+        self._server.should_exit = True
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        self._sock.close()
+
+    def __enter__(self) -> SimServerHandle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def serve_in_thread(config: SimConfig | None = None) -> SimServerHandle:
+    """Start a simulator on a free loopback port in a background thread and wait until it
+    accepts connections. Use ``handle.url``; call ``handle.close()`` when done."""
+    return SimServerHandle(config if config is not None else SimConfig()).start()

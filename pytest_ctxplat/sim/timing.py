@@ -1,0 +1,103 @@
+"""Clocks and the step-time model of the simulator.
+
+Both are the single place where time enters the simulation, so that a roofline GPU
+model, memory tiers or a virtual clock can replace them later:
+
+* a :class:`Clock` gives ``now()`` and ``await sleep(dt)`` in *model* seconds;
+* a :class:`TimingModel` turns the work of one engine step (:class:`StepWork`) into a
+  duration in model seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Protocol
+
+from pytest_ctxplat.sim.config import SimConfig
+
+__all__ = ["Clock", "LinearTimingModel", "RealClock", "StepWork", "TimingModel"]
+
+
+class Clock(Protocol):
+    """Where the engine reads and spends time."""
+
+    def now(self) -> float: ...
+
+    async def sleep(self, dt: float) -> None: ...
+
+
+class RealClock:
+    """Real time of the running event loop; sleeps are divided by ``speedup``.
+
+    ``now()`` is ``loop.time()`` (real seconds, not scaled). Back-to-back sleeps are
+    chained to deadlines (the next one starts where the previous one was due to end,
+    when that was less than ``catch_up_s`` ago), so the engine's own bookkeeping between
+    steps is absorbed into the step times instead of being added to them.
+    """
+
+    def __init__(self, speedup: float = 1.0, catch_up_s: float = 0.05) -> None:
+        if speedup <= 0:
+            raise ValueError("speedup must be > 0")
+        self.speedup = speedup
+        self.catch_up_s = catch_up_s
+        self._due = float("-inf")
+
+    def now(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    async def sleep(self, dt: float) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        start = self._due if now - self._due < self.catch_up_s else now
+        self._due = start + max(0.0, dt) / self.speedup
+        await asyncio.sleep(max(0.0, self._due - now))
+
+
+@dataclass(frozen=True, slots=True)
+class StepWork:
+    """What one engine step computes.
+
+    ``prefill_tokens``: prompt (or recompute) tokens computed in this step.
+    ``prefill_context_tokens``: tokens already in KV (cache hits and earlier chunks) of
+    the requests prefilling in this step, which their new tokens attend to.
+    ``decode_seqs``: sequences producing one token from one new token.
+    ``decode_context_tokens``: total context length (KV read) of those sequences.
+    """
+
+    prefill_tokens: int = 0
+    prefill_context_tokens: int = 0
+    decode_seqs: int = 0
+    decode_context_tokens: int = 0
+
+
+class TimingModel(Protocol):
+    def step_time(self, work: StepWork) -> float: ...
+
+
+class LinearTimingModel:
+    """Duration of a step as a linear function of its work (coefficients from
+    :class:`SimConfig`)::
+
+        prefill_tokens * prefill_s_per_token
+        + prefill_context_tokens * prefill_s_per_cached_token
+        + (decode_step_base_s + decode_seqs * decode_s_per_seq
+           + decode_context_tokens * decode_s_per_context_token)   if decode_seqs else 0
+    """
+
+    def __init__(self, config: SimConfig) -> None:
+        self.config = config
+
+    def step_time(self, work: StepWork) -> float:
+        c = self.config
+        t = (
+            work.prefill_tokens * c.prefill_s_per_token
+            + work.prefill_context_tokens * c.prefill_s_per_cached_token
+        )
+        if work.decode_seqs:
+            t += (
+                c.decode_step_base_s
+                + work.decode_seqs * c.decode_s_per_seq
+                + work.decode_context_tokens * c.decode_s_per_context_token
+            )
+        return t

@@ -1,0 +1,87 @@
+"""The library call and the ``ctxplat`` command work without pytest's plugin."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+from pytest_ctxplat import SLOViolation, run_workload
+from pytest_ctxplat.servers import SimServer, start_sim
+
+TINY = {"users": 2, "turns": 3, "think_time_s": 0.01, "start_spread_s": 0.01,
+        "system_prompt_tokens": 512, "user_tokens": 64, "output_tokens": 8, "block_size": 16}
+
+
+@pytest.fixture(scope="module")
+def sim() -> Iterator[SimServer]:
+    server = start_sim({"speedup": 20.0})
+    try:
+        yield server
+    finally:
+        server.close()
+    assert not server.alive()
+
+
+def test_library_run_three_hit_rates_agree(sim: SimServer, tmp_path) -> None:
+    result = run_workload(sim, "chat", overrides=TINY, slo={"cache_hit_rate_min": 0.5},
+                          results_dir=tmp_path, name="lib")
+    assert result.metrics["requests"] == 6 and result.metrics["errors"] == 0
+    h = result.hit_rates
+    assert h.designed is not None and h.request is not None and h.server is not None
+    assert abs(h.designed - h.request) < 0.02 and abs(h.request - h.server) < 0.02
+    assert result.verdict is not None and result.verdict.passed
+    assert (tmp_path / "lib.json").is_file()
+
+
+def test_reset_cache_isolates_runs(sim: SimServer) -> None:
+    a = run_workload(sim, "chat", overrides=TINY, token_salt=1)
+    b = run_workload(sim, "chat", overrides=TINY, token_salt=1)
+    assert a.hit_rates.request == pytest.approx(b.hit_rates.request, abs=1e-9)
+    c = run_workload(sim, "chat", overrides=TINY, token_salt=1, reset_cache=False)
+    assert c.hit_rates.request > c.hit_rates.designed + 0.05  # warm cache from run b
+
+
+def test_check_raises_slo_violation(sim: SimServer) -> None:
+    with pytest.raises(SLOViolation, match=r"ttft_p50_ms\s+<= 0.001\s+[\d.]+\s+[-+\d.]+%\s+FAIL"):
+        run_workload(sim, "chat", overrides=TINY, slo={"ttft_p50_ms": 0.001}, check=True)
+
+
+def test_unreachable_server_is_recorded_not_raised() -> None:
+    result = run_workload("http://127.0.0.1:9", "chat", overrides=TINY,
+                          slo={"ttft_p95_ms": 100, "cache_hit_rate_min": 0.1})
+    assert result.metrics["errors"] == 6
+    assert result.verdict is not None and not result.verdict.passed
+    notes = {c.key: c.note for c in result.verdict.checks}
+    assert notes["ttft_p95_ms"] == "no successful requests"
+
+
+def test_cli_run_against_started_sim(tmp_path) -> None:
+    out = tmp_path / "r.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest_ctxplat.cli", "run", "chat", "--sim-speedup", "20",
+         *(f"--set={k}={v}" for k, v in TINY.items()), "--slo", "error_rate_max=0",
+         "--json", str(out)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "hit rate designed / request / server" in proc.stdout
+    assert json.loads(out.read_text())["metrics"]["requests"] == 6
+
+
+def test_cli_usage_error_exit_2() -> None:
+    proc = subprocess.run([sys.executable, "-m", "pytest_ctxplat.cli", "run", "chat",
+                           "--set", "userz=3", "--url", "http://127.0.0.1:9"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "unknown key 'userz'" in proc.stderr
+
+
+def test_cli_breach_exit_1(sim: SimServer) -> None:
+    proc = subprocess.run([sys.executable, "-m", "pytest_ctxplat.cli", "run", "chat",
+                           "--url", sim.url, *(f"--set={k}={v}" for k, v in TINY.items()),
+                           "--slo", "ttft_p50_ms=0.001"], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 1
+    assert "SLO breached" in proc.stderr

@@ -1,0 +1,565 @@
+"""StreamClient against real aiohttp.web servers on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import orjson
+import pytest
+from aiohttp import web
+
+from pytest_ctxplat.driver.http import ClientLimits, StreamClient
+from pytest_ctxplat.driver.records import RequestRecord
+from pytest_ctxplat.errors import ConfigError, ServerError
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+SECRET = "sk-test-0123456789abcdef"
+AUTH = {"Authorization": f"Bearer {SECRET}"}
+BODY = orjson.dumps({"model": "m", "prompt": [1, 2, 3], "max_tokens": 8, "stream": True})
+
+
+def _record(index: int = 0) -> RequestRecord:
+    return RequestRecord(session_id="s", user=0, index=index, prompt_tokens=3, max_tokens=8)
+
+
+def _token_event(i: int) -> bytes:
+    chunk = {"id": "c", "choices": [{"index": 0, "text": f" t{i}", "finish_reason": None}]}
+    return b"data: " + orjson.dumps(chunk) + b"\n\n"
+
+
+def _usage_event(completion: int, prompt: int = 3, cached: int | None = 2) -> bytes:
+    usage: dict[str, object] = {"prompt_tokens": prompt, "completion_tokens": completion}
+    if cached is not None:
+        usage["prompt_tokens_details"] = {"cached_tokens": cached}
+    return b"data: " + orjson.dumps({"id": "c", "choices": [], "usage": usage}) + b"\n\n"
+
+
+DONE = b"data: [DONE]\n\n"
+
+
+def _sse_body(n_tokens: int, cached: int | None = 2) -> list[bytes]:
+    return [
+        *(_token_event(i) for i in range(n_tokens)),
+        _usage_event(n_tokens, cached=cached),
+        DONE,
+    ]
+
+
+async def _start_sse(request: web.Request) -> web.StreamResponse:
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await resp.prepare(request)
+    return resp
+
+
+@contextlib.asynccontextmanager
+async def serve(routes: dict[str, Handler]) -> AsyncIterator[str]:
+    app = web.Application()
+    for path, handler in routes.items():
+        app.router.add_route("*", path, handler)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        await runner.cleanup()
+
+
+def _now() -> Callable[[], float]:
+    return asyncio.get_running_loop().time
+
+
+# -- (a) a normal stream --------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_normal_completions_stream() -> None:
+    n = 10
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        resp = await _start_sse(request)
+        for event in _sse_body(n, cached=2):
+            await resp.write(event)
+            await asyncio.sleep(0.002)
+        await resp.write_eof()
+        return resp
+
+    async with serve({"/v1/completions": handler}) as url, StreamClient(url) as client:
+        rec = _record()
+        await client.stream("/v1/completions", BODY, rec, _now())
+    assert rec.error is None, rec.error
+    assert rec.ok
+    assert rec.status == 200
+    assert rec.ttft_s is not None and rec.ttft_s > 0
+    assert len(rec.chunk_gaps_s) == n - 1
+    assert all(g > 0 for g in rec.chunk_gaps_s)
+    assert rec.output_tokens == n
+    assert rec.cached_tokens == 2
+    assert rec.usage_prompt_tokens == 3
+    assert rec.end_s is not None and rec.end_s >= rec.start_s + rec.ttft_s
+    assert rec.decode_tps is not None and rec.decode_tps > 0
+
+
+@pytest.mark.asyncio
+async def test_usage_wins_over_chunk_count_and_shares_a_chunk_with_choices() -> None:
+    # Three chunks, but one carries two tokens; usage rides on the last token chunk.
+    last = {
+        "choices": [{"index": 0, "text": " end", "finish_reason": "length"}],
+        "usage": {"prompt_tokens": 7, "completion_tokens": 4},
+    }
+    events = [_token_event(0), _token_event(1), b"data: " + orjson.dumps(last) + b"\n\n", DONE]
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        resp = await _start_sse(request)
+        for event in events:
+            await resp.write(event)
+        await resp.write_eof()
+        return resp
+
+    async with serve({"/v1/completions": handler}) as url, StreamClient(url) as client:
+        rec = _record()
+        await client.stream("/v1/completions", BODY, rec, _now())
+    assert rec.error is None
+    assert rec.output_tokens == 4
+    assert rec.usage_prompt_tokens == 7
+    assert rec.cached_tokens is None
+    assert len(rec.chunk_gaps_s) == 2
+
+
+@pytest.mark.asyncio
+async def test_chat_stream_without_usage_counts_chunks() -> None:
+    def chat(delta: dict[str, object], finish: str | None = None) -> bytes:
+        chunk = {"choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+        return b"data: " + orjson.dumps(chunk) + b"\n\n"
+
+    events = [
+        chat({"role": "assistant", "content": ""}),
+        *(chat({"content": f"w{i}"}) for i in range(5)),
+        chat({}, "stop"),
+        DONE,
+    ]
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        resp = await _start_sse(request)
+        await resp.write(events[0])
+        await asyncio.sleep(0.02)  # the role chunk comes early; it is not the first token
+        for event in events[1:]:
+            await resp.write(event)
+        await resp.write_eof()
+        return resp
+
+    async with serve({"/v1/chat/completions": handler}) as url, StreamClient(url) as client:
+        rec = _record()
+        await client.stream("/v1/chat/completions", BODY, rec, _now())
+    assert rec.error is None
+    assert rec.output_tokens == 5
+    assert rec.cached_tokens is None and rec.usage_prompt_tokens is None
+    assert rec.ttft_s is not None and rec.ttft_s >= 0.02
+
+
+# -- (b) tiny pieces, many requests ------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_tiny_pieces_under_concurrency() -> None:
+    n_tokens = 5
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        rnd = random.Random(int(request.headers["X-Seed"]))
+        events = _sse_body(n_tokens, cached=1)
+        resp = await _start_sse(request)
+        i = 0
+        while i < len(events):
+            if rnd.random() < 0.2 and i + 1 < len(events):
+                await resp.write(events[i] + events[i + 1])  # two events in one write
+                i += 2
+                continue
+            data = events[i]
+            pos = 0
+            while pos < len(data):
+                step = rnd.randint(1, 3)
+                await resp.write(data[pos : pos + step])
+                pos += step
+                if rnd.random() < 0.05:
+                    await asyncio.sleep(0.001)
+                else:
+                    await asyncio.sleep(0)
+            i += 1
+        await resp.write_eof()
+        return resp
+
+    n_requests, concurrency = 200, 32
+    records = [_record(i) for i in range(n_requests)]
+    async with serve({"/v1/completions": handler}) as url:
+        clients = [StreamClient(url, headers={"X-Seed": str(seed)}) for seed in range(4)]
+        for c in clients:
+            await c.open()
+        sem = asyncio.Semaphore(concurrency)
+        now = _now()
+
+        async def one(rec: RequestRecord) -> None:
+            async with sem:
+                await clients[rec.index % 4].stream("/v1/completions", BODY, rec, now)
+
+        try:
+            await asyncio.gather(*(one(r) for r in records))
+        finally:
+            for c in clients:
+                await c.aclose()
+    errors = [r.error for r in records if r.error is not None]
+    assert errors == []
+    assert all(r.output_tokens == n_tokens for r in records)
+    assert all(r.cached_tokens == 1 and r.usage_prompt_tokens == 3 for r in records)
+    assert all(len(r.chunk_gaps_s) == n_tokens - 1 for r in records)
+    assert all(r.ok for r in records)
+
+
+# -- (c) HTTP errors ---------------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("status", [400, 500])
+async def test_http_error_is_recorded(status: int) -> None:
+    message = "x" * 500
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return web.json_response({"error": {"message": message}}, status=status)
+
+    async with serve({"/v1/completions": handler}) as url, StreamClient(url) as client:
+        rec = _record()
+        await client.stream("/v1/completions", BODY, rec, _now())
+    assert rec.status == status
+    assert rec.error is not None and rec.error.startswith(f"HTTP {status}: {{")
+    assert len(rec.error) < 260
+    assert not rec.ok
+    assert rec.end_s is not None
+    assert rec.ttft_s is None
+
+
+# -- (d) connection refused ----------------------------------------------------------
+
+
+def _unused_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port
+
+
+@pytest.mark.asyncio
+async def test_connection_refused_is_recorded() -> None:
+    async with StreamClient(f"http://127.0.0.1:{_unused_port()}") as client:
+        rec = _record()
+        await client.stream("/v1/completions", BODY, rec, _now())
+    assert rec.error is not None
+    assert "Connect" in rec.error  # ClientConnectorError / connection refused
+    assert rec.status is None
+    assert rec.end_s is not None and not rec.ok
+
+
+# -- (e) the server goes away mid-stream ------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_connection_closed_mid_stream_keeps_partial_measurements() -> None:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        resp = await _start_sse(request)
+        for i in range(3):
+            await resp.write(_token_event(i))
+            await asyncio.sleep(0.002)
+        assert request.transport is not None
+        request.transport.abort()
+        return resp
+
+    async with serve({"/v1/completions": handler}) as url, StreamClient(url) as client:
+        rec = _record()
+        await client.stream("/v1/completions", BODY, rec, _now())
+    assert rec.error is not None, rec
+    assert rec.status == 200
+    assert rec.ttft_s is not None
+    assert rec.output_tokens == 3
+    assert len(rec.chunk_gaps_s) == 2
+    assert rec.end_s is not None and not rec.ok
+
+
+@pytest.mark.asyncio
+async def test_stream_ending_without_done_and_without_tokens_is_an_error() -> None:
+    async def empty(request: web.Request) -> web.StreamResponse:
+        resp = await _start_sse(request)
+        await resp.write(b": nothing to say\n\n")
+        await resp.write_eof()
+        return resp
+
+    async def no_done(request: web.Request) -> web.StreamResponse:
+        resp = await _start_sse(request)
+        await resp.write(
+            _token_event(0) + _token_event(1) + b"data: " + b'{"choices":[{"text":"x"}]}'
+        )
+        await resp.write_eof()  # last event without its blank line, no [DONE]
+        return resp
+
+    routes: dict[str, Handler] = {"/empty": empty, "/no-done": no_done}
+    async with serve(routes) as url, StreamClient(url) as client:
+        rec = _record()
+        await client.stream("/empty", BODY, rec, _now())
+        rec2 = _record()
+        await client.stream("/no-done", BODY, rec2, _now())
+    assert rec.error is not None and "IncompleteStream" in rec.error
+    assert rec.end_s is not None
+    assert rec2.error is None and rec2.output_tokens == 3 and rec2.ok
+
+
+@pytest.mark.asyncio
+async def test_error_payload_in_stream_is_recorded() -> None:
+    err = {"error": {"message": "engine died", "type": "InternalServerError", "code": 500}}
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        resp = await _start_sse(request)
+        await resp.write(_token_event(0) + b"data: " + orjson.dumps(err) + b"\n\n" + DONE)
+        await resp.write_eof()
+        return resp
+
+    async with serve({"/v1/completions": handler}) as url, StreamClient(url) as client:
+        rec = _record()
+        await client.stream("/v1/completions", BODY, rec, _now())
+    assert rec.error is not None and "engine died" in rec.error
+    assert rec.output_tokens == 1 and rec.ttft_s is not None and rec.end_s is not None
+
+
+@pytest.mark.asyncio
+async def test_read_timeout_is_recorded() -> None:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        resp = await _start_sse(request)
+        await resp.write(_token_event(0))
+        await asyncio.sleep(2)
+        return resp
+
+    limits = ClientLimits(read_timeout_s=0.1)
+    async with (
+        serve({"/v1/completions": handler}) as url,
+        StreamClient(url, limits=limits) as client,
+    ):
+        rec = _record()
+        await client.stream("/v1/completions", BODY, rec, _now())
+    assert rec.error is not None and "Timeout" in rec.error
+    assert rec.output_tokens == 1 and rec.end_s is not None
+
+
+@pytest.mark.asyncio
+async def test_cancellation_propagates_after_recording() -> None:
+    started = asyncio.Event()
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        resp = await _start_sse(request)
+        await resp.write(_token_event(0))
+        started.set()
+        await asyncio.sleep(5)
+        return resp
+
+    async with serve({"/v1/completions": handler}) as url, StreamClient(url) as client:
+        rec = _record()
+        task = asyncio.create_task(client.stream("/v1/completions", BODY, rec, _now()))
+        await asyncio.wait_for(started.wait(), 5)
+        await asyncio.sleep(0.02)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert rec.error == "cancelled"
+    assert rec.output_tokens == 1 and rec.ttft_s is not None and rec.end_s is not None
+
+
+# -- (f) time to first token ----------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_ttft_matches_a_known_first_byte_delay() -> None:
+    delay = 0.05
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        await asyncio.sleep(delay)
+        resp = await _start_sse(request)
+        for event in _sse_body(3):
+            await resp.write(event)
+        await resp.write_eof()
+        return resp
+
+    async with serve({"/v1/completions": handler}) as url, StreamClient(url) as client:
+        # A warm-up request opens the connection, as in a running load test.
+        await client.stream("/v1/completions", BODY, _record(), _now())
+        ttfts = []
+        for i in range(3):
+            rec = _record(i)
+            await client.stream("/v1/completions", BODY, rec, _now())
+            assert rec.ttft_s is not None
+            ttfts.append(rec.ttft_s)
+    best = min(ttfts)
+    assert delay - 0.001 <= best <= delay + 0.010, ttfts
+
+
+# -- (g) connection reuse -------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_sequential_requests_reuse_the_connection() -> None:
+    transports: set[object] = set()
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        transports.add(request.transport)
+        resp = await _start_sse(request)
+        await resp.write(b"".join(_sse_body(4)))
+        await resp.write_eof()
+        return resp
+
+    async with serve({"/v1/completions": handler}) as url, StreamClient(url) as client:
+        records = [_record(i) for i in range(100)]
+        for rec in records:
+            await client.stream("/v1/completions", BODY, rec, _now())
+    assert all(r.ok and r.output_tokens == 4 for r in records)
+    assert 1 <= len(transports) <= 2
+
+
+# -- (h) concurrency ------------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("max_connections", [0, 64])
+async def test_all_concurrent_streams_are_in_flight_at_once(max_connections: int) -> None:
+    want = 64
+    in_flight = 0
+    peak = 0
+    all_in = asyncio.Event()
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        if in_flight >= want:
+            all_in.set()
+        try:
+            resp = await _start_sse(request)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(all_in.wait(), 5)
+            await resp.write(b"".join(_sse_body(2)))
+            await resp.write_eof()
+            return resp
+        finally:
+            in_flight -= 1
+
+    limits = ClientLimits(max_connections=max_connections)
+    async with (
+        serve({"/v1/completions": handler}) as url,
+        StreamClient(url, limits=limits) as client,
+    ):
+        records = [_record(i) for i in range(want)]
+        now = _now()
+        await asyncio.gather(*(client.stream("/v1/completions", BODY, r, now) for r in records))
+    assert peak == want
+    assert all(r.ok for r in records)
+
+
+# -- (i) the Authorization header -------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_authorization_reaches_the_server_and_never_the_record() -> None:
+    seen: list[str] = []
+
+    async def ok(request: web.Request) -> web.StreamResponse:
+        seen.append(request.headers.get("Authorization", ""))
+        assert request.headers["Content-Type"] == "application/json"
+        assert await request.read() == BODY
+        resp = await _start_sse(request)
+        await resp.write(b"".join(_sse_body(2)))
+        await resp.write_eof()
+        return resp
+
+    async def echo(request: web.Request) -> web.StreamResponse:
+        # A careless server that echoes the credential in its error.
+        auth = request.headers.get("Authorization", "")
+        return web.Response(status=401, text=f"bad credential {auth} / {auth.split()[-1]}")
+
+    routes: dict[str, Handler] = {"/v1/completions": ok, "/echo": echo}
+    async with serve(routes) as url, StreamClient(url, headers=AUTH) as client:
+        rec = _record()
+        await client.stream("/v1/completions", BODY, rec, _now())
+        rec2 = _record()
+        await client.stream("/echo", BODY, rec2, _now())
+    assert seen == [AUTH["Authorization"]]
+    assert rec.ok
+    assert rec2.status == 401 and rec2.error is not None and "***" in rec2.error
+    for r in (rec, rec2):
+        assert SECRET not in repr(r)
+        assert SECRET not in str(r.to_dict())
+
+
+# -- helpers and configuration ----------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_get_json_and_post_json() -> None:
+    async def models(request: web.Request) -> web.StreamResponse:
+        return web.json_response({"data": [{"id": "m"}]})
+
+    async def echo(request: web.Request) -> web.StreamResponse:
+        return web.json_response({"got": await request.json()}, status=201)
+
+    async def text(request: web.Request) -> web.StreamResponse:
+        return web.Response(text="not json")
+
+    routes: dict[str, Handler] = {"/v1/models": models, "/echo": echo, "/text": text}
+    async with serve(routes) as url, StreamClient(url + "/") as client:
+        assert await client.get_json("/v1/models") == (200, {"data": [{"id": "m"}]})
+        assert await client.post_json("echo", {"a": 1}) == (201, {"got": {"a": 1}})
+        assert await client.get_json("/text") == (200, None)
+        assert await client.get_json("/missing") == (404, None)
+    async with StreamClient(f"http://127.0.0.1:{_unused_port()}", headers=AUTH) as client:
+        with pytest.raises(ServerError) as info:
+            await client.get_json("/v1/models")
+        assert SECRET not in str(info.value)
+
+
+@pytest.mark.asyncio
+async def test_stream_needs_an_open_client() -> None:
+    client = StreamClient("http://127.0.0.1:1")
+    assert client.closed
+    with pytest.raises(RuntimeError, match="not open"):
+        await client.stream("/v1/completions", BODY, _record(), _now())
+    await client.aclose()  # closing an unopened client is harmless
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"max_connections": -1}, "max_connections"),
+        ({"max_connections": 1.5}, "max_connections"),
+        ({"max_connections": True}, "max_connections"),
+        ({"connect_timeout_s": 0}, "connect_timeout_s"),
+        ({"read_timeout_s": -2.0}, "read_timeout_s"),
+        ({"read_timeout_s": float("nan")}, "read_timeout_s"),
+        ({"total_timeout_s": 0.0}, "total_timeout_s"),
+        ({"total_timeout_s": float("inf")}, "total_timeout_s"),
+    ],
+)
+def test_client_limits_are_validated(kwargs: dict[str, object], field: str) -> None:
+    with pytest.raises(ConfigError, match=field):
+        ClientLimits(**kwargs)  # type: ignore[arg-type]
+
+
+def test_client_limits_defaults() -> None:
+    limits = ClientLimits()
+    assert limits.max_connections == 0
+    assert limits.total_timeout_s is None
+    assert ClientLimits(max_connections=8, total_timeout_s=30).total_timeout_s == 30
+
+
+@pytest.mark.parametrize("bad", ["127.0.0.1:8000", "ftp://host", "http://"])
+def test_base_url_is_validated(bad: str) -> None:
+    with pytest.raises(ConfigError, match="base_url"):
+        StreamClient(bad)
