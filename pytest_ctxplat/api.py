@@ -16,12 +16,13 @@ import datetime as _dt
 import threading
 import time
 import zlib
-from collections.abc import Coroutine, Mapping
+from collections.abc import Coroutine, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
 
+from .driver.records import RequestRecord
 from .driver.runner import Runner, RunOptions
 from .driver.scrape import MetricsSnapshot, scrape, server_delta
 from .errors import SLOViolation
@@ -32,7 +33,7 @@ from .servers.base import ServerHandle
 from .slo import SLOSpec, evaluate, parse_slo
 from .workload.spec import WorkloadSpec, load_workload
 
-__all__ = ["arun_workload", "run_sync", "run_workload"]
+__all__ = ["arun_workload", "build_result", "format_breach", "run_sync", "run_workload"]
 
 T = TypeVar("T")
 _GAUGES = ("vllm:kv_cache_usage_perc", "vllm:num_requests_running", "vllm:num_requests_waiting")
@@ -121,12 +122,15 @@ async def arun_workload(
     check: bool = False,
     scrape_every_s: float = 1.0,
     extra_body: Mapping[str, Any] | None = None,
+    time_scale: float | None = None,
 ) -> RunResult:
     """Play ``workload`` against ``server``, measure, judge against ``slo``.
 
     The result is written to ``results_dir`` (when given) before it is judged, and also
     when the run is interrupted, so measurements are never lost. With ``check=True`` a
-    breached SLO raises :class:`~pytest_ctxplat.errors.SLOViolation`.
+    breached SLO raises :class:`~pytest_ctxplat.errors.SLOViolation`. Against the
+    simulator, times are reported in model time (``time_scale`` defaults to the
+    simulator's ``speedup``).
     """
     from .driver.http import ClientLimits, StreamClient
 
@@ -154,7 +158,10 @@ async def arun_workload(
         before = await scrape(control, url)
         server_bs = _block_size(before) or 1
         salt = zlib.crc32(name.encode()) if token_salt is None else token_salt
-        options = RunOptions(model=model, seed=seed, token_salt=salt,
+        if time_scale is None:
+            time_scale = float(handle.info.settings.get("speedup", 1.0)) \
+                if handle.info.launcher == "sim" else 1.0
+        options = RunOptions(model=model, seed=seed, token_salt=salt, time_scale=time_scale,
                              server_block_size=server_bs, extra_body=dict(extra_body or {}))
         limits = ClientLimits(max_connections=0)
         interrupted = False
@@ -172,9 +179,15 @@ async def arun_workload(
                 with contextlib.suppress(asyncio.CancelledError):
                     await poller
                 after = await _final_scrape(control, url) if not interrupted else None
-                result = _build(name, handle, spec, seed, started_at, wall0, runner, before,
-                                after, peaks, timeline, slo_spec, notes, interrupted,
-                                server_bs)
+                target = handle.info.to_dict()
+                target["alive_after_run"] = handle.alive()
+                if not handle.alive():
+                    target["log_tail"] = handle.log_tail()
+                result = build_result(
+                    name=name, target=target, spec=spec, seed=seed, started_at=started_at,
+                    wall_s=time.perf_counter() - wall0, records=runner.records, before=before,
+                    after=after, peaks=peaks, timeline=timeline, slo_spec=slo_spec,
+                    notes=notes, interrupted=interrupted, server_block_size=server_bs)
                 if results_dir is not None:
                     write_json(result, Path(results_dir))
     if check and result.verdict is not None and not result.verdict.passed:
@@ -189,18 +202,22 @@ async def _final_scrape(control: httpx.AsyncClient, url: str) -> MetricsSnapshot
         return None
 
 
-def _build(name: str, handle: ServerHandle, spec: WorkloadSpec, seed: int, started_at: str,
-           wall0: float, runner: Runner, before: MetricsSnapshot | None,
-           after: MetricsSnapshot | None, peaks: Mapping[str, float],
-           timeline: list[dict[str, float]], slo_spec: SLOSpec | None,
-           notes: Mapping[str, str], interrupted: bool, server_bs: int) -> RunResult:
-    records = tuple(runner.records)
-    wall = time.perf_counter() - wall0
-    summary = stats.summarize(records, wall)
+def build_result(*, name: str, target: Mapping[str, Any], spec: WorkloadSpec, seed: int,
+                 started_at: str, wall_s: float, records: Sequence[RequestRecord],
+                 before: MetricsSnapshot | None, after: MetricsSnapshot | None,
+                 peaks: Mapping[str, float] | None = None,
+                 timeline: Sequence[Mapping[str, float]] = (), slo_spec: SLOSpec | None = None,
+                 notes: Mapping[str, str] | None = None, interrupted: bool = False,
+                 server_block_size: int = 1) -> RunResult:
+    """Assemble a :class:`RunResult` from request records and two ``/metrics`` snapshots
+    (either may be None when the server has no metrics). Used by HTTP runs and by the
+    in-process simulator alike."""
+    records = tuple(records)
+    summary = stats.summarize(records, wall_s)
     delta = server_delta(before, after, peaks) if before is not None and after is not None \
         else None
     rates, rate_notes = stats.hit_rates(records, delta)
-    rate_notes.update(notes)
+    rate_notes.update(notes or {})
     good = stats.goodput(records, slo_spec.good_thresholds()) if slo_spec else None
     observed = stats.observed_metrics(summary, rates, good)
     missing = {}
@@ -215,14 +232,11 @@ def _build(name: str, handle: ServerHandle, spec: WorkloadSpec, seed: int, start
                                        figures={k: v for k, v in delta.items()
                                                 if k not in ("prefix_hit_rate",
                                                              "external_hit_rate")})
-    target = handle.info.to_dict()
-    target["server_block_size"] = server_bs
-    target["alive_after_run"] = handle.alive()
-    if not handle.alive():
-        target["log_tail"] = handle.log_tail()
+    target = dict(target)
+    target["server_block_size"] = server_block_size
     errors = [f"{r.session_id}#{r.index}: {r.error}" for r in records if r.error][:10]
     return RunResult(name=name, target=target, workload=spec.describe(), seed=seed,
-                     started_at=started_at, wall_s=wall, metrics=summary,
+                     started_at=started_at, wall_s=wall_s, metrics=summary,
                      hit_rates=HitRates(designed=rates["designed"], request=rates["request"],
                                         server=rates["server"], notes=rate_notes),
                      server=server_metrics, observed=observed, slo=slo_spec, verdict=verdict,

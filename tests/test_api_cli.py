@@ -12,7 +12,7 @@ import pytest
 from pytest_ctxplat import SLOViolation, run_workload
 from pytest_ctxplat.servers import SimServer, start_sim
 
-TINY = {"users": 2, "turns": 3, "think_time_s": 0.01, "start_spread_s": 0.01,
+TINY = {"users": 2, "turns": 3, "think_time_s": 0.2, "start_spread_s": 1.0,
         "system_prompt_tokens": 512, "user_tokens": 64, "output_tokens": 8, "block_size": 16}
 
 

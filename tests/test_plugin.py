@@ -21,7 +21,7 @@ TINY_TEST = """
 import pytest
 
 @pytest.mark.slo(ttft_p95_ms=5000, cache_hit_rate_min=0.3, error_rate_max=0)
-@pytest.mark.workload("chat", users=2, turns=3, think_time_s=0.05, start_spread_s=0.05,
+@pytest.mark.workload("chat", users=2, turns=3, think_time_s=0.2, start_spread_s=1.0,
                       system_prompt_tokens=512, user_tokens=64, output_tokens=8, block_size=16)
 def test_tiny(ctxplat_run):
     result = ctxplat_run()

@@ -92,6 +92,9 @@ class RunOptions:
 
     ``token_salt`` changes every token of the run without changing its structure, so a
     warm cache from an earlier run of the same workload cannot serve hits.
+    ``time_scale`` is model seconds per loop second: against a simulator running
+    ``speedup`` times faster than model time, set it to ``speedup`` and every recorded
+    time, delay and bound is in model time.
     """
 
     model: str
@@ -101,6 +104,7 @@ class RunOptions:
     ignore_eos: bool = True
     extra_body: Mapping[str, Any] = field(default_factory=dict)
     grace_s: float = 120.0
+    time_scale: float = 1.0
     token_min: int = 100
     token_max: int = 4096
 
@@ -127,12 +131,14 @@ class Runner:
         )
         self._designed = DesignedCache(options.server_block_size)
         self._stop = asyncio.Event()
+        self._scale = options.time_scale
         self._t0 = 0.0
         self._deadline = math.inf
         self._path = "/v1/chat/completions" if workload.api == "chat" else "/v1/completions"
 
     def now(self) -> float:
-        return asyncio.get_running_loop().time() - self._t0
+        """Model time since the run started."""
+        return (asyncio.get_running_loop().time() - self._t0) * self._scale
 
     def stop(self) -> None:
         """Stop starting new requests (e.g. on an external signal)."""
@@ -180,7 +186,7 @@ class Runner:
                 return False
             stop_wait = asyncio.ensure_future(self._stop.wait())
             try:
-                await asyncio.wait([stop_wait], timeout=min(delay, remaining))
+                await asyncio.wait([stop_wait], timeout=min(delay, remaining) / self._scale)
             finally:
                 stop_wait.cancel()
         return self._may_send()
