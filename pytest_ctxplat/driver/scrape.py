@@ -70,6 +70,18 @@ def _rate(hits: float, queries: float) -> float | None:
     return hits / queries if queries > 0 else None
 
 
+def _labelled_delta(before: MetricsSnapshot, after: MetricsSnapshot, metric: str,
+                    label: str) -> dict[str, float]:
+    """Deltas of ``metric`` per value of ``label`` (e.g. per ``source``)."""
+    prefix = f"{metric}{{"
+    out: dict[str, float] = {}
+    for key in after.values:
+        if key.startswith(prefix) and f"{label}=" in key:
+            value = key.split(f"{label}=")[1].split(",")[0].rstrip("}")
+            out[value] = out.get(value, 0.0) + after.get(key) - before.get(key)
+    return out
+
+
 def server_delta(
     before: MetricsSnapshot, after: MetricsSnapshot, peaks: Mapping[str, float] | None = None
 ) -> dict[str, Any]:
@@ -96,29 +108,17 @@ def server_delta(
     }
     if q <= 0 and not after.has("vllm:prefix_cache_queries_total"):
         out["note"] = "server exposes no vllm:prefix_cache_queries metric"
-    by_source = {
-        k.split("source=")[1].rstrip("}"): after.get(k) - before.get(k)
-        for k in after.values
-        if k.startswith("vllm:prompt_tokens_by_source_total{")
-    }
-    if by_source:
-        out["prompt_tokens_by_source"] = by_source
-    offload = {
-        k.split("transfer_type=")[1].rstrip("}"): after.get(k) - before.get(k)
-        for k in after.values
-        if k.startswith("vllm:kv_offload_total_bytes_total{")
-    }
-    if offload:
-        out["kv_offload_bytes"] = offload
-    tiers = {
-        k: after.get(k) - before.get(k)
-        for k in after.values
-        if (k.startswith("ctxplat_sim:")
-        and k.endswith("_total"))
-        or ("ctxplat_sim:" in k and "_total{" in k)
-    }
-    if tiers:
-        out["sim_counters"] = tiers
+    for metric, label, key in (
+        ("vllm:prompt_tokens_by_source_total", "source", "prompt_tokens_by_source"),
+        ("vllm:kv_offload_total_bytes_total", "transfer_type", "kv_offload_bytes"),
+    ):
+        by_label = _labelled_delta(before, after, metric, label)
+        if by_label:
+            out[key] = by_label
+    sim_counters = {k: after.get(k) - before.get(k) for k in after.values
+                    if k.startswith("ctxplat_sim:") and ("_total{" in k or k.endswith("_total"))}
+    if sim_counters:
+        out["sim_counters"] = sim_counters
     peaks = dict(peaks or {})
     for gauge in (
         "vllm:kv_cache_usage_perc",
