@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 from junitparser import JUnitXml, Properties, Property
 
@@ -47,6 +48,18 @@ def _sim_processes(parent_pid: int) -> list[int]:
         if b"pytest_ctxplat.sim" in cmd and str(parent_pid).encode() in cmd:
             found.append(int(entry.name))
     return found
+
+
+def _served(sim_pid: int) -> float:
+    """Requests the simulator with ``sim_pid`` has finished (from its /metrics)."""
+    argv = (Path("/proc") / str(sim_pid) / "cmdline").read_bytes().decode().split("\0")
+    try:
+        port = int(Path(argv[argv.index("--ready-file") + 1]).read_text())
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    except (OSError, ValueError, httpx.HTTPError):
+        return 0.0
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("vllm:request_success_total"))
 
 
 def test_help_lists_options_with_ini_twins(pytester: pytest.Pytester) -> None:
@@ -89,7 +102,7 @@ def test_marker_typo_fails_before_any_server_starts(pytester: pytest.Pytester) -
 
 @pytest.mark.parametrize(("marker", "match"), [
     ('workload("chat", userz=3)', "*unknown key 'userz'; valid keys:*users*"),
-    ('workload("nope")', "*unknown workload 'nope'; available: chat*"),
+    ('workload("nope")', "*unknown workload 'nope'; available: *chat*"),
     ('workload("chat", users="3")', "*users must be an integer*"),
     ("slo(cache_hit_rate_min=1.5)", "*cache_hit_rate_min is a fraction in [[]0, 1[]]*"),
     ("slo(ttft_p95_ms=-5)", "*ttft_p95_ms must be >= 0*"),
@@ -238,11 +251,14 @@ def test_no_process_left_after_ctrl_c(pytester: pytest.Pytester) -> None:
     proc = subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider",
                              "--ctxplat-results=res"], cwd=pytester.path,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 90
     while not _sim_processes(proc.pid):
         assert time.monotonic() < deadline and proc.poll() is None, "simulator never started"
         time.sleep(0.1)
-    time.sleep(2.0)  # let some requests complete
+    # Interrupt only once the simulator has served a few requests (it may be slow under load).
+    while _served(_sim_processes(proc.pid)[0]) < 3:
+        assert time.monotonic() < deadline and proc.poll() is None, "no request completed"
+        time.sleep(0.2)
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == pytest.ExitCode.INTERRUPTED, out.decode()

@@ -1,0 +1,224 @@
+"""``ctxplat analyze`` and ``ctxplat report``: argument parsing and printing.
+
+The logic lives in :mod:`.analyze` and :mod:`pytest_ctxplat.report.html`; ``cli.py``
+only registers these subcommands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from ..errors import ConfigError
+
+__all__ = ["add_analyze_parser", "add_report_parser", "format_analysis", "run_analyze",
+           "run_report"]
+
+
+def _ttls(text: str) -> list[float]:
+    out = []
+    for part in text.split(","):
+        part = part.strip().lower()
+        try:
+            v = math.inf if part in ("inf", "infinite") else float(part)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"--ttl takes seconds separated by commas (e.g. 60,300,3600), got {part!r}"
+            ) from None
+        if not v > 0:
+            raise argparse.ArgumentTypeError(f"--ttl values must be > 0 seconds, got {part!r}")
+        out.append(v)
+    return out
+
+
+def add_analyze_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "analyze", help="cache analysis of traces or a workload: TTL/LRU hit rates, "
+        "working sets, tier sizing, cost",
+        description="Analyse kv-cache-tester sessions (files or folders), Mooncake JSONL "
+        "traces, or a workload (kind, definition name or YAML file).")
+    p.add_argument("sources", nargs="+", metavar="PATH",
+                   help="trace files/folders, or one workload name or YAML file")
+    p.add_argument("--ttl", type=_ttls, default=[60.0, 300.0, 3600.0],
+                   help="cache TTLs in seconds, comma separated. Default: 60,300,3600")
+    p.add_argument("--model-profile", default="llama-3.1-8b",
+                   help="model for GB figures (name or LAYERSxKV_HEADSxHEAD_DIM[xBYTES]). "
+                   "Default: llama-3.1-8b")
+    p.add_argument("--users", type=int, default=100,
+                   help="concurrent users for tier sizing. Default: 100")
+    p.add_argument("--target-hit-rate", type=float, default=None,
+                   help="block hit rate the tiers must reach. Default: 95%% of the "
+                   "infinite-cache rate")
+    p.add_argument("--hbm-ttl", type=float, default=30.0,
+                   help="reuse within this many seconds is served from HBM. Default: 30")
+    p.add_argument("--dram-ttl", type=float, default=300.0,
+                   help="reuse within this many seconds is served from DRAM. Default: 300")
+    p.add_argument("--pricing", default=None, help="YAML price file (adds/replaces tables)")
+    p.add_argument("--price-table", default=None,
+                   help="price table to use. Default: the file's default (anthropic-sonnet)")
+    p.add_argument("--lru-points", type=int, default=10, help="LRU curve points. Default: 10")
+    p.add_argument("--format", dest="fmt", choices=("kv-cache-tester", "mooncake"),
+                   default=None, help="trace format (default: detected)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="workload field override, repeatable")
+    p.add_argument("--seed", type=int, default=0, help="workload seed. Default: 0")
+    p.add_argument("--duration", type=float, default=None,
+                   help="workload duration bound in seconds (default: the spec's, else 3600)")
+    p.add_argument("--json", default=None, metavar="FILE", help="write the analysis JSON")
+    p.add_argument("--plots", default=None, metavar="DIR",
+                   help="write ttl_curves.png and lru_curve.png into DIR")
+
+
+def add_report_parser(sub: Any) -> None:
+    p = sub.add_parser("report", help="one self-contained HTML report of a results directory",
+                       description="Render run results (and analysis JSON files found "
+                       "there or given with --analysis) as one HTML file with embedded "
+                       "plots; the PNGs are also written next to it.")
+    p.add_argument("results", metavar="RESULTS_DIR", help="directory of result JSON files")
+    p.add_argument("-o", "--output", default=None,
+                   help="HTML file to write. Default: RESULTS_DIR/report.html")
+    p.add_argument("--analysis", action="append", default=[], metavar="FILE",
+                   help="analysis JSON (from ctxplat analyze --json) to include, repeatable")
+    p.add_argument("--title", default=None, help="report title")
+    p.add_argument("--no-infer", action="store_true",
+                   help="do not plan each run's workload offline for its designed TTL curves")
+
+
+def run_analyze(args: argparse.Namespace) -> int:
+    from ..cli import _kv
+    from .analyze import analyze
+    from .pricing import price_table
+    from .profiles import model_profile
+    from .sources import load_sources
+
+    try:
+        if args.users <= 0:
+            raise ConfigError(f"--users must be > 0, got {args.users}")
+        if args.target_hit_rate is not None and not 0 < args.target_hit_rate <= 1:
+            raise ConfigError(f"--target-hit-rate must be in (0, 1], got {args.target_hit_rate}")
+        if not (0 < args.hbm_ttl <= args.dram_ttl):
+            raise ConfigError("--hbm-ttl and --dram-ttl must satisfy 0 < hbm-ttl <= dram-ttl")
+        if args.lru_points < 2:
+            raise ConfigError(f"--lru-points must be >= 2, got {args.lru_points}")
+        model = model_profile(args.model_profile)
+        prices = price_table(args.price_table, args.pricing)
+        trace = load_sources(args.sources, fmt=args.fmt, seed=args.seed,
+                             duration_s=args.duration, overrides=_kv(args.set, "--set"))
+        result = analyze(trace, args.ttl, lru_points=args.lru_points, model=model,
+                         users=args.users, target_hit_rate=args.target_hit_rate,
+                         hbm_ttl_s=args.hbm_ttl, dram_ttl_s=args.dram_ttl, prices=prices,
+                         sources=list(args.sources))
+    except ConfigError as exc:
+        print(f"ctxplat analyze: {exc}", file=sys.stderr)
+        return 2
+    doc = result.to_dict()
+    print(format_analysis(doc))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_bytes(orjson.dumps(_jsonable(doc), option=orjson.OPT_INDENT_2))
+    if args.plots:
+        from ..report import plots
+
+        out = Path(args.plots)
+        out.mkdir(parents=True, exist_ok=True)
+        try:
+            (out / "ttl_curves.png").write_bytes(plots.ttl_curves(doc))
+            (out / "lru_curve.png").write_bytes(plots.lru_curve(doc))
+        except plots.PlotsUnavailable as exc:
+            print(f"ctxplat analyze: {exc}", file=sys.stderr)
+            return 2
+    return 0
+
+
+def _jsonable(v: Any) -> Any:
+    """JSON has no infinity: write it as null."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, dict):
+        return {k: _jsonable(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_jsonable(x) for x in v]
+    return v
+
+
+def format_analysis(doc: dict[str, Any]) -> str:
+    from tabulate import tabulate
+
+    gb = doc.get("model_profile") is not None
+    lines = [
+        f"{doc['name']}: {doc['requests']:,} requests, {doc['sessions']} sessions, "
+        f"{doc['distinct_blocks']:,} distinct blocks of {doc['block_size']} tokens, "
+        f"span {doc['span_s'] / 3600:.2f} h",
+        f"infinite cache: block hit rate {doc['infinite']['block_hit_rate']:.1%}, "
+        f"token hit rate {doc['infinite']['token_hit_rate']:.1%}",
+        "",
+    ]
+    cost = (doc.get("cost") or {}).get("ttl", {})
+    rows = []
+    for ttl, s in doc["ttl"].items():
+        c = cost.get(ttl, {})
+        row = [ttl, f"{s['block_hit_rate']:.1%}", f"{s['token_hit_rate']:.1%}",
+               f"{s['peak_working_set_tokens']:,}", f"{s['mean_working_set_tokens']:,.0f}"]
+        if gb:
+            row += [f"{s['peak_working_set_gb']:.1f}", f"{s['mean_working_set_gb']:.1f}"]
+        row.append(f"{s['misses_per_block']:.2f}")
+        if cost:
+            sf = c.get("saving_fraction")
+            if c.get("cost_usd") is None:
+                row.append("n/a (TTL not priced)")
+            else:
+                note = f"{sf:.0%} saved" if sf >= 0 else f"{-sf:.0%} more"
+                row.append(f"${c['cost_usd']:,.2f} ({note})")
+        rows.append(row)
+    head = ["TTL s", "block hit", "token hit", "peak WS tok", "mean WS tok"]
+    if gb:
+        head += ["peak GB", "mean GB"]
+    head.append("misses/block")
+    if cost:
+        head.append(f"cost ({doc['cost']['table']['name']})")
+    lines.append(tabulate(rows, headers=head, tablefmt="simple", disable_numparse=True))
+    if cost:
+        base = next(iter(cost.values()))["baseline_usd"]
+        lines.append(f"without caching: ${base:,.2f}")
+    lines.append("")
+    lru_rows = [[f"{p['capacity_tokens']:,}"] + ([f"{p['capacity_gb']:.2f}"] if gb else [])
+                + [f"{p['block_hit_rate']:.1%}"] for p in doc["lru"]]
+    lines.append(tabulate(lru_rows, headers=["LRU capacity tok"] + (["GB"] if gb else [])
+                          + ["block hit"], tablefmt="simple", disable_numparse=True))
+    t = doc.get("tiers")
+    if t:
+        lines.append("")
+        target = f"{t['target_block_hit_rate']:.1%}"
+        if not t["reachable"]:
+            lines.append(f"tier sizing: a block hit rate of {target} is not reachable with "
+                         "a finite TTL on this trace")
+        else:
+            unit = "GB" if t["gb"] else "tokens"
+            vals = t["gb"] or t["tokens"]
+            lines.append(
+                f"tier sizing for {t['users']} users, block hit rate {target} "
+                f"(TTL {t['target_ttl_s']:g} s): HBM {vals['hbm']:,.1f} {unit}, DRAM "
+                f"{vals['dram']:,.1f} {unit}, NVMe {vals['nvme']:,.1f} {unit}, total "
+                f"{vals['total']:,.1f} {unit}")
+        if doc.get("sessions") == 1 and "mooncake" in doc.get("formats", []):
+            lines.append("note: this trace is one stream (no sessions), so each 'user' is a "
+                         "copy of the whole trace; use --users 1 to size for it as recorded")
+    return "\n".join(lines)
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from ..report.html import write_report
+
+    try:
+        path = write_report(args.results, args.output, analyses=args.analysis,
+                            title=args.title, infer=not args.no_infer)
+    except ConfigError as exc:
+        print(f"ctxplat report: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {path}")
+    return 0

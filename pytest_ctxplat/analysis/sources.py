@@ -1,0 +1,95 @@
+"""What ``ctxplat analyze`` reads: trace files and folders, or workload specs.
+
+A workload (a kind name, a definition name or a YAML path) is planned offline with
+:func:`pytest_ctxplat.workload.plan.plan_workload`: each user plays its sessions one
+request after another, every response taking ``ttft_s + output_tokens / decode_tps``
+seconds (0.5 s and 50 tokens/s by default), subagents concurrently from their spawn; the
+spec's ``duration_s`` (or ``--duration``) bounds it. Each request's blocks are its full
+block ids plus its partial tail block, and each user is one session.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConfigError
+from ..workload.traces import Trace, build_trace, read_traces
+
+__all__ = ["load_sources", "trace_from_workload"]
+
+DEFAULT_WORKLOAD_DURATION_S = 3600.0
+
+
+def trace_from_workload(
+    name: str,
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    seed: int = 0,
+    duration_s: float | None = None,
+    ttft_s: float = 0.5,
+    decode_tps: float = 50.0,
+) -> Trace:
+    """The requests workload ``name`` would send, as a :class:`Trace`."""
+    from ..workload.plan import plan_workload
+    from ..workload.spec import load_workload
+
+    spec = load_workload(name, overrides, where=f"analyze {name}")
+    bound = duration_s
+    if bound is None and spec.bound_s is None and spec.max_requests is None:
+        bound = DEFAULT_WORKLOAD_DURATION_S
+    plan = plan_workload(spec, seed=seed, duration_s=bound, ttft_s=ttft_s,
+                         decode_tps=decode_tps)
+    if not len(plan):
+        raise ConfigError(f"analyze {name}: the workload sends no requests within its bound")
+    blocks = []
+    partial = []
+    for r in plan.requests:
+        if r.tail_len:
+            blocks.append(np.append(r.blocks, r.tail_id))
+        else:
+            blocks.append(r.blocks)
+        partial.append(r.tail_len > 0)
+    users = sorted(set(plan.user.tolist()))
+    where = {u: i for i, u in enumerate(users)}
+    return build_trace(
+        name, int(plan.requests[0].block_size), plan.t_s, plan.prompt_tokens, blocks,
+        output_tokens=[r.output_tokens for r in plan.requests], last_block_partial=partial,
+        session=[where[int(u)] for u in plan.user], session_names=[f"user {u}" for u in users],
+    )
+
+
+def _is_trace_path(s: str) -> bool:
+    p = Path(s)
+    return p.is_dir() or (p.is_file() and p.suffix in (".json", ".jsonl"))
+
+
+def load_sources(
+    sources: Sequence[str],
+    *,
+    fmt: str | None = None,
+    seed: int = 0,
+    duration_s: float | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Trace:
+    """Trace paths are read together (:func:`read_traces`); a single non-path source is a
+    workload. Mixing the two is refused (their times and users do not line up)."""
+    if not sources:
+        raise ConfigError("analyze: give at least one trace path or workload")
+    paths = [s for s in sources if _is_trace_path(s)]
+    others = [s for s in sources if not _is_trace_path(s)]
+    if paths and others:
+        raise ConfigError(
+            f"analyze: {others[0]!r} is not a trace file or folder; analyse traces and "
+            "workloads in separate runs"
+        )
+    if paths:
+        if overrides:
+            raise ConfigError("analyze: --set applies to workloads, not traces")
+        return read_traces(paths, fmt=fmt)
+    if len(others) > 1:
+        raise ConfigError(f"analyze: one workload at a time, got {', '.join(others)}")
+    return trace_from_workload(others[0], overrides, seed=seed, duration_s=duration_s)

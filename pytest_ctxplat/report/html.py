@@ -1,0 +1,296 @@
+"""One self-contained HTML report of a results directory.
+
+For every run JSON in the directory: TTFT and decode speed over time, the three hit rates
+over time, the SLO verdict table and a summary; across runs: output tokens/s against
+users per server profile; for every analysis JSON (``ctxplat analyze --json``, found in
+the directory or passed in): TTL curves, the LRU curve and the TTL table. Plots are PNGs
+embedded as base64 and also written to ``<report stem>_files/`` next to the HTML. The page
+has no scripts and no external resources.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import html
+import math
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from ..errors import ConfigError, CtxplatError
+
+__all__ = ["build_report", "infer_analysis", "load_results", "write_report"]
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;
+max-width:1100px;color:#222;padding:0 1em}
+h1{font-size:1.6em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:2em}
+table{border-collapse:collapse;margin:.6em 0}td,th{border:1px solid #ddd;padding:.25em .6em;
+text-align:right}th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}
+.pass{color:#176117;font-weight:600}.fail{color:#a11;font-weight:600}
+img{max-width:100%;border:1px solid #eee;margin:.4em 0}.muted{color:#777}
+"""
+
+
+def load_results(results_dir: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Run results and analysis documents found in ``results_dir`` (not recursive)."""
+    runs: list[dict[str, Any]] = []
+    analyses: list[dict[str, Any]] = []
+    for p in sorted(results_dir.glob("*.json")):
+        try:
+            doc = orjson.loads(p.read_bytes())
+        except (OSError, orjson.JSONDecodeError):
+            continue
+        if not isinstance(doc, dict):
+            continue
+        if str(doc.get("schema", "")).startswith("ctxplat-analysis/"):
+            doc.setdefault("_file", p.name)
+            analyses.append(doc)
+        elif "schema_version" in doc and "records" in doc:
+            doc.setdefault("_file", p.name)
+            runs.append(doc)
+    return runs, analyses
+
+
+def _e(v: Any) -> str:
+    return html.escape(str(v))
+
+
+def _num(v: Any, fmt: str = "{:.1f}") -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "n/a"
+    return fmt.format(v) if isinstance(v, (int, float)) else _e(v)
+
+
+def _pct(v: Any) -> str:
+    return _num(v, "{:.1%}")
+
+
+def _table(head: Sequence[str], rows: Sequence[Sequence[str]], cls: str = "") -> str:
+    h = "".join(f"<th>{_e(x)}</th>" for x in head)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
+    return f'<table class="{cls}"><thead><tr>{h}</tr></thead><tbody>{body}</tbody></table>'
+
+
+class _Images:
+    def __init__(self, folder: Path | None) -> None:
+        self.folder = folder
+        self.names: set[str] = set()
+
+    def img(self, name: str, png: bytes, alt: str) -> str:
+        base = re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[:120] or "plot"
+        stem, k = base, 2
+        while base in self.names:
+            base = f"{stem}_{k}"
+            k += 1
+        self.names.add(base)
+        if self.folder is not None:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            (self.folder / f"{base}.png").write_bytes(png)
+        data = base64.b64encode(png).decode("ascii")
+        return (f'<img class="plot" alt="{_e(alt)}" data-file="{_e(base)}.png" '
+                f'src="data:image/png;base64,{data}">')
+
+
+def _verdict(run: dict[str, Any]) -> str:
+    v = run.get("verdict")
+    if not v:
+        return '<p class="muted">no SLO on this run</p>'
+    rows = []
+    for c in v.get("checks", []):
+        ok = c.get("passed")
+        rows.append([_e(c.get("key")), _e(c.get("metric")), _e(c.get("direction")),
+                     _num(c.get("target"), "{:g}"), _num(c.get("observed"), "{:.4g}"),
+                     _num(c.get("margin"), "{:.4g}"),
+                     f'<span class="{"pass" if ok else "fail"}">'
+                     f'{"pass" if ok else "FAIL"}</span>'])
+    verdict = ('<span class="pass">SLO met</span>' if v.get("passed")
+               else '<span class="fail">SLO breached</span>')
+    return f"<p>{verdict}</p>" + _table(
+        ["objective", "metric", "direction", "target", "observed", "margin", "result"], rows,
+        "verdict")
+
+
+def _summary(run: dict[str, Any]) -> str:
+    m = run.get("metrics") or {}
+    h = run.get("hit_rates") or {}
+    t = run.get("target") or {}
+    w = run.get("workload") or {}
+
+    def p(key: str, q: str) -> Any:
+        return (m.get(key) or {}).get(q)
+
+    rows = [
+        ["server", _e(f"{t.get('profile')} ({t.get('launcher')}) {t.get('model') or ''}")],
+        ["workload", _e(f"{w.get('kind')} users={w.get('users')}")],
+        ["requests / errors", f"{_num(m.get('requests'), '{:d}')} / "
+                              f"{_num(m.get('errors'), '{:d}')}"],
+        ["TTFT p50 / p95 / p99 ms", " / ".join(_num(p("ttft_ms", q)) for q in
+                                              ("p50", "p95", "p99"))],
+        ["decode tok/s p10 / p50", f"{_num(p('decode_tps', 'p10'))} / "
+                                   f"{_num(p('decode_tps', 'p50'))}"],
+        ["output tok/s", _num(m.get("output_tokens_per_s"))],
+        ["hit rate designed / request / server",
+         " / ".join(_pct(h.get(k)) for k in ("designed", "request", "server"))],
+    ]
+    return _table(["figure", "value"], rows, "summary")
+
+
+def _analysis_section(doc: dict[str, Any], images: _Images, idx: int) -> str:
+    from . import plots
+
+    name = str(doc.get("name") or f"analysis {idx}")
+    gb = doc.get("model_profile") is not None
+    rows = []
+    for ttl, s in (doc.get("ttl") or {}).items():
+        row = [_e(ttl), _pct(s.get("block_hit_rate")), _pct(s.get("token_hit_rate")),
+               _num(s.get("peak_working_set_tokens"), "{:,}"),
+               _num(s.get("mean_working_set_tokens"), "{:,.0f}")]
+        if gb:
+            row += [_num(s.get("peak_working_set_gb")), _num(s.get("mean_working_set_gb"))]
+        row.append(_num(s.get("misses_per_block"), "{:.2f}"))
+        rows.append(row)
+    head = ["TTL s", "block hit", "token hit", "peak WS tokens", "mean WS tokens"]
+    if gb:
+        head += ["peak GB", "mean GB"]
+    head.append("misses/block")
+    inf = doc.get("infinite") or {}
+    out = [f"<h2>Cache analysis: {_e(name)}</h2>",
+           f"<p>{_num(doc.get('requests'), '{:,}')} requests, "
+           f"{_num(doc.get('distinct_blocks'), '{:,}')} distinct blocks; infinite-cache "
+           f"block hit rate {_pct(inf.get('block_hit_rate'))}</p>",
+           _table(head, rows, "ttl")]
+    if doc.get("ttl_curve"):
+        out.append(images.img(f"{name}_ttl_curves", plots.ttl_curves(doc), "TTL curves"))
+    if doc.get("lru"):
+        out.append(images.img(f"{name}_lru_curve", plots.lru_curve(doc), "LRU curve"))
+    return "\n".join(out)
+
+
+MAX_INFER_REQUESTS = 20_000
+
+
+def infer_analysis(run: dict[str, Any]) -> dict[str, Any]:
+    """The cache analysis of the workload a run played, planned offline from its
+    ``workload`` and ``seed`` (see :func:`pytest_ctxplat.analysis.trace_from_workload`)."""
+    from ..analysis import analyze, trace_from_workload
+
+    w = dict(run.get("workload") or {})
+    kind = w.pop("kind", None)
+    if not kind:
+        raise ConfigError("the run records no workload kind")
+    if len(run.get("records") or []) > MAX_INFER_REQUESTS:
+        raise ConfigError(f"more than {MAX_INFER_REQUESTS:,} requests; run ctxplat analyze "
+                          "on the workload and pass --analysis")
+    trace = trace_from_workload(str(kind), w, seed=int(run.get("seed") or 0))
+    doc = analyze(trace).to_dict()
+    doc["name"] = "the run's workload as designed"
+    return doc
+
+
+def _designed_ttl(run: dict[str, Any], name: str, images: _Images) -> str:
+    from . import plots
+
+    try:
+        doc = infer_analysis(run)
+    except (CtxplatError, ValueError, TypeError, KeyError, NotImplementedError) as exc:
+        return f'<p class="muted">designed TTL curves not available: {_e(exc)}</p>'
+    return images.img(f"{name}_designed_ttl", plots.ttl_curves(doc),
+                      "designed TTL curves of the workload")
+
+
+def build_report(
+    runs: Sequence[dict[str, Any]],
+    analyses: Sequence[dict[str, Any]] = (),
+    *,
+    title: str = "ctxplat report",
+    image_dir: Path | None = None,
+    infer: bool = True,
+) -> str:
+    """The HTML text; PNGs are also written to ``image_dir`` when given. With
+    ``infer``, each run also gets the TTL curves of its workload, planned offline."""
+    from . import plots
+
+    images = _Images(image_dir)
+    now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    parts = [f"<h1>{_e(title)}</h1>",
+             f'<p class="muted">{len(runs)} run(s), {len(analyses)} analysis(es); '
+             f"generated {now}</p>"]
+    if runs:
+        rows = []
+        for r in runs:
+            v = r.get("verdict")
+            status = ("n/a" if not v else '<span class="pass">pass</span>' if v.get("passed")
+                      else '<span class="fail">FAIL</span>')
+            m = r.get("metrics") or {}
+            rows.append([_e(r.get("name")), _e((r.get("target") or {}).get("profile")),
+                         _num((r.get("workload") or {}).get("users"), "{}"),
+                         _num(m.get("requests"), "{}"),
+                         _num((m.get("ttft_ms") or {}).get("p95")),
+                         _num(m.get("output_tokens_per_s")), status])
+        parts += ["<h2>Runs</h2>", _table(["run", "profile", "users", "requests",
+                                           "TTFT p95 ms", "output tok/s", "SLO"], rows,
+                                          "runs")]
+        parts.append("<h2>Throughput against users</h2>")
+        parts.append(images.img("throughput_vs_users", plots.throughput_vs_users(runs),
+                                "output tokens/s against users per server profile"))
+    for i, r in enumerate(runs):
+        name = str(r.get("name") or f"run {i}")
+        parts.append(f'<h2 id="run-{i}">Run: {_e(name)}</h2>')
+        parts.append(_summary(r))
+        parts.append("<h3>SLO verdict</h3>")
+        parts.append(_verdict(r))
+        parts.append(images.img(f"{name}_latency", plots.latency_over_time(r),
+                                "TTFT and decode speed over time"))
+        parts.append(images.img(f"{name}_hit_rates", plots.hit_rates_over_time(r),
+                                "hit rates over time"))
+        if infer:
+            parts.append(_designed_ttl(r, name, images))
+    for i, a in enumerate(analyses):
+        parts.append(_analysis_section(a, images, i))
+    body = "\n".join(parts)
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+            f"<title>{_e(title)}</title><style>{_CSS}</style></head>\n<body>\n{body}\n"
+            "</body></html>\n")
+
+
+def write_report(
+    results_dir: str | Path,
+    output: str | Path | None = None,
+    *,
+    analyses: Sequence[str | Path] = (),
+    title: str | None = None,
+    infer: bool = True,
+) -> Path:
+    """Write the report of ``results_dir`` to ``output`` (default
+    ``results_dir/report.html``) and its PNGs to ``<output stem>_files/``."""
+    rd = Path(results_dir)
+    if not rd.is_dir():
+        raise ConfigError(f"{rd}: results directory not found")
+    runs, found = load_results(rd)
+    extra = []
+    for a in analyses:
+        p = Path(a)
+        try:
+            doc = orjson.loads(p.read_bytes())
+        except OSError as exc:
+            raise ConfigError(f"{p}: cannot read analysis JSON: {exc.strerror}") from None
+        except orjson.JSONDecodeError as exc:
+            raise ConfigError(f"{p}: invalid JSON: {exc}") from None
+        if not isinstance(doc, dict) or "ttl" not in doc:
+            raise ConfigError(f"{p}: not an analysis JSON (from ctxplat analyze --json)")
+        extra.append(doc)
+    if not runs and not found and not extra:
+        raise ConfigError(f"{rd}: no result or analysis JSON files to report")
+    out = Path(output) if output is not None else rd / "report.html"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    text = build_report(runs, [*found, *extra], title=title or f"ctxplat report: {rd.name}",
+                        image_dir=out.parent / f"{out.stem}_files", infer=infer)
+    tmp = out.with_suffix(out.suffix + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(out)
+    return out

@@ -1,0 +1,210 @@
+"""PNG plots of run results and cache analyses (matplotlib, the ``plots`` extra).
+
+Every function takes plain dicts (a run's result JSON, an analysis JSON) and returns PNG
+bytes, so the HTML report and ``ctxplat analyze --plots`` share them. matplotlib is
+imported lazily with the non-interactive Agg backend.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+__all__ = [
+    "PlotsUnavailable",
+    "hit_rates_over_time",
+    "latency_over_time",
+    "lru_curve",
+    "throughput_vs_users",
+    "ttl_curves",
+]
+
+
+class PlotsUnavailable(RuntimeError):
+    """matplotlib is not installed."""
+
+
+def _plt() -> Any:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg", force=True)
+        import matplotlib.pyplot as plt
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise PlotsUnavailable(
+            "plots need matplotlib: pip install 'pytest-ctxplat[plots]'"
+        ) from exc
+    return plt
+
+
+def _png(fig: Any) -> bytes:
+    plt = _plt()
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _ok(records: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    return [r for r in records if r.get("error") is None and r.get("ttft_s") is not None]
+
+
+def decode_tps(r: Mapping[str, Any]) -> float | None:
+    """Output tokens per second after the first token, for one record."""
+    out = r.get("output_tokens") or 0
+    if out < 2 or r.get("end_s") is None:
+        return None
+    dt = r["end_s"] - r["start_s"] - r["ttft_s"]
+    return (out - 1) / dt if dt > 0 else None
+
+
+def latency_over_time(run: Mapping[str, Any]) -> bytes:
+    """TTFT (ms) and decode speed (tokens/s) of each request against its start time."""
+    plt = _plt()
+    recs = _ok(run.get("records") or [])
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(8, 5.5), sharex=True)
+    xs = [r["start_s"] for r in recs]
+    ax1.scatter(xs, [r["ttft_s"] * 1000 for r in recs], s=8, alpha=0.6, color="tab:blue")
+    ax1.set_ylabel("TTFT (ms)")
+    ax1.set_title("TTFT and decode speed over time")
+    ax1.grid(alpha=0.3)
+    pts = [(r["start_s"], v) for r in recs if (v := decode_tps(r)) is not None]
+    ax2.scatter([p[0] for p in pts], [p[1] for p in pts], s=8, alpha=0.6, color="tab:green")
+    ax2.set_ylabel("decode speed (tokens/s)")
+    ax2.set_xlabel("request start (s since run start)")
+    ax2.grid(alpha=0.3)
+    if not recs:
+        ax1.text(0.5, 0.5, "no successful requests", ha="center", transform=ax1.transAxes)
+    return _png(fig)
+
+
+def hit_rates_over_time(run: Mapping[str, Any]) -> bytes:
+    """Cumulative designed, request-reported and server-reported hit rates over time."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    recs = sorted(_ok(run.get("records") or []), key=lambda r: r.get("end_s") or 0)
+    prompt = designed = cached = 0.0
+    xs: list[float] = []
+    d_rate: list[float] = []
+    c_rate: list[float] = []
+    for r in recs:
+        prompt += r.get("prompt_tokens") or 0
+        designed += r.get("designed_cached_tokens") or 0
+        cached += r.get("cached_tokens") or 0
+        if prompt:
+            xs.append(r["end_s"])
+            d_rate.append(designed / prompt)
+            c_rate.append(cached / prompt)
+    if xs:
+        ax.plot(xs, d_rate, label="designed", color="tab:gray", linestyle="--")
+        ax.plot(xs, c_rate, label="request (cached_tokens)", color="tab:blue")
+    tl = run.get("timeline") or []
+    sx = [p["t"] for p in tl if p.get("prefix_cache_queries")]
+    sy = [p["prefix_cache_hits"] / p["prefix_cache_queries"] for p in tl
+          if p.get("prefix_cache_queries")]
+    if sx:
+        ax.plot(sx, sy, label="server (/metrics)", color="tab:orange")
+    ax.set_ylim(0, 1.02)
+    ax.set_ylabel("cumulative hit rate")
+    ax.set_xlabel("time (s since run start)")
+    ax.set_title("hit rates over time")
+    ax.grid(alpha=0.3)
+    if xs or sx:
+        ax.legend(loc="lower right")
+    return _png(fig)
+
+
+def throughput_vs_users(runs: Sequence[Mapping[str, Any]]) -> bytes:
+    """Output tokens/s against users (and mean in-flight requests), one series per
+    server profile."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(8, 3.8))
+    by_profile: dict[str, list[tuple[float, float, float]]] = {}
+    for run in runs:
+        m = run.get("metrics") or {}
+        tps = m.get("output_tokens_per_s")
+        users = (run.get("workload") or {}).get("users")
+        if tps is None or users is None:
+            continue
+        tl = run.get("timeline") or []
+        inflight = (sum(p.get("in_flight", 0) for p in tl) / len(tl)) if tl else math.nan
+        profile = str((run.get("target") or {}).get("profile") or "unknown")
+        by_profile.setdefault(profile, []).append((float(users), float(tps), inflight))
+    for profile, pts in sorted(by_profile.items()):
+        pts.sort()
+        line = ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o",
+                       label=f"{profile} (users)")
+        infl = [(p[2], p[1]) for p in pts if not math.isnan(p[2])]
+        if infl:
+            ax.scatter([p[0] for p in infl], [p[1] for p in infl], marker="x",
+                       color=line[0].get_color(), label=f"{profile} (mean in-flight)")
+    ax.set_xlabel("users / mean in-flight requests")
+    ax.set_ylabel("output tokens/s")
+    ax.set_title("throughput against load, per server profile")
+    ax.grid(alpha=0.3)
+    if by_profile:
+        ax.legend(fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no runs with users and throughput", ha="center",
+                transform=ax.transAxes)
+    return _png(fig)
+
+
+def ttl_curves(analysis: Mapping[str, Any]) -> bytes:
+    """Hit rates and working set against TTL (log scale)."""
+    plt = _plt()
+    curve = [p for p in analysis.get("ttl_curve") or []
+             if p.get("ttl_s") is not None and math.isfinite(p["ttl_s"])]
+    fig, ax = plt.subplots(figsize=(8, 4))
+    xs = [p["ttl_s"] for p in curve]
+    ax.plot(xs, [p["block_hit_rate"] for p in curve], color="tab:blue", label="block hit rate")
+    ax.plot(xs, [p["token_hit_rate"] for p in curve], color="tab:cyan", linestyle=":",
+            label="token hit rate")
+    inf = (analysis.get("infinite") or {}).get("block_hit_rate")
+    if inf is not None:
+        ax.axhline(inf, color="tab:gray", linestyle="--", label="infinite cache")
+    ax.set_xscale("log")
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("TTL (s)")
+    ax.set_ylabel("hit rate")
+    ax2 = ax.twinx()
+    gb = analysis.get("model_profile") is not None and curve and "peak_working_set_gb" in curve[0]
+    key, unit = ("_gb", "GB") if gb else ("_tokens", "tokens")
+    ax2.plot(xs, [p["peak_working_set" + key] for p in curve], color="tab:red",
+             label=f"peak working set ({unit})")
+    ax2.plot(xs, [p["mean_working_set" + key] for p in curve], color="tab:orange",
+             label=f"mean working set ({unit})")
+    ax2.set_ylabel(f"working set ({unit})")
+    for t in (analysis.get("ttl") or {}):
+        if t != "inf":
+            ax.axvline(float(t), color="black", alpha=0.15)
+    h1, l1 = ax.get_legend_handles_labels()
+    h2, l2 = ax2.get_legend_handles_labels()
+    ax.legend(h1 + h2, l1 + l2, loc="center right", fontsize=8)
+    ax.set_title(f"{analysis.get('name', 'trace')}: TTL curves")
+    ax.grid(alpha=0.3)
+    return _png(fig)
+
+
+def lru_curve(analysis: Mapping[str, Any]) -> bytes:
+    """Hit rate against LRU capacity."""
+    plt = _plt()
+    pts = analysis.get("lru") or []
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    gb = bool(pts) and "capacity_gb" in pts[0]
+    xs = [p["capacity_gb"] if gb else p["capacity_tokens"] for p in pts]
+    ax.plot(xs, [p["block_hit_rate"] for p in pts], marker="o", label="block hit rate")
+    inf = (analysis.get("infinite") or {}).get("block_hit_rate")
+    if inf is not None:
+        ax.axhline(inf, color="tab:gray", linestyle="--", label="infinite cache")
+    ax.set_xscale("log")
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("LRU capacity (GB)" if gb else "LRU capacity (tokens)")
+    ax.set_ylabel("hit rate")
+    ax.set_title(f"{analysis.get('name', 'trace')}: LRU hit rate against capacity")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    return _png(fig)
