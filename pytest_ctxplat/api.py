@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as _dt
+import sys
 import threading
 import time
 import zlib
@@ -30,6 +31,7 @@ from .report import stats
 from .report.result import HitRates, RunResult, ServerMetrics, write_json
 from .servers.attach import AttachedServer
 from .servers.base import ServerHandle
+from .servers.probe import ensure_capabilities
 from .slo import SLOSpec, evaluate, parse_slo
 from .workload.spec import WorkloadSpec, load_workload
 
@@ -41,16 +43,18 @@ _GAUGES = ("vllm:kv_cache_usage_perc", "vllm:num_requests_running", "vllm:num_re
 
 def run_sync(coro: Coroutine[Any, Any, T]) -> T:
     """Run ``coro`` to completion from sync code, also when called inside a running
-    event loop (an ``async def`` test): then it runs in a worker thread's own loop."""
+    event loop (an ``async def`` test): then it runs in a worker thread's own loop.
+    The loop is uvloop's where installed (the ``fast`` extra), with a full-resolution
+    clock (see :func:`~pytest_ctxplat.driver.multiproc.new_event_loop`)."""
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return asyncio.run(coro)
+        return _run_fast(coro)
     box: dict[str, Any] = {}
 
     def target() -> None:
         try:
-            box["value"] = asyncio.run(coro)
+            box["value"] = _run_fast(coro)
         except BaseException as exc:  # re-raised in the caller's thread
             box["error"] = exc
 
@@ -60,6 +64,15 @@ def run_sync(coro: Coroutine[Any, Any, T]) -> T:
     if "error" in box:
         raise box["error"]
     return box["value"]  # type: ignore[no-any-return]
+
+
+def _run_fast(coro: Coroutine[Any, Any, T]) -> T:
+    from .driver.multiproc import new_event_loop
+
+    if sys.version_info >= (3, 11):
+        with asyncio.Runner(loop_factory=new_event_loop) as runner:
+            return runner.run(coro)
+    return asyncio.run(coro)  # pragma: no cover - Python 3.10: asyncio's own loop
 
 
 def run_workload(server: str | ServerHandle, workload: str | WorkloadSpec, **kwargs: Any
@@ -91,9 +104,11 @@ def _block_size(snap: MetricsSnapshot | None) -> int | None:
 
 async def _poll_gauges(client: httpx.AsyncClient, url: str, runner: Runner,
                        peaks: dict[str, float], timeline: list[dict[str, float]],
-                       every_s: float) -> None:
+                       every_s: float, handle: ServerHandle | None = None) -> None:
     while True:
         await asyncio.sleep(every_s)
+        if handle is not None and not handle.alive():
+            runner.stop()  # the server died: stop sending, keep what was measured
         snap = await scrape(client, url)
         point = {"t": runner.now(), "in_flight": float(runner.in_flight),
                  "requests_done": float(sum(1 for r in runner.records if r.end_s is not None))}
@@ -150,6 +165,15 @@ async def arun_workload(
     notes: dict[str, str] = {}
     async with httpx.AsyncClient(headers=handle.headers()) as control:
         model = model or handle.info.model or await _probe_model(control, url) or "default"
+        caps = await ensure_capabilities(handle, control, model)
+        notes.update(caps.run_notes())
+        if spec.api == "completions" and caps.token_id_prompts is False and caps.chat:
+            import dataclasses
+
+            spec = dataclasses.replace(spec, api="chat")
+            notes["prompts"] = ("probe: the server refused token-id prompts on "
+                                "/v1/completions; sent chat text instead, so block boundaries "
+                                "depend on its tokenizer")
         if reset_cache:
             with contextlib.suppress(httpx.HTTPError):
                 resp = await control.post(url + "/reset_prefix_cache", timeout=30.0)
@@ -161,14 +185,21 @@ async def arun_workload(
         if time_scale is None:
             time_scale = float(handle.info.settings.get("speedup", 1.0)) \
                 if handle.info.launcher == "sim" else 1.0
+        chat_overhead = 0
+        if spec.api == "chat":
+            from .workload.render import probe_chat_tokenizer
+
+            chat_overhead, chat_notes = await probe_chat_tokenizer(control, url, model)
+            notes.update(chat_notes)
         options = RunOptions(model=model, seed=seed, token_salt=salt, time_scale=time_scale,
-                             server_block_size=server_bs, extra_body=dict(extra_body or {}))
+                             server_block_size=server_bs, extra_body=dict(extra_body or {}),
+                             chat_overhead_tokens=chat_overhead)
         limits = ClientLimits(max_connections=0)
         interrupted = False
         async with StreamClient(url, limits=limits, headers=handle.headers()) as client:
             runner = Runner(spec, client, options)
             poller = asyncio.create_task(
-                _poll_gauges(control, url, runner, peaks, timeline, scrape_every_s))
+                _poll_gauges(control, url, runner, peaks, timeline, scrape_every_s, handle))
             try:
                 await runner.run()
             except (asyncio.CancelledError, KeyboardInterrupt):
@@ -180,14 +211,19 @@ async def arun_workload(
                     await poller
                 after = await _final_scrape(control, url) if not interrupted else None
                 target = handle.info.to_dict()
+                target["capabilities"] = caps.to_dict()
                 target["alive_after_run"] = handle.alive()
                 if not handle.alive():
                     target["log_tail"] = handle.log_tail()
+                if runner.throttled:
+                    notes["load.throttled"] = (f"{runner.throttled} token-budget backoffs "
+                                               "(input_tpm / output_tpm)")
                 result = build_result(
                     name=name, target=target, spec=spec, seed=seed, started_at=started_at,
                     wall_s=time.perf_counter() - wall0, records=runner.records, before=before,
                     after=after, peaks=peaks, timeline=timeline, slo_spec=slo_spec,
-                    notes=notes, interrupted=interrupted, server_block_size=server_bs)
+                    notes=notes, interrupted=interrupted, server_block_size=server_bs,
+                    designed_variants=runner.designed_variants)
                 if results_dir is not None:
                     write_json(result, Path(results_dir))
     if check and result.verdict is not None and not result.verdict.passed:
@@ -208,15 +244,20 @@ def build_result(*, name: str, target: Mapping[str, Any], spec: WorkloadSpec, se
                  peaks: Mapping[str, float] | None = None,
                  timeline: Sequence[Mapping[str, float]] = (), slo_spec: SLOSpec | None = None,
                  notes: Mapping[str, str] | None = None, interrupted: bool = False,
-                 server_block_size: int = 1) -> RunResult:
+                 server_block_size: int = 1,
+                 designed_variants: Mapping[str, Sequence[int]] | None = None) -> RunResult:
     """Assemble a :class:`RunResult` from request records and two ``/metrics`` snapshots
     (either may be None when the server has no metrics). Used by HTTP runs and by the
-    in-process simulator alike."""
+    in-process simulator alike. ``designed_variants`` (``Runner.designed_variants``) adds
+    designed hit rates for a TTL or capacity as ``hit_rate.designed_ttl_<s>s`` /
+    ``hit_rate.designed_cap_<tokens>`` observed metrics."""
     records = tuple(records)
     summary = stats.summarize(records, wall_s)
     delta = server_delta(before, after, peaks) if before is not None and after is not None \
         else None
     rates, rate_notes = stats.hit_rates(records, delta)
+    if designed_variants:
+        rates.update(stats.designed_variant_rates(records, designed_variants))
     rate_notes.update(notes or {})
     good = stats.goodput(records, slo_spec.good_thresholds()) if slo_spec else None
     observed = stats.observed_metrics(summary, rates, good)

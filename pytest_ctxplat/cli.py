@@ -69,6 +69,35 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from .errors import ConfigError
+    from .report.result import write_json
+    from .sim import simulate_cli
+
+    try:
+        result = simulate_cli.run(args, _kv)
+    except ConfigError as exc:
+        print(f"ctxplat simulate: {exc}", file=sys.stderr)
+        return 2
+    if result is None:
+        return 0
+    if args.json:
+        path = write_json(result, Path(args.json).parent)
+        if path != Path(args.json):
+            path.replace(args.json)
+    _print_result(result)
+    if result.verdict is not None and not result.verdict.passed:
+        print(format_breach_text(result), file=sys.stderr)
+        return 1
+    return 0
+
+
+def format_breach_text(result: Any) -> str:
+    from .api import format_breach
+
+    return format_breach(result)
+
+
 def _print_result(result: Any) -> None:
     from tabulate import tabulate
 
@@ -100,8 +129,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "serve-sim":
         return _cmd_serve_sim(argv[1:])
+    if argv and argv[0] == "make-tiny-model":
+        from .tinymodel import main as tiny_main
+
+        return tiny_main(argv[1:])
     parser = argparse.ArgumentParser(prog="ctxplat", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("make-tiny-model", help="write a tiny Llama-shaped model folder for "
+                   "vLLM --load-format dummy (see make-tiny-model --help)", add_help=False)
     sub.add_parser("serve-sim", help="run the embedded simulator (see serve-sim --help)",
                    add_help=False)
     run = sub.add_parser("run", help="play a workload against a server and report")
@@ -118,9 +153,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--no-reset", action="store_true",
                      help="do not POST /reset_prefix_cache before the run")
     run.add_argument("--json", help="write the result JSON to this file")
+    from .sim import simulate_cli
+
+    simulate_cli.add_parser(sub)
+    from .analysis import cli as analysis_cli
+
+    analysis_cli.add_analyze_parser(sub)
+    analysis_cli.add_report_parser(sub)
     args = parser.parse_args(argv)
     if args.command == "run":
         return _cmd_run(args)
+    if args.command == "analyze":
+        return analysis_cli.run_analyze(args)
+    if args.command == "report":
+        return analysis_cli.run_report(args)
+    if args.command == "simulate":
+        return _cmd_simulate(args)
     parser.error(f"unknown command {args.command}")
     return 2
 

@@ -35,6 +35,8 @@ class Settings:
     reset_cache: bool
     workload_dirs: list[Path]
     model: str | None
+    servers: list[str] = dataclasses.field(default_factory=list)  # --ctxplat-server a,b
+    profile_dirs: list[Path] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass
@@ -48,8 +50,9 @@ item_key = pytest.StashKey[ItemSpec]()
 
 _OPTIONS: list[tuple[str, Literal["string", "bool"], str, Any]] = [
     # (name, ini type, help, default)
-    ("server", "string", "Server under test: 'sim' (embedded simulator, default) or 'url' "
-     "(attach to --ctxplat-url).", "sim"),
+    ("server", "string", "Server under test: 'sim' (embedded simulator, default), 'url' "
+     "(attach to --ctxplat-url) or a server profile name (fixtures/servers/NAME.yaml, e.g. "
+     "vllm-cpu); several, comma-separated, run each test once per profile.", "sim"),
     ("url", "string", "Base URL of a running OpenAI-compatible server (implies "
      "--ctxplat-server=url).", None),
     ("api_key_env", "string", "Name of the environment variable holding the API key for "
@@ -60,6 +63,9 @@ _OPTIONS: list[tuple[str, Literal["string", "bool"], str, Any]] = [
     ("reset_cache", "bool", "POST /reset_prefix_cache before each run so a warm cache from "
      "an earlier test cannot inflate results.", True),
     ("model", "string", "Model name to request (default: the first from /v1/models).", None),
+    ("html", "string", "At the end of the session, write one self-contained HTML report "
+     "(plots and SLO verdicts of every result JSON in the results directory) to this file.",
+     None),
 ]
 
 
@@ -84,6 +90,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                       default=default if default is not None else None)
     parser.addini("ctxplat_workload_dirs", "Directories searched for workload YAML files.",
                   type="paths", default=[])
+    parser.addini("ctxplat_profile_dirs", "Directories searched for server profile YAML "
+                  "files (after the rootdir's fixtures/servers).", type="paths", default=[])
 
 
 def _get(config: pytest.Config, name: str) -> Any:
@@ -120,6 +128,11 @@ def pytest_configure(config: pytest.Config) -> None:
         "workload(name, **overrides): the workload ctxplat_run plays: a kind ('chat') or a "
         "YAML definition name, with field overrides such as users=8, duration_s=30.",
     )
+    config.addinivalue_line(
+        "markers",
+        "servers(*profiles): run the test once per server profile (e.g. 'sim', 'vllm-cpu'); "
+        "the terminal summary compares the profiles side by side.",
+    )
     url = _get(config, "url")
     server = _get(config, "server")
     if url and config.getoption("ctxplat_server") is None:
@@ -127,9 +140,14 @@ def pytest_configure(config: pytest.Config) -> None:
     if server == "url" and not url:
         raise pytest.UsageError("--ctxplat-server=url needs --ctxplat-url=URL "
                                 "(or the ctxplat_url ini option)")
-    if server not in SERVER_CHOICES and not _has_custom_launcher(config):
-        raise pytest.UsageError(f"--ctxplat-server: unknown server {server!r}; valid: "
-                                f"{', '.join(SERVER_CHOICES)}")
+    servers = [n.strip() for n in str(server).split(",") if n.strip()] or ["sim"]
+    server = servers[0]
+    profile_dirs = [config.rootpath / "fixtures" / "servers",
+                    *(Path(p) for p in config.getini("ctxplat_profile_dirs"))]
+    if servers != ["sim"] and not _has_custom_launcher(config):
+        from .runtime import check_profiles
+
+        check_profiles(servers, profile_dirs, url, "--ctxplat-server")
     if url and not str(url).startswith(("http://", "https://")):
         raise pytest.UsageError(f"--ctxplat-url must start with http:// or https://, got {url!r}")
     reset = config.getoption("ctxplat_reset_cache")
@@ -143,6 +161,8 @@ def pytest_configure(config: pytest.Config) -> None:
         reset_cache=config.getini("ctxplat_reset_cache") if reset is None else reset,
         workload_dirs=[Path(p) for p in config.getini("ctxplat_workload_dirs")],
         model=_get(config, "model"),
+        servers=servers,
+        profile_dirs=profile_dirs,
     )
     config.pluginmanager.register(_Summary(), "ctxplat-summary")
 
@@ -193,13 +213,39 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
         item.stash[item_key] = ItemSpec(slo=slo, workload=wl)
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Run tests across several server profiles (``servers`` marker or a comma list in
+    ``--ctxplat-server``): indirect, session-scoped parametrisation, so pytest groups the
+    tests by profile and each server starts once."""
+    if "ctxplat_server" not in metafunc.fixturenames:
+        return
+    marker = metafunc.definition.get_closest_marker("servers")
+    s = metafunc.config.stash[settings_key]
+    if marker is not None:
+        names = [str(a) for a in marker.args]
+        if not names:
+            raise pytest.UsageError(f"{metafunc.definition.nodeid}: servers() needs at least "
+                                    "one profile name")
+        if not _has_custom_launcher(metafunc.config):
+            from .runtime import check_profiles
+
+            check_profiles(names, s.profile_dirs, s.url, metafunc.definition.nodeid)
+    elif len(s.servers) > 1:
+        names = s.servers
+    else:
+        return
+    metafunc.parametrize("ctxplat_server", names, indirect=True, scope="session", ids=names)
+
+
 @pytest.fixture(scope="session")
 def ctxplat_server(request: pytest.FixtureRequest) -> Generator[ServerHandle, None, None]:
-    """The server under test for the whole session (simulator by default)."""
+    """The server under test (simulator by default), started once per session and
+    profile; parametrised per profile by the ``servers`` marker or a comma list in
+    ``--ctxplat-server``."""
     from .runtime import start_server
 
     config = request.config
-    handle = start_server(config, config.stash[settings_key])
+    handle = start_server(config, config.stash[settings_key], getattr(request, "param", None))
     try:
         yield handle
     finally:
@@ -265,6 +311,32 @@ class _Summary:
 
         terminalreporter.write_sep("=", "ctxplat SLO summary")
         terminalreporter.write_line(summary_table(self.rows))
+        if len({r.get("profile") for r in self.rows}) > 1:
+            from .servers.compare import profile_comparison
+
+            terminalreporter.write_sep("=", "ctxplat profile comparison")
+            terminalreporter.write_line(profile_comparison(self.rows))
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    """``--ctxplat-html FILE``: render the results directory (controller only)."""
+    html = config.getoption("ctxplat_html")
+    base = config.invocation_params.dir
+    if html is None:
+        html, base = config.getini("ctxplat_html"), config.rootpath
+    settings = config.stash.get(settings_key, None)
+    if not html or settings is None or hasattr(config, "workerinput"):
+        return
+    from .errors import ConfigError
+    from .report.html import write_report
+
+    try:
+        path = write_report(settings.results, Path(base, html))
+    except ConfigError as exc:
+        terminalreporter.write_line(f"ctxplat: no HTML report written: {exc}")
+        return
+    terminalreporter.write_line(f"ctxplat: HTML report written to {path}")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

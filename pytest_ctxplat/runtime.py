@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import warnings
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -15,7 +16,6 @@ from .api import arun_workload, format_breach
 from .errors import ConfigError, ServerError, SLOViolation
 from .servers.attach import AttachedServer
 from .servers.base import ServerHandle
-from .servers.sim import start_sim
 from .workload.spec import coerce_fields, load_workload
 
 if TYPE_CHECKING:
@@ -25,13 +25,31 @@ if TYPE_CHECKING:
 DEFAULT_WORKLOAD = "chat"
 
 
-def start_server(config: pytest.Config, s: Settings) -> ServerHandle:
-    """Start or attach to the session's server: hook implementations first, then the
-    built-in ``sim`` and ``url`` launchers."""
-    handle = config.pluginmanager.hook.pytest_ctxplat_start_server(config=config, name=s.server)
+def check_profiles(names: list[str], dirs: list[Path], url: str | None, where: str) -> None:
+    """Read every named server profile now (before any server starts); a bad name or
+    profile file is a usage error naming the file, line and key."""
+    from .servers.profiles import find_profile
+
+    for name in names:
+        if name == "url":
+            if not url:
+                raise pytest.UsageError(f"{where}: server 'url' needs --ctxplat-url=URL "
+                                        "(or the ctxplat_url ini option)")
+            continue
+        try:
+            find_profile(name, dirs)
+        except ConfigError as exc:
+            raise pytest.UsageError(f"{where}: {exc}") from None
+
+
+def start_server(config: pytest.Config, s: Settings, name: str | None = None) -> ServerHandle:
+    """Start or attach to server ``name`` (default: the session's ``--ctxplat-server``):
+    hook implementations first, then ``url`` and the server profiles (``sim`` built in)."""
+    name = name or s.server
+    handle = config.pluginmanager.hook.pytest_ctxplat_start_server(config=config, name=name)
     if handle is not None:
         return handle  # type: ignore[no-any-return]
-    if s.server == "url":
+    if name == "url":
         assert s.url is not None
         if os.environ.get("PYTEST_XDIST_WORKER"):
             warnings.warn(
@@ -42,8 +60,15 @@ def start_server(config: pytest.Config, s: Settings) -> ServerHandle:
             return AttachedServer(s.url, api_key_env=s.api_key_env, model=s.model)
         except ConfigError as exc:
             raise pytest.UsageError(str(exc)) from None
-    return start_sim({"speedup": s.sim_speedup, "seed": s.seed},
-                     log_dir=s.results / "logs", profile="sim")
+    from .servers.launch import start_profile
+    from .servers.profiles import find_profile
+
+    try:
+        profile = find_profile(name, s.profile_dirs)
+    except ConfigError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    return start_profile(profile, log_dir=s.results / "logs", rootdir=config.rootpath,
+                         seed=s.seed, sim_speedup=s.sim_speedup)
 
 
 def _properties(result: RunResult) -> list[tuple[str, Any]]:
@@ -51,6 +76,7 @@ def _properties(result: RunResult) -> list[tuple[str, Any]]:
     o = result.observed
     props: dict[str, Any] = {
         "server": f"{result.target.get('launcher')}:{result.target.get('profile')}",
+        "profile": result.target.get("profile"),
         "requests": m["requests"],
         "errors": m["errors"],
         "ttft_p50_ms": o.get("ttft_ms.p50"),
@@ -64,6 +90,7 @@ def _properties(result: RunResult) -> list[tuple[str, Any]]:
         "hit_rate_designed": result.hit_rates.designed,
         "hit_rate_request": result.hit_rates.request,
         "hit_rate_server": result.hit_rates.server,
+        "hit_rate_external": result.server.external_hit_rate if result.server else None,
         "slo_passed": None if result.verdict is None else result.verdict.passed,
     }
     return [(f"ctxplat.{k}", _round(v)) for k, v in props.items()]
@@ -96,11 +123,23 @@ async def run_item(item: pytest.Item, server: ServerHandle, workload: str | None
     if not server.alive():
         raise ServerError(f"the server under test is not running; log tail:\n"
                           f"{server.log_tail()}")
+    reset = getattr(server, "reset_cache", None)  # a profile may override the option
     result = await arun_workload(server, wl, slo=spec.slo if spec else None, seed=s.seed,
                                  model=s.model, name=item.nodeid, results_dir=s.results,
-                                 reset_cache=s.reset_cache, check=False)
+                                 reset_cache=s.reset_cache if reset is None else bool(reset),
+                                 check=False)
     item.user_properties.extend(_properties(result))
     config.pluginmanager.hook.pytest_ctxplat_result(config=config, item=item, result=result)
+    if result.target.get("alive_after_run") is False:
+        # The server died during the run: a failure whatever the SLO says; what was
+        # measured until then is already written.
+        tail = result.target.get("log_tail") or server.log_tail()
+        detail = format_breach(result) if result.verdict is not None and \
+            result.target.get("log_tail") else f"server log tail:\n{tail}"
+        raise ServerError(f"the server under test ({result.target.get('profile')}) died "
+                          f"during the run of {item.nodeid}; {result.metrics['requests']} "
+                          f"requests, {result.metrics['errors']} errors; results written to "
+                          f"{s.results}\n{detail}")
     if check and result.verdict is not None and not result.verdict.passed:
         raise SLOViolation(format_breach(result), result.verdict)
     return result

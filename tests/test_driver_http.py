@@ -14,6 +14,7 @@ from aiohttp import web
 
 from pytest_ctxplat.driver.http import ClientLimits, StreamClient
 from pytest_ctxplat.driver.records import RequestRecord
+from pytest_ctxplat.driver.sse import interpret_payload
 from pytest_ctxplat.errors import ConfigError, ServerError
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -219,6 +220,113 @@ async def test_tiny_pieces_under_concurrency() -> None:
     assert all(r.cached_tokens == 1 and r.usage_prompt_tokens == 3 for r in records)
     assert all(len(r.chunk_gaps_s) == n_tokens - 1 for r in records)
     assert all(r.ok for r in records)
+
+
+def _random_stream(seed: int) -> tuple[list[bytes], int, int | None]:
+    """A stream mixing the shapes a server may send: (payloads, token chunks, usage
+    completion tokens or None). Texts hold quotes, backslashes, escaped line breaks and
+    non-ASCII; some chunks change shape mid-stream."""
+    rnd = random.Random(seed)
+    chat = rnd.random() < 0.5
+    head: dict[str, object] = {"id": f"x{seed}", "created": 1700000000 + seed, "model": "m"}
+    texts = [" a", "", ' "q"', "\\", "line\nbreak", "é ✓", "}],\"usage\":{", " data: x"]
+
+    def chunk(text: str | None, finish: str | None = None, n_choices: int = 1,
+              usage: dict[str, int] | None = None, role: bool = False) -> bytes:
+        choices = []
+        for i in range(n_choices):
+            if chat:
+                delta: dict[str, object] = {} if text is None else {"content": text}
+                if role:
+                    delta["role"] = "assistant"
+                choices.append({"index": i, "delta": delta, "finish_reason": finish})
+            else:
+                choices.append({"index": i, "text": text or "", "finish_reason": finish})
+        return orjson.dumps({**head, "choices": choices, "usage": usage})
+
+    payloads: list[bytes] = []
+    tokens = 0
+    if chat and rnd.random() < 0.7:
+        payloads.append(chunk("", role=True))
+    for _ in range(rnd.randint(1, 60)):
+        r = rnd.random()
+        if r < 0.04:  # mid-stream chunks that carry no token
+            payloads.append(chunk(None) if chat else orjson.dumps({**head, "choices": []}))
+            continue
+        if r < 0.06:
+            payloads.append(chunk("", role=True) if chat else chunk(None, "stop"))
+            continue
+        if r < 0.1:
+            payloads.append(chunk("x", n_choices=2))
+        elif r < 0.13:
+            head["created"] = int(str(head["created"])) + 1  # the shape changes
+            payloads.append(chunk("y"))
+        else:
+            payloads.append(chunk(rnd.choice(texts)))
+        tokens += 1
+    usage = None
+    r = rnd.random()
+    if r < 0.3:
+        payloads.append(chunk(None, "stop"))
+    elif r < 0.6:
+        usage = tokens + 7
+        payloads.append(chunk("end", "length", usage={"completion_tokens": usage}))
+        tokens += 1
+    if rnd.random() < 0.5:
+        usage = tokens + 3
+        payloads.append(orjson.dumps({**head, "choices": [],
+                                      "usage": {"completion_tokens": usage}}))
+    payloads.append(b"[DONE]")
+    return payloads, tokens, usage
+
+
+def test_random_stream_reference_counts() -> None:
+    for seed in range(50):
+        payloads, tokens, usage = _random_stream(seed)
+        events = [interpret_payload(p) for p in payloads]
+        assert sum(ev.has_token for ev in events) == tokens, seed
+        last_usage = [ev.usage for ev in events if ev.usage is not None]
+        assert (last_usage[-1].completion_tokens if last_usage else None) == usage
+
+
+@pytest.mark.asyncio
+async def test_random_shapes_and_splits_match_the_full_parse() -> None:
+    """The bulk token recognition agrees with parsing every chunk, for mixed stream
+    shapes however the bytes arrive (whole body, tiny pieces, anything between)."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        seed = int(request.headers["X-Seed"])
+        payloads, _, _ = _random_stream(seed)
+        body = b"".join(b"data: " + p + b"\n\n" for p in payloads)
+        rnd = random.Random(seed)
+        resp = await _start_sse(request)
+        mode = seed % 3
+        pos = 0
+        while pos < len(body):
+            step = len(body) if mode == 0 else (rnd.randint(1, 7) if mode == 1
+                                                 else rnd.randint(50, 3000))
+            await resp.write(body[pos : pos + step])
+            pos += step
+            if mode and rnd.random() < 0.1:
+                await asyncio.sleep(0.001)
+        await resp.write_eof()
+        return resp
+
+    seeds = range(60)
+    records = {seed: _record(seed) for seed in seeds}
+    async with serve({"/v1/completions": handler}) as url:
+        clients = {s: StreamClient(url, headers={"X-Seed": str(s)}) for s in seeds}
+
+        async def one(seed: int) -> None:
+            async with clients[seed] as client:
+                await client.stream("/v1/completions", BODY, records[seed], _now())
+
+        await asyncio.gather(*(one(s) for s in seeds))
+    for seed, rec in records.items():
+        _, tokens, usage = _random_stream(seed)
+        assert rec.error is None, (seed, rec.error)
+        assert rec.output_tokens == (usage if usage is not None else tokens), seed
+        assert len(rec.chunk_gaps_s) == tokens - 1, seed
 
 
 # -- (c) HTTP errors ---------------------------------------------------------------------

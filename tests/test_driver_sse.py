@@ -11,7 +11,9 @@ from pytest_ctxplat.driver.sse import (
     TOKEN_EVENT,
     SSEDecoder,
     StreamUsage,
+    TokenTemplate,
     interpret_payload,
+    split_region,
 )
 
 
@@ -255,3 +257,109 @@ def test_decoder_and_interpreter_together_count_tokens() -> None:
     assert events[-1].done
     usages = [ev.usage for ev in events if ev.usage is not None]
     assert usages == [StreamUsage(6, 100, 64)]
+
+
+# -- recognising token chunks by their bytes (TokenTemplate) ------------------------------
+
+
+def _vllm_chunk(i: int, finish: str | None = None, created: int = 1700000000) -> bytes:
+    return orjson.dumps(
+        {
+            "id": "cmpl-9f3",
+            "object": "text_completion",
+            "created": created,
+            "model": "m",
+            "choices": [
+                {"index": 0, "text": f" tok{i}", "logprobs": None, "finish_reason": finish,
+                 "stop_reason": None}
+            ],
+            "usage": None,
+        }
+    )
+
+
+def _region(payloads: list[bytes]) -> bytes:
+    dec = SSEDecoder()
+    region = dec.feed_region(b"".join(b"data: " + p + b"\n\n" for p in payloads))
+    assert dec.pending == 0
+    return region
+
+
+def _learnt(payload: bytes) -> TokenTemplate:
+    assert interpret_payload(payload) is TOKEN_EVENT
+    tpl = TokenTemplate()
+    assert tpl.learn(payload)
+    return tpl
+
+
+def test_template_counts_a_vllm_body_in_bulk_and_leaves_the_closing_events() -> None:
+    n = 64
+    payloads = [_vllm_chunk(i, "length" if i == n - 1 else None) for i in range(n)]
+    payloads += [USAGE_CHUNK, b"[DONE]"]
+    region = _region(payloads)
+    tpl = _learnt(payloads[0])
+    k, rest = tpl.scan(region)
+    assert k == n - 1  # the last token chunk carries the finish reason: read in full
+    tail = [interpret_payload(p) for p in split_region(region[rest:])]
+    assert [ev.has_token for ev in tail] == [True, False, False]
+    assert tail[1].usage == StreamUsage(6, 100, 64) and tail[2].done
+    # From an offset (the first event already read) and with nothing after the tokens.
+    first_end = region.index(b"\n\n") + 2
+    assert tpl.scan(region, first_end) == (n - 2, rest)
+    only_tokens = _region(payloads[:10])
+    assert tpl.scan(only_tokens) == (10, len(only_tokens) + 2)
+
+
+def test_template_matches_only_the_same_shape() -> None:
+    tpl = _learnt(_vllm_chunk(0))
+    assert tpl.matches(_vllm_chunk(5))
+    assert tpl.matches(_vllm_chunk(5).replace(b" tok5", b""))  # empty text is a token
+    assert not tpl.matches(_vllm_chunk(5, "stop"))
+    assert not tpl.matches(_vllm_chunk(5, created=1700000001))
+    assert not tpl.matches(_vllm_chunk(5).replace(b" tok5", b'say \\"hi\\"'))
+    assert not tpl.matches(b"[DONE]")
+    assert not tpl.matches(USAGE_CHUNK)
+
+
+@pytest.mark.parametrize("n", [6, 40], ids=["few-events", "many-events"])
+def test_scan_refuses_regions_with_an_event_of_another_shape(n: int) -> None:
+    tokens = [_vllm_chunk(i) for i in range(n)]
+    tpl = _learnt(tokens[0])
+    quote = _vllm_chunk(3).replace(b" tok3", b'a \\"quoted\\" word')
+    for odd in (USAGE_CHUNK, _vllm_chunk(3, "stop"), _vllm_chunk(3, created=5), quote,
+                _completion_chunk(3), b"[DONE]"):
+        # In the middle: the region is not counted in bulk at all.
+        assert tpl.scan(_region([*tokens[:3], odd, *tokens[3:]])) == (0, 0), odd
+        # At the end: at most the token chunks before it are counted (or none, when
+        # it looks like a token chunk from outside: then everything is read one by one).
+        region = _region([*tokens, odd])
+        k, rest = tpl.scan(region)
+        assert (k, split_region(region[rest:])) in ((n, [odd]), (0, [*tokens, odd])), odd
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        orjson.dumps({"choices": [{"index": 0, "delta": {"role": "assistant", "content": "x"}}]}),
+        orjson.dumps({"choices": [{"index": 0, "delta": {"content": 'a"b'}}]}),
+        orjson.dumps({"choices": [{"index": 0, "text": "a", "x": {"text": "b"}}]}),
+    ],
+    ids=["role", "quote", "two-text-keys"],
+)
+def test_template_is_not_learnt_from_ambiguous_chunks(payload: bytes) -> None:
+    assert interpret_payload(payload).has_token
+    tpl = TokenTemplate()
+    assert not tpl.learn(payload)
+    assert not tpl.learnt
+    assert tpl.scan(_region([payload, payload])) == (0, 0)
+
+
+def test_chat_template_from_a_content_chunk() -> None:
+    def chat(text: str) -> bytes:
+        return orjson.dumps({"id": "c", "object": "chat.completion.chunk",
+                             "choices": [{"index": 0, "delta": {"content": text},
+                                          "logprobs": None, "finish_reason": None}]})
+
+    tpl = _learnt(chat("Hello"))
+    assert tpl.matches(chat(" world")) and tpl.matches(chat(""))
+    assert tpl.scan(_region([chat(f"w{i}") for i in range(5)]))[0] == 5

@@ -9,6 +9,11 @@ It uses aiohttp directly: on a small machine a plain httpx stream reaches a few 
 requests per second where a minimal aiohttp client reaches thousands, and the client must
 not be what limits a load test. Control-plane calls elsewhere may use httpx.
 
+Token chunks are not parsed as JSON one by one: the first one of a stream is, and
+becomes a :class:`~pytest_ctxplat.driver.sse.TokenTemplate`; the token chunks of each
+received buffer are then counted in bulk from their bytes, and only the chunks of another
+shape (finish reason, usage, errors, ``[DONE]``) are parsed. See ``docs/performance.md``.
+
 Failures never raise out of :meth:`StreamClient.stream`; they are written into the record
 (``error``), keeping what was measured until then. Only cancellation propagates.
 """
@@ -16,6 +21,7 @@ Failures never raise out of :meth:`StreamClient.stream`; they are written into t
 from __future__ import annotations
 
 import asyncio
+from array import array
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
@@ -26,7 +32,14 @@ import orjson
 from yarl import URL
 
 from pytest_ctxplat.driver.records import RequestRecord
-from pytest_ctxplat.driver.sse import TOKEN_EVENT, SSEDecoder, StreamUsage, interpret_payload
+from pytest_ctxplat.driver.sse import (
+    TOKEN_EVENT,
+    SSEDecoder,
+    StreamUsage,
+    TokenTemplate,
+    interpret_payload,
+    split_region,
+)
 from pytest_ctxplat.errors import ConfigError, ServerError
 
 __all__ = ["ClientLimits", "StreamClient"]
@@ -231,23 +244,44 @@ class StreamClient:
                 content = resp.content
                 readany = content.readany
                 decoder = SSEDecoder()
-                feed = decoder.feed
+                take = decoder.feed_region
+                template = TokenTemplate()
+                matches = template.matches
                 interpret = interpret_payload
                 token_event = TOKEN_EVENT
-                append_gap = record.chunk_gaps_s.append
+                gaps = record.chunk_gaps_s
+                append_gap = gaps.append
                 last = -1.0
                 eof = False
                 while True:
                     data = await readany()
                     t = now()
                     if data:
-                        payloads = feed(data)
+                        region = take(data)
+                        if not region:
+                            continue
+                        k, payloads = _split(template, region)
+                        if k:
+                            # k token chunks in one buffer: they share its time.
+                            if last < 0.0:
+                                record.ttft_s = t - start
+                            else:
+                                append_gap(t - last)
+                            if k > 1:
+                                _zero_gaps(gaps, k - 1)
+                            last = t
+                            n_chunks += k
                     else:
                         # End of body: a last event may lack its blank line.
                         eof = True
                         payloads = decoder.flush()
                     for payload in payloads:
-                        ev = interpret(payload)
+                        if matches(payload):
+                            ev = token_event
+                        else:
+                            ev = interpret(payload)
+                            if ev is token_event and not template.learnt:
+                                template.learn(payload)
                         if ev is token_event or ev.has_token:
                             if last < 0.0:
                                 record.ttft_s = t - start
@@ -331,6 +365,41 @@ class StreamClient:
             return status, orjson.loads(raw)
         except orjson.JSONDecodeError:
             return status, None
+
+
+_ZEROS = memoryview(bytes(8 * 1024))
+
+
+def _zero_gaps(gaps: array[float], n: int) -> None:
+    """Append ``n`` zero gaps (token chunks that arrived in the same buffer)."""
+    while n > 0:
+        m = min(n, 1024)
+        gaps.frombytes(_ZEROS[: 8 * m])
+        n -= m
+
+
+def _split(template: TokenTemplate, region: bytes) -> tuple[int, list[bytes]]:
+    """Split a region of complete events: ``(k, payloads)`` where ``k`` leading events
+    are token chunks recognised in bulk by ``template`` and ``payloads`` are the rest,
+    to read one by one. A template not learnt yet is learnt from the first event."""
+    if template.learnt:
+        k, rest = template.scan(region)
+    else:
+        end = region.find(b"\n\n")
+        if end < 0:
+            return 0, split_region(region)
+        head = split_region(region[:end])
+        if len(head) != 1 or interpret_payload(head[0]) is not TOKEN_EVENT:
+            return 0, split_region(region)
+        if not template.learn(head[0]):
+            return 1, split_region(region[end + 2 :])
+        k, rest = template.scan(region, end + 2)
+        if k == 0:
+            return 1, split_region(region[end + 2 :])
+        k += 1
+    if k == 0:
+        return 0, split_region(region)
+    return k, split_region(region[rest:]) if rest < len(region) else []
 
 
 def _finish(record: RequestRecord, n_chunks: int, usage: StreamUsage | None) -> None:

@@ -1,17 +1,23 @@
 """The session runner: plays a workload's sessions against a streaming client.
 
 Each user is one task that walks its sessions step by step: wait the step's delay, send
-the request, wait for it to finish (closed loop). All times come from the event loop's
-clock, so the runner works in real time and on a virtual clock alike. Bounds
-(``duration_s``, ``max_requests``) stop new requests; requests in flight finish, up to a
-grace period after which they are cancelled and recorded as such.
+the request, wait for it to finish (closed loop). A spawn step starts subagent sessions
+as concurrent tasks and waits for them. The workload's ``load`` shapes who may send:
+users ramped in or staged over time, open-loop session arrivals (Poisson or gamma), and
+per-user token budgets with backoff. Trace replay with original timestamps sends each
+request at its own time instead.
+
+All times come from the event loop's clock, so the runner works in real time and on a
+virtual clock alike. Bounds (``duration_s`` or the stages' length, ``max_requests``)
+stop new requests; requests in flight finish, up to a grace period after which they are
+cancelled and recorded as such.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -19,9 +25,11 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
-from ..workload.model import DesignedCache, RequestPlan
+from ..workload.load import TokenBudget
+from ..workload.model import DesignedCache, RequestPlan, SessionPlan, SpawnStep, TimedRequest
+from ..workload.render import render_messages
 from ..workload.spec import WorkloadContext, WorkloadSpec
-from ..workload.tokens import TokenSpace, render_words
+from ..workload.tokens import TokenSpace
 from .records import RequestRecord
 
 __all__ = ["HttpSink", "OutgoingRequest", "RequestSink", "RunOptions", "Runner",
@@ -94,7 +102,8 @@ class RunOptions:
     warm cache from an earlier run of the same workload cannot serve hits.
     ``time_scale`` is model seconds per loop second: against a simulator running
     ``speedup`` times faster than model time, set it to ``speedup`` and every recorded
-    time, delay and bound is in model time.
+    time, delay and bound is in model time. ``chat_overhead_tokens`` is the chat
+    template's tokens per message (see :mod:`~pytest_ctxplat.workload.render`).
     """
 
     model: str
@@ -107,11 +116,14 @@ class RunOptions:
     time_scale: float = 1.0
     token_min: int = 100
     token_max: int = 4096
+    chat_overhead_tokens: int = 0
 
 
 class Runner:
-    """Plays ``workload`` through ``client``; ``records`` fills in as requests complete,
-    so whatever was measured survives an interruption."""
+    """Plays ``workload`` through ``sink``; ``records`` fills in as requests complete,
+    so whatever was measured survives an interruption. ``designed_variants`` holds, per
+    TTL / capacity variant of the designed cache, the designed cached tokens of each
+    record (same order as ``records``)."""
 
     def __init__(self, workload: WorkloadSpec, sink: RequestSink | StreamingClient,
                  options: RunOptions):
@@ -123,18 +135,24 @@ class Runner:
         self.records: list[RequestRecord] = []
         self.in_flight = 0
         self.started = 0
+        self.throttled = 0
         self.token_space = TokenSpace(
             workload.block_size,
             seed=options.seed * 1_000_003 + options.token_salt,
             token_min=options.token_min,
             token_max=options.token_max,
         )
-        self._designed = DesignedCache(options.server_block_size)
+        sbs = options.server_block_size
+        self._designed = DesignedCache(sbs)
+        self._variants = [DesignedCache(sbs, ttl_s=t) for t in workload.designed_ttl_s] + [
+            DesignedCache(sbs, capacity_tokens=c) for c in workload.designed_capacity_tokens]
+        self.designed_variants: dict[str, list[int]] = {v.label: [] for v in self._variants}
         self._stop = asyncio.Event()
         self._scale = options.time_scale
         self._t0 = 0.0
         self._deadline = math.inf
         self._path = "/v1/chat/completions" if workload.api == "chat" else "/v1/completions"
+        self._budgets: dict[int, TokenBudget] = {}
 
     def now(self) -> float:
         """Model time since the run started."""
@@ -146,19 +164,27 @@ class Runner:
 
     async def run(self) -> list[RequestRecord]:
         loop = asyncio.get_running_loop()
-        self._t0 = loop.time()
         wl = self.workload
-        if wl.duration_s is not None:
-            self._deadline = wl.duration_s
+        bound = wl.bound_s
+        if bound is not None:
+            self._deadline = bound
         ctx = WorkloadContext(seed=self.options.seed)
-        tasks = [asyncio.create_task(self._user(u, ctx)) for u in range(wl.users)]
+        wl.prepare(ctx)
+        timed = wl.timed_requests(ctx)
+        self._t0 = loop.time()
+        if timed is not None:
+            tasks = [asyncio.create_task(self._timed(timed))]
+        elif wl.load.open_loop:
+            tasks = [asyncio.create_task(self._open_loop(ctx))]
+        else:
+            tasks = [asyncio.create_task(self._user(u, ctx)) for u in range(wl.user_count())]
         try:
             done, pending = await asyncio.wait(
                 tasks,
                 timeout=None
                 if math.isinf(self._deadline)
-                else self._deadline + self.options.grace_s,
-            )
+                else (self._deadline + self.options.grace_s) / self._scale,
+            ) if tasks else (set(), set())
             for t in pending:
                 t.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
@@ -191,13 +217,131 @@ class Runner:
                 stop_wait.cancel()
         return self._may_send()
 
-    async def _user(self, user: int, ctx: WorkloadContext) -> None:
-        for session in self.workload.user_sessions(user, ctx):
-            for index, plan in enumerate(session.steps):
-                if not await self._sleep(plan.delay_s):
-                    return
-                await self._send(user, session.session_id, index, plan)
+    async def _sleep_until(self, t: float) -> bool:
+        return await self._sleep(t - self.now())
 
+    # -- closed loop --------------------------------------------------------------------
+    async def _user(self, user: int, ctx: WorkloadContext) -> None:
+        load = self.workload.load
+        if not await self._sleep_until(load.start_time(user, self.workload.users)):
+            return
+        for session in self.workload.user_sessions(user, ctx):
+            if not await self._play(user, session):
+                return
+
+    async def _play(self, user: int, session: SessionPlan) -> bool:
+        """Walk one session's steps; False once the run is over."""
+        load = self.workload.load
+        for index, step in enumerate(session.steps):
+            if not await self._sleep(step.delay_s):
+                return False
+            if load.stages:
+                t = self.now()
+                nxt = load.next_active(user, t)
+                if nxt > t and not await self._sleep_until(nxt):
+                    return False
+            if isinstance(step, SpawnStep):
+                await self._spawn(user, step)
+                if not self._may_send():
+                    return False
+                continue
+            if not await self._admit(user, step):
+                return False
+            await self._send(user, session.session_id, index, step)
+        return True
+
+    async def _spawn(self, user: int, step: SpawnStep) -> None:
+        children = [asyncio.create_task(self._play(user, c)) for c in step.children]
+        if not step.wait:
+            return
+        try:
+            await asyncio.gather(*children)
+        finally:
+            for c in children:
+                c.cancel()
+
+    async def _admit(self, user: int, plan: RequestPlan) -> bool:
+        """Wait until ``user``'s token budget admits ``plan`` (backing off, doubling)."""
+        load = self.workload.load
+        if load.input_tpm is None and load.output_tpm is None:
+            return True
+        budget = self._budgets.get(user)
+        if budget is None:
+            budget = self._budgets[user] = TokenBudget(load.input_tpm, load.output_tpm)
+        backoff = load.backoff_s
+        while not budget.admit(plan.prompt_tokens, self.now()):
+            self.throttled += 1
+            if not await self._sleep(backoff):
+                return False
+            backoff = min(2 * backoff, load.backoff_max_s)
+        return True
+
+    # -- open loop ----------------------------------------------------------------------
+    async def _open_loop(self, ctx: WorkloadContext) -> None:
+        load = self.workload.load
+        rng = ctx.rng("arrivals")
+        limit = asyncio.Semaphore(load.max_concurrency) if load.max_concurrency else None
+        live: set[asyncio.Task[None]] = set()
+        t = 0.0
+        k = 0
+        try:
+            while True:
+                t += load.interarrival(rng)
+                if not await self._sleep_until(t):
+                    break
+                if limit is not None:
+                    await limit.acquire()
+                session = next(iter(self.workload.user_sessions(k, ctx)), None)
+                if session is None:
+                    break
+                task = asyncio.create_task(self._arrival(k, session, limit))
+                live.add(task)
+                task.add_done_callback(live.discard)
+                k += 1
+            await asyncio.gather(*live)
+        finally:
+            for task in live:
+                task.cancel()
+
+    async def _arrival(self, user: int, session: SessionPlan,
+                       limit: asyncio.Semaphore | None) -> None:
+        try:
+            await self._play(user, session)
+        finally:
+            if limit is not None:
+                limit.release()
+
+    # -- timed (trace replay, original timestamps) -------------------------------------
+    async def _timed(self, timed: Iterator[TimedRequest]) -> None:
+        live: set[asyncio.Task[None]] = set()
+        sent: list[asyncio.Task[None]] = []
+        try:
+            for req in timed:
+                if not await self._sleep_until(req.t_s):
+                    break
+                prev = sent[req.wait_for] if 0 <= req.wait_for < len(sent) else None
+                if prev is not None and prev.done():
+                    prev = None
+                # _send records the request before its first await: without a wait on an
+                # earlier request, the send order is the schedule's order
+                task = asyncio.create_task(self._timed_send(req, prev))
+                sent.append(task)
+                live.add(task)
+                task.add_done_callback(live.discard)
+                await asyncio.sleep(0)
+            await asyncio.gather(*live)
+        finally:
+            for task in live:
+                task.cancel()
+
+    async def _timed_send(self, req: TimedRequest, prev: asyncio.Task[None] | None) -> None:
+        if prev is not None:
+            await asyncio.wait([prev])
+            if not self._may_send():
+                return
+        await self._send(req.user, req.session_id, req.index, req.plan)
+
+    # -- requests -----------------------------------------------------------------------
     def render_body(self, plan: RequestPlan, tokens: npt.NDArray[np.int64]) -> bytes:
         payload: dict[str, Any] = {
             "model": self.options.model,
@@ -209,7 +353,8 @@ class Runner:
         if self.options.ignore_eos:
             payload["ignore_eos"] = True
         if self.workload.api == "chat":
-            payload["messages"] = [{"role": "user", "content": render_words(tokens)}]
+            payload["messages"] = render_messages(plan, tokens,
+                                                  self.options.chat_overhead_tokens)
         else:
             payload["prompt"] = tokens
         payload.update(self.options.extra_body)
@@ -218,6 +363,7 @@ class Runner:
     async def _send(self, user: int, session_id: str, index: int, plan: RequestPlan) -> None:
         self.started += 1
         request = OutgoingRequest(self, plan, self._path)
+        now = self.now()
         record = RequestRecord(
             session_id=session_id,
             user=user,
@@ -226,9 +372,14 @@ class Runner:
             max_tokens=plan.output_tokens,
             designed_cached_tokens=self._designed.observe(plan),
         )
+        for v in self._variants:
+            self.designed_variants[v.label].append(v.observe(plan, now))
         self.records.append(record)
         self.in_flight += 1
         try:
             await self.sink.submit(request, record, self.now)
         finally:
             self.in_flight -= 1
+            budget = self._budgets.get(user)
+            if budget is not None:
+                budget.charge_output(record.output_tokens, self.now())

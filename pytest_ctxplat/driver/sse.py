@@ -23,7 +23,9 @@ __all__ = [
     "SSEDecoder",
     "StreamEvent",
     "StreamUsage",
+    "TokenTemplate",
     "interpret_payload",
+    "split_region",
 ]
 
 
@@ -48,6 +50,17 @@ class SSEDecoder:
 
     def feed(self, chunk: bytes) -> list[bytes]:
         """Add received bytes; return the payloads of the events they complete."""
+        done = self.feed_region(chunk)
+        return split_region(done) if done else []
+
+    def feed_region(self, chunk: bytes) -> bytes:
+        """Add received bytes; return the events they complete as one region of bytes.
+
+        The region holds whole events with LF line ends, separated by one blank line
+        (``\\n\\n``), without the blank line after the last one; ``b""`` when no event
+        was completed. :func:`split_region` turns it into payloads;
+        :meth:`TokenTemplate.count_tokens` counts its token chunks without splitting.
+        """
         if self._skip_lf and chunk:
             # The previous buffer ended with CR: a LF first here is the rest of a CRLF.
             self._skip_lf = False
@@ -62,22 +75,9 @@ class SSEDecoder:
         end = buf.rfind(b"\n\n")
         if end < 0:
             self._buf = buf
-            return []
+            return b""
         self._buf = buf[end + 2 :]
-        done = buf[:end]
-        # Fast path, the usual body: every event a single ``data: `` line. If all the
-        # LFs are in the separators before ``data: ``, the events split cleanly on them.
-        if done[:6] == b"data: " and done.count(b"\n") == 2 * done.count(b"\n\ndata: "):
-            return done[6:].split(b"\n\ndata: ")
-        out: list[bytes] = []
-        for part in done.split(b"\n\n"):
-            if part[:5] == b"data:" and b"\n" not in part:
-                out.append(part[6:] if part[5:6] == b" " else part[5:])
-            elif part:
-                payload = _parse_event(part)
-                if payload is not None:
-                    out.append(payload)
-        return out
+        return buf[:end]
 
     def flush(self) -> list[bytes]:
         """End of body: return the payload of a last event left without a blank line."""
@@ -96,6 +96,23 @@ class SSEDecoder:
     def pending(self) -> int:
         """Bytes held back, waiting for the end of their event."""
         return len(self._buf)
+
+
+def split_region(done: bytes) -> list[bytes]:
+    """The payloads of a region returned by :meth:`SSEDecoder.feed_region`, in order."""
+    # Fast path, the usual body: every event a single ``data: `` line. If all the
+    # LFs are in the separators before ``data: ``, the events split cleanly on them.
+    if done[:6] == b"data: " and done.count(b"\n") == 2 * done.count(b"\n\ndata: "):
+        return done[6:].split(b"\n\ndata: ")
+    out: list[bytes] = []
+    for part in done.split(b"\n\n"):
+        if part[:5] == b"data:" and b"\n" not in part:
+            out.append(part[6:] if part[5:6] == b" " else part[5:])
+        elif part:
+            payload = _parse_event(part)
+            if payload is not None:
+                out.append(payload)
+    return out
 
 
 def _parse_event(block: bytes) -> bytes | None:
@@ -250,3 +267,129 @@ def interpret_payload(payload: bytes) -> StreamEvent:
             return EMPTY_EVENT
         return StreamEvent(has_token=has_token, finish_reason=finish)
     return StreamEvent(has_token=has_token, finish_reason=finish, usage=_read_usage(usage))
+
+
+_TEXT_KEYS = (b'"text":"', b'"content":"')
+
+
+class TokenTemplate:
+    """Recognises a stream's plain token chunks by their bytes, without parsing JSON.
+
+    A server serialises every token chunk of one stream the same way; only the token
+    text changes. :meth:`learn` takes a payload that :func:`interpret_payload` read as a
+    plain token chunk (:data:`TOKEN_EVENT`: no usage, no finish reason, no error) and
+    keeps the bytes before its text (up to ``"text":"`` or ``"content":"``) and after it.
+    A payload is then a token chunk of the same shape when it is that prefix, a text
+    without an unescaped quote or a line break, and that suffix: the JSON structure is
+    the template's, so its meaning is too. Anything else (the finish chunk, usage,
+    ``[DONE]``, errors, a chunk whose ``id`` or ``created`` changes) does not match and
+    is parsed in full. A template is not learnt from a chat chunk with ``role`` (there an
+    empty text is not a token) nor from a payload where the text key is not unique.
+    """
+
+    __slots__ = ("_joint", "_prefix", "_quotes", "_region_prefix", "_suffix")
+
+    def __init__(self) -> None:
+        self._prefix = b""
+        self._suffix = b""
+        self._region_prefix = b""
+        self._joint = b""
+        self._quotes = 0
+
+    @property
+    def learnt(self) -> bool:
+        return bool(self._prefix)
+
+    def learn(self, payload: bytes) -> bool:
+        """Take ``payload`` (a :data:`TOKEN_EVENT` payload) as the template; True if usable."""
+        if b'"role":' in payload or b"\n" in payload:
+            return False
+        start = -1
+        for key in _TEXT_KEYS:
+            n = payload.count(key)
+            if n > 1 or (n == 1 and start >= 0):
+                return False
+            if n == 1:
+                start = payload.index(key) + len(key)
+        if start < 0:
+            return False
+        end = start
+        while True:  # the closing quote: one not escaped by an odd run of backslashes
+            end = payload.find(b'"', end)
+            if end < 0:
+                return False
+            run = 0
+            while payload[end - 1 - run] == 0x5C:  # backslash
+                run += 1
+            if run % 2 == 0:
+                break
+            end += 1
+        prefix, suffix = payload[:start], payload[end:]
+        quotes = _quotes(prefix) + _quotes(suffix)
+        if _quotes(payload) != quotes:
+            return False  # an escaped quote in the text: keep the template simple
+        self._prefix, self._suffix, self._quotes = prefix, suffix, quotes
+        self._region_prefix = b"data: " + prefix
+        self._joint = suffix + b"\n\ndata: " + prefix
+        return True
+
+    def matches(self, payload: bytes) -> bool:
+        """Whether ``payload`` is a token chunk of the template's shape."""
+        prefix = self._prefix
+        return (
+            bool(prefix)
+            and payload.startswith(prefix)
+            and payload.endswith(self._suffix)
+            and len(payload) >= len(prefix) + len(self._suffix)
+            and b"\n" not in payload
+            and _quotes(payload) == self._quotes
+        )
+
+    def scan(self, region: bytes, start: int = 0) -> tuple[int, int]:
+        """Count the token chunks of the template's shape at ``start`` in ``region``
+        (from :meth:`SSEDecoder.feed_region`; ``start`` at the beginning of an event)
+        without splitting it.
+
+        Returns ``(k, rest)``: the ``k`` events from ``start`` are such token chunks and
+        the events from offset ``rest`` on (the finish chunk, ``usage``, ``[DONE]``, ...)
+        are to be read one by one; ``(0, start)`` when the region does not have that form.
+
+        The last events that do not look like a token chunk (the finish chunk, usage,
+        ``[DONE]``) are set aside walking back from the end. The events before them match
+        when each of the ``k - 1`` separators sits between a suffix and a prefix (then
+        every event is prefix, text, suffix), there are no other line breaks, and the
+        quotes are exactly the template's (no text holds a quote, so none adds a field).
+        """
+        prefix, suffix = self._region_prefix, self._suffix
+        if not self._prefix or not region.startswith(prefix, start):
+            return 0, start
+        cut = len(region)
+        for _ in range(_MAX_TRAILING):
+            sep = region.rfind(b"\n\n", start, cut)
+            first = sep + 2 if sep >= 0 else start
+            if region.startswith(prefix, first, cut) and region.endswith(suffix, first, cut):
+                break
+            if sep < 0:
+                return 0, start
+            cut = sep
+        else:
+            return 0, start
+        # (numpy's vectorised counts were slower here, in the client's hot loop, than
+        # these: two small allocations per call outweigh the faster pass.)
+        newlines = region.count(b"\n", start, cut)
+        quotes = region.count(b'"', start, cut)
+        k = newlines // 2 + 1
+        if quotes != k * self._quotes:
+            return 0, start  # a quote in a text: maybe another structure, parse it
+        if k > 1 and region.count(self._joint, start, cut) != k - 1:
+            return 0, start  # an event of another shape, or a line break in a text
+        return k, cut + 2
+
+
+_MAX_TRAILING = 8  # events after the last token chunk of a region: finish, usage, [DONE]
+
+
+def _quotes(data: bytes) -> int:
+    return data.count(b'"')
+
+

@@ -13,7 +13,8 @@ import numpy as np
 
 from ..driver.records import RequestRecord
 
-__all__ = ["PERCENTILES", "hit_rates", "observed_metrics", "summarize"]
+__all__ = ["PERCENTILES", "designed_variant_rates", "hit_rates", "observed_metrics",
+           "summarize"]
 
 PERCENTILES: dict[str, float] = {"p10": 10, "p50": 50, "p90": 90, "p95": 95, "p99": 99}
 
@@ -118,6 +119,20 @@ def hit_rates(
         if server_rate is None:
             notes["hit_rate.server"] = server.get("note", "server reported no prefix-cache queries")
     return {"designed": designed, "request": request, "server": server_rate}, notes
+
+
+def designed_variant_rates(
+    records: Sequence[RequestRecord], variants: Mapping[str, Sequence[int]]
+) -> dict[str, float | None]:
+    """Designed hit rates of a cache with a TTL or a capacity (``designed_ttl_300s``,
+    ``designed_cap_400000``): ``variants`` holds designed cached tokens per record, in
+    record order; token-weighted over successful requests like the other rates."""
+    out: dict[str, float | None] = {}
+    for label, cached in variants.items():
+        pairs = [(r.prompt_tokens, c) for r, c in zip(records, cached, strict=False) if r.ok]
+        prompt = sum(p for p, _ in pairs)
+        out[label] = sum(c for _, c in pairs) / prompt if prompt else None
+    return out
 
 
 def goodput(records: Sequence[RequestRecord], thresholds: Mapping[str, float]) -> float | None:

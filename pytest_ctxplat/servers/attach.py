@@ -14,7 +14,8 @@ class AttachedServer:
     """A server someone else runs. An API key is read from the environment variable
     named by ``api_key_env`` and used only in request headers."""
 
-    def __init__(self, url: str, *, api_key_env: str | None = None, model: str | None = None):
+    def __init__(self, url: str, *, api_key_env: str | None = None, model: str | None = None,
+                 profile: str = "url", reset_cache: bool | None = None):
         if not url.startswith(("http://", "https://")):
             raise ConfigError(f"--ctxplat-url must start with http:// or https://, got {url!r}")
         self._url = url.rstrip("/")
@@ -23,8 +24,10 @@ class AttachedServer:
         self._key = os.environ.get(api_key_env) if api_key_env else None
         if api_key_env and not self._key:
             raise ConfigError(f"environment variable {api_key_env} (the API key) is not set")
-        self.info = ServerInfo(launcher="url", url=self._url, profile="url", model=model,
+        self.info = ServerInfo(launcher="url", url=self._url, profile=profile, model=model,
                                settings={"api_key_env": api_key_env} if api_key_env else {})
+        self.reset_cache = reset_cache
+        self.capabilities: object | None = None
 
     @property
     def url(self) -> str:

@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 
 from .base import ServerInfo
+from .probe import Capabilities
 from .process import ManagedProcess
 
 __all__ = ["SimServer", "start_sim"]
@@ -25,6 +26,11 @@ class SimServer:
         self._url = url
         self.info = info
         self.workdir = workdir
+        self.reset_cache: bool | None = None  # None: follow --ctxplat-reset-cache
+        # The simulator implements everything the probe looks for: no need to ask.
+        self.capabilities = Capabilities(token_id_prompts=True, chat=True, stream_usage=True,
+                                         cached_tokens=True, metrics=True,
+                                         prefix_cache_metrics=True)
 
     @property
     def url(self) -> str:

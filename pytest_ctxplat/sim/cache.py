@@ -74,6 +74,7 @@ class CacheCounters:
     """Cumulative counters of a :class:`PrefixCache` (blocks, not tokens)."""
 
     evicted_blocks: int = 0
+    expired_blocks: int = 0
     allocated_blocks: int = 0
     resets: int = 0
 
@@ -92,11 +93,14 @@ class PrefixCache:
         self.num_blocks = num_blocks
         self.block_size = block_size
         self.counters = CacheCounters()
+        # hashes of cached blocks that left the pool (eviction or TTL), oldest first;
+        # ``None`` = not recorded. The engine drains it to write them to lower tiers.
+        self.evicted: list[int] | None = None
         self._refcnt = [0] * num_blocks
         self._hash_of: list[int | None] = [None] * num_blocks
         self._by_hash: dict[int, int] = {}
-        # refcount-0 blocks that still hold a cached hash; head = least recently used
-        self._lru: OrderedDict[int, None] = OrderedDict()
+        # refcount-0 blocks that still hold a cached hash -> time freed; head = LRU
+        self._lru: OrderedDict[int, float] = OrderedDict()
         # refcount-0 blocks without contents; popped from the end
         self._empty: list[int] = list(range(num_blocks - 1, -1, -1))
 
@@ -159,19 +163,28 @@ class PrefixCache:
         is left. Returns ``None`` (and changes nothing) if fewer than ``n`` are free."""
         if n > self.num_free_blocks:
             return None
-        out: list[int] = []
-        for _ in range(n):
-            if self._empty:
-                b = self._empty.pop()
-            else:
-                b, _unused = self._lru.popitem(last=False)
-                old = self._hash_of[b]
+        empty = self._empty
+        take = min(n, len(empty))
+        out = empty[len(empty) - take :]
+        del empty[len(empty) - take :]
+        out.reverse()
+        rest = n - take
+        if rest:
+            lru, hash_of, by_hash = self._lru, self._hash_of, self._by_hash
+            log = self.evicted
+            for _ in range(rest):
+                b, _t = lru.popitem(last=False)
+                old = hash_of[b]
                 if old is not None:
-                    del self._by_hash[old]
-                    self._hash_of[b] = None
-                self.counters.evicted_blocks += 1
-            self._refcnt[b] = 1
-            out.append(b)
+                    del by_hash[old]
+                    hash_of[b] = None
+                    if log is not None:
+                        log.append(old)
+                out.append(b)
+            self.counters.evicted_blocks += rest
+        refcnt = self._refcnt
+        for b in out:
+            refcnt[b] = 1
         self.counters.allocated_blocks += n
         return out
 
@@ -186,9 +199,20 @@ class PrefixCache:
         self._hash_of[block] = block_hash
         return True
 
-    def free(self, blocks: Sequence[int]) -> None:
+    def cache_blocks(self, blocks: Sequence[int], hashes: Sequence[int], start: int,
+                     stop: int) -> None:
+        """:meth:`cache_block` for ``blocks[i], hashes[i]``, ``start <= i < stop``."""
+        hash_of, by_hash = self._hash_of, self._by_hash
+        for i in range(start, stop):
+            b, h = blocks[i], hashes[i]
+            if hash_of[b] is None and h not in by_hash:
+                by_hash[h] = b
+                hash_of[b] = h
+
+    def free(self, blocks: Sequence[int], now: float = 0.0) -> None:
         """Release one reference on each block, given in the request's order. Blocks
-        reaching zero join the LRU tail-first (cached) or the empty pool (uncached)."""
+        reaching zero join the LRU tail-first (cached, stamped ``now`` for TTLs) or the
+        empty pool (uncached)."""
         for b in reversed(blocks):
             c = self._refcnt[b] - 1
             if c < 0:
@@ -198,7 +222,28 @@ class PrefixCache:
                 if self._hash_of[b] is None:
                     self._empty.append(b)
                 else:
-                    self._lru[b] = None
+                    self._lru[b] = now
+
+    def expire(self, cutoff: float) -> int:
+        """Drop unreferenced cached blocks freed before ``cutoff`` (a TTL); their hashes
+        go to :attr:`evicted` like evictions. Returns how many."""
+        n = 0
+        lru = self._lru
+        while lru:
+            b, t = next(iter(lru.items()))
+            if t >= cutoff:
+                break
+            del lru[b]
+            h = self._hash_of[b]
+            if h is not None:
+                del self._by_hash[h]
+                self._hash_of[b] = None
+                if self.evicted is not None:
+                    self.evicted.append(h)
+            self._empty.append(b)
+            n += 1
+        self.counters.expired_blocks += n
+        return n
 
     def reset(self) -> bool:
         """Drop every unreferenced cached block. Returns False if some cached blocks are

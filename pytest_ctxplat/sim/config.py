@@ -4,6 +4,13 @@
 limits and the timing coefficients of one engine step. The defaults are roughly an 8B
 model in bf16 on one H100 (about 400k tokens of KV cache in HBM).
 
+With ``profile`` set (a built-in profile name or a YAML file, see
+:mod:`pytest_ctxplat.sim.profile`), the profile decides the block size, KV capacity, KV
+tiers, scheduler limits and the (roofline) timing; the linear coefficients,
+``kv_capacity_tokens``, ``block_size``, ``max_num_seqs`` and ``max_num_batched_tokens``
+given here are then ignored. ``profile_overrides`` are dotted profile keys
+(``{"tiers.1.capacity_gb": 64}``).
+
 Timing is in *model* seconds; ``speedup`` makes real time run that many times faster
 (every sleep is divided by it).
 """
@@ -58,8 +65,16 @@ class SimConfig:
     vocab_size: int = 32000
     seed: int = 0
     max_model_len: int = 131072
+    profile: str | None = None
+    profile_overrides: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
+        if self.profile is not None and (not isinstance(self.profile, str) or not self.profile):
+            raise ConfigError(
+                f"SimConfig.profile must be a profile name or YAML path, got {self.profile!r}")
+        if self.profile_overrides is not None and not isinstance(self.profile_overrides,
+                                                                 Mapping):
+            raise ConfigError("SimConfig.profile_overrides must be a mapping of dotted keys")
         if not isinstance(self.model, str) or not self.model:
             raise ConfigError(f"SimConfig.model must be a non-empty string, got {self.model!r}")
         for name, low in _INT_MIN.items():

@@ -38,9 +38,12 @@ import numpy as np
 import numpy.typing as npt
 
 from pytest_ctxplat.errors import CtxplatError
+from pytest_ctxplat.sim.burst import decode_burst
 from pytest_ctxplat.sim.cache import PrefixCache, block_hashes, mix64, token_array
 from pytest_ctxplat.sim.config import SimConfig
+from pytest_ctxplat.sim.profile import Profile, load_profile
 from pytest_ctxplat.sim.request import EngineStoppedError, Request, RequestState, TokenEvent
+from pytest_ctxplat.sim.tiers import TierChain
 from pytest_ctxplat.sim.timing import Clock, LinearTimingModel, RealClock, StepWork, TimingModel
 from pytest_ctxplat.sim.tokenizer import NUM_SPECIAL_TOKENS
 
@@ -60,6 +63,24 @@ class RequestError(CtxplatError, ValueError):
     """A request the engine cannot serve (bad tokens, too long, ...)."""
 
 
+class KvLink:
+    """A FIFO link (``gbs`` GB/s plus ``latency_s`` per transfer) carrying KV between
+    engines, e.g. from a prefill pool to a decode engine."""
+
+    def __init__(self, gbs: float, latency_s: float) -> None:
+        self.s_per_byte = 1.0 / (gbs * 1e9)
+        self.latency_s = latency_s
+        self.free_at = 0.0
+        self.bytes = 0
+
+    def transfer(self, nbytes: int, now: float) -> float:
+        """Queue ``nbytes``; returns when they have arrived."""
+        start = max(now, self.free_at)
+        self.free_at = start + nbytes * self.s_per_byte
+        self.bytes += nbytes
+        return self.free_at + self.latency_s
+
+
 @dataclass
 class EngineStats:
     """Cumulative counters (tokens unless noted), as vLLM's metrics count them."""
@@ -73,6 +94,26 @@ class EngineStats:
     num_preemptions: int = 0
     num_aborted: int = 0
     num_steps: int = 0
+    # KV tiers below HBM (vLLM's "external" / connector figures)
+    external_queries: int = 0
+    external_hits: int = 0
+    tokens_local_compute: int = 0
+    tokens_local_hit: int = 0
+    tokens_external: int = 0
+    computed_blocks: int = 0
+    hbm_query_blocks: int = 0
+    refill_blocks: int = 0
+    stall_s: float = 0.0
+    busy_s: float = 0.0
+
+
+def effective_config(config: SimConfig, profile: Profile) -> SimConfig:
+    """``config`` with the block size, KV capacity and limits of ``profile``."""
+    model = config.model if config.model != "ctxplat-sim" else profile.model.name
+    return config.replace(
+        model=model, block_size=profile.block_size,
+        kv_capacity_tokens=max(profile.hbm.capacity_tokens, profile.block_size),
+        max_num_seqs=profile.max_num_seqs, max_num_batched_tokens=profile.max_num_batched_tokens)
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -88,12 +129,39 @@ class Engine:
         config: SimConfig,
         clock: Clock | None = None,
         timing: TimingModel | None = None,
+        profile: Profile | None = None,
+        name: str = "0",
     ) -> None:
+        if profile is None and config.profile is not None:
+            profile = load_profile(config.profile, config.profile_overrides)
+        self.profile = profile
+        self.name = name
+        if profile is not None:
+            config = effective_config(config, profile)
         self.config = config
         self.clock: Clock = clock if clock is not None else RealClock(config.speedup)
+        if timing is None and profile is not None:
+            from pytest_ctxplat.sim.roofline import RooflineTimingModel
+
+            timing = RooflineTimingModel(profile)
         self.timing: TimingModel = timing if timing is not None else LinearTimingModel(config)
         self.cache = PrefixCache(config.num_kv_blocks, config.block_size)
+        block_bytes = profile.block_bytes if profile is not None else config.block_size
+        self.tiers = TierChain(profile.tiers[1:] if profile is not None else (),
+                               config.block_size, block_bytes,
+                               profile.write_policy if profile is not None else "drop")
+        self.block_bytes = block_bytes
+        self.hbm_ttl_s = profile.hbm.ttl_s if profile is not None else None
+        # disaggregated decode: the link prompt KV arrives on from a prefill engine
+        self.kv_link: KvLink | None = None
+        self.cache.evicted = []
         self.stats = EngineStats()
+        # virtual time: engines sharing a clock (replicas) and when this one can next
+        # finish a request (see _next_visible); the shortest possible step
+        self.peers: list[Engine] = []
+        self.quiet_until = float("inf")
+        self.min_step_s = max(0.0, min(self.timing.step_time(StepWork(decode_seqs=1)),
+                                       self.timing.step_time(StepWork(prefill_tokens=1))))
         self.finish_listeners: list[Callable[[Request], None]] = []
         self._waiting: deque[Request] = deque()
         self._running: list[Request] = []
@@ -118,10 +186,14 @@ class Engine:
 
     # -- requests --------------------------------------------------------------------
     def submit(
-        self, prompt_token_ids: Sequence[int] | npt.NDArray[np.integer], max_tokens: int
+        self,
+        prompt_token_ids: Sequence[int] | npt.NDArray[np.integer],
+        max_tokens: int,
+        listener: Callable[[Request, float], None] | None = None,
     ) -> Request:
         """Queue a request; raises :class:`RequestError` for invalid input. Must be called
-        on the engine's event loop."""
+        on the engine's event loop. With ``listener``, no events are queued: it is called
+        as ``listener(request, now)`` after each token and on failure."""
         c = self.config
         try:
             prompt = token_array(prompt_token_ids)
@@ -155,11 +227,42 @@ class Engine:
             hashes=block_hashes(tokens, c.block_size),
             arrival_time=self.clock.now(),
             abort_cb=self._abort,
+            listener=listener,
         )
+        self._enqueue(req)
+        return req
+
+    def submit_hashes(
+        self,
+        prompt_len: int,
+        max_tokens: int,
+        hashes: list[int],
+        listener: Callable[[Request, float], None],
+        remote_kv: bool = False,
+    ) -> Request:
+        """Queue a request given by its block hashes (prompt and output, one per full
+        block of ``prompt_len + max_tokens`` tokens) instead of token ids: the in-process
+        fast path. No events are queued; ``listener(request, now)`` is called after each
+        token and when the request fails."""
+        c = self.config
+        if prompt_len < 1 or max_tokens < 1:
+            raise RequestError("prompt_len and max_tokens must be >= 1")
+        if len(hashes) != (prompt_len + max_tokens) // c.block_size:
+            raise RequestError("one hash per full block of prompt and output is needed")
+        if _cdiv(prompt_len + max_tokens, c.block_size) > self.cache.num_blocks:
+            raise RequestError(
+                f"the request needs {prompt_len + max_tokens} tokens of KV cache but the "
+                f"simulated KV capacity is {self.cache.num_blocks * c.block_size} tokens")
+        req = Request(None, prompt_len, max_tokens, hashes, self.clock.now(), self._abort,
+                      listener)
+        req.remote_kv = remote_kv
+        self._enqueue(req)
+        return req
+
+    def _enqueue(self, req: Request) -> None:
         self.start()
         self._waiting.append(req)
         self._wake.set()
-        return req
 
     async def generate(
         self, prompt_token_ids: Sequence[int] | npt.NDArray[np.integer], max_tokens: int
@@ -174,9 +277,15 @@ class Engine:
             req.abort()
 
     def reset_prefix_cache(self) -> bool:
-        """Drop every unreferenced cached block; False if running requests still hold
-        cached blocks (those stay)."""
+        """Drop every unreferenced cached block, and every lower tier's contents; False
+        if running requests still hold cached blocks (those stay)."""
+        self.tiers.clear()
         return self.cache.reset()
+
+    @property
+    def load(self) -> int:
+        """Requests waiting or running (what a least-loaded router compares)."""
+        return len(self._running) + len(self._waiting)
 
     @property
     def num_running(self) -> int:
@@ -209,7 +318,7 @@ class Engine:
     def _abort(self, req: Request) -> None:
         if req.state is RequestState.RUNNING:
             self._running.remove(req)
-            self.cache.free(req.blocks)
+            self.cache.free(req.blocks, self.clock.now())
             req.blocks = []
         elif req.state is RequestState.WAITING:
             with contextlib.suppress(ValueError):
@@ -222,18 +331,43 @@ class Engine:
             req.fail(error)
 
     async def _loop(self) -> None:
+        # a virtual clock tells how far the engine may run alone (decode bursts)
+        horizon: Callable[[], float] | None = getattr(self.clock, "horizon", None)
+        sleep = getattr(self.clock, "sleep_quiet", self.clock.sleep) if horizon else \
+            self.clock.sleep
         try:
             while True:
                 if not self._running and not self._waiting:
+                    self.quiet_until = float("inf")
                     self._wake.clear()
                     await self._wake.wait()
                     continue
-                scheduled, work = self._schedule()
+                now = self.clock.now()
+                self._expire(now)
+                if horizon is not None:
+                    # with requests waiting, no burst; peers get the trivial bound
+                    self.quiet_until = now if self._waiting else self._next_visible(now)
+                    if not self._waiting:
+                        limit = min([horizon(), *(p.quiet_until for p in self.peers
+                                                  if p is not self)])
+                        end = decode_burst(self, now, limit)
+                        if end > now:
+                            await sleep(end - now)
+                            continue
+                scheduled, work = self._schedule(now)
                 if not scheduled:
-                    self._wake.clear()
-                    await self._wake.wait()
+                    await self._idle(now)
                     continue
-                await self.clock.sleep(self.timing.step_time(work))
+                dt = self.timing.step_time(work)
+                evicted = self.cache.evicted
+                if evicted:
+                    self.cache.evicted = []
+                    end = self.tiers.demote(evicted, now, dt)
+                    if end > now + dt:
+                        self.stats.stall_s += end - now - dt
+                        dt = end - now
+                self.stats.busy_s += dt
+                await sleep(dt)
                 self._complete(scheduled)
         except asyncio.CancelledError:
             raise
@@ -242,24 +376,57 @@ class Engine:
             self._fail_all(EngineStoppedError(f"simulator engine failed: {exc!r}"))
             raise
 
-    def _schedule(self) -> tuple[dict[Request, int], StepWork]:
+    def _next_visible(self, now: float) -> float:
+        """A lower bound on when this engine next finishes a request (what other tasks
+        can see): every request needs its remaining tokens, one step each, and no step
+        is shorter than :attr:`min_step_s`."""
+        k = min([r.max_tokens - r.num_out for r in self._running]
+                + [r.max_tokens - r.num_out for r in self._waiting], default=0)
+        return now + k * self.min_step_s if k else float("inf")
+
+    def _expire(self, now: float) -> None:
+        if self.hbm_ttl_s is not None:
+            self.cache.expire(now - self.hbm_ttl_s)
+        if self.tiers:
+            self.tiers.expire(now)
+
+    async def _idle(self, now: float) -> None:
+        """Nothing to schedule: wait for a submission, or for the first pending load."""
+        self._wake.clear()
+        loading = [r.ready_at for r in self._running if r.ready_at > now]
+        if not loading:
+            await self._wake.wait()
+            return
+        waiter = asyncio.ensure_future(self._wake.wait())
+        sleeper = asyncio.ensure_future(self.clock.sleep(min(loading) - now))
+        try:
+            await asyncio.wait({waiter, sleeper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (waiter, sleeper):
+                task.cancel()
+            await asyncio.gather(waiter, sleeper, return_exceptions=True)
+
+    def _schedule(self, now: float = 0.0) -> tuple[dict[Request, int], StepWork]:
         budget = self.config.max_num_batched_tokens
         scheduled: dict[Request, int] = {}
         # 1) decoding sequences: one token each
+        bs = self.config.block_size
+        running = RequestState.RUNNING
         for req in list(self._running):
             if budget <= 0:
                 break
-            if req.state is not RequestState.RUNNING or req in scheduled:
+            if req.state is not running or req in scheduled:
                 continue
-            decoding = req.num_out > 0 and req.all_len - req.num_computed == 1
-            if decoding and self._ensure_blocks(req, 1, scheduled):
+            if req.num_out > 0 and req.prompt_len + req.num_out - req.num_computed == 1 and (
+                    req.num_computed < len(req.blocks) * bs
+                    or self._ensure_blocks(req, 1, scheduled)):
                 scheduled[req] = 1
                 budget -= 1
-        # 2) running prefills (chunked)
-        for req in list(self._running):
+        # 2) running prefills (chunked), once their lower-tier loads are done
+        for req in list(self._running) if len(scheduled) < len(self._running) else ():
             if budget <= 0:
                 break
-            if req.state is not RequestState.RUNNING or req in scheduled:
+            if req.state is not RequestState.RUNNING or req in scheduled or req.ready_at > now:
                 continue
             n = min(req.all_len - req.num_computed, budget)
             if self._ensure_blocks(req, n, scheduled):
@@ -268,9 +435,11 @@ class Engine:
         # 3) admit waiting requests, first come first served
         while self._waiting and budget > 0 and len(self._running) < self.config.max_num_seqs:
             req = self._waiting[0]
-            if not self._admit(req):
+            if not self._admit(req, now):
                 break
             self._waiting.popleft()
+            if req.ready_at > now:
+                continue  # loading from a lower tier
             n = min(req.all_len - req.num_computed, budget)
             scheduled[req] = n
             budget -= n
@@ -278,6 +447,7 @@ class Engine:
 
     def _work(self, scheduled: dict[Request, int]) -> StepWork:
         prefill = prefill_ctx = n_dec = dec_ctx = 0
+        pairs = 0.0
         for req, n in scheduled.items():
             if req.num_out > 0 and n == 1 and req.all_len - req.num_computed == 1:
                 n_dec += 1
@@ -285,30 +455,56 @@ class Engine:
             else:
                 prefill += n
                 prefill_ctx += req.num_computed
-        return StepWork(prefill, prefill_ctx, n_dec, dec_ctx)
+                pairs += n * (req.num_computed + (n + 1) / 2)
+        return StepWork(prefill, prefill_ctx, n_dec, dec_ctx, pairs)
 
-    def _admit(self, req: Request) -> bool:
+    def _admit(self, req: Request, now: float = 0.0) -> bool:
         cache = self.cache
+        if cache.num_free_blocks <= req.blocked_at_free:
+            return False  # nothing was freed since this request last failed to fit
         bs = self.config.block_size
         candidates = req.hashes[: (req.all_len - 1) // bs]
         hit = cache.lookup(candidates)
+        where = self.tiers.find(candidates, hit) if self.tiers else []
+        remote = req.remote_kv and self.kv_link is not None and req.num_out == 0
+        ext = len(candidates) - hit if remote else len(where)
         new_blocks = _cdiv(req.all_len, bs) - hit
         if new_blocks + cache.num_evictable_among(candidates[:hit]) > cache.num_free_blocks:
+            req.blocked_at_free = cache.num_free_blocks
             return False
+        req.blocked_at_free = -1
         blocks = cache.acquire(candidates[:hit])
         fresh = cache.allocate(new_blocks)
         if fresh is None:  # cannot happen after the check above
-            cache.free(blocks)
+            cache.free(blocks, now)
             return False
         req.blocks = blocks + fresh
-        req.num_registered = hit
-        req.num_computed = hit * bs
+        stats = self.stats
+        if remote and self.kv_link is not None:
+            cache.cache_blocks(fresh, candidates[hit:], 0, ext)
+            req.ready_at = self.kv_link.transfer(ext * self.block_bytes, now)
+            stats.external_queries += req.all_len
+            stats.external_hits += ext * bs
+        elif self.tiers:
+            queried = len(candidates) - hit
+            stats.external_queries += req.all_len
+            if ext:
+                loaded = candidates[hit : hit + ext]
+                cache.cache_blocks(fresh, loaded, 0, ext)
+                req.ready_at = self.tiers.load(loaded, where, now, queried)
+                stats.external_hits += ext * bs
+            elif queried:
+                self.tiers.note_miss(queried)
+        req.num_registered = hit + ext
+        req.num_computed = (hit + ext) * bs
         req.state = RequestState.RUNNING
         self._running.append(req)
-        self.stats.prefix_cache_queries += req.all_len
-        self.stats.prefix_cache_hits += hit * bs
+        stats.prefix_cache_queries += req.all_len
+        stats.prefix_cache_hits += hit * bs
+        stats.hbm_query_blocks += len(candidates)
         if req.cached_tokens is None:
-            req.cached_tokens = hit * bs
+            req.cached_tokens = (hit + ext) * bs
+            req.external_tokens = ext * bs
         return True
 
     def _ensure_blocks(self, req: Request, n_new: int, scheduled: dict[Request, int]) -> bool:
@@ -329,8 +525,9 @@ class Engine:
 
     def _preempt(self, req: Request) -> None:
         self._running.remove(req)
-        self.cache.free(req.blocks)
+        self.cache.free(req.blocks, self.clock.now())
         req.blocks = []
+        req.ready_at = 0.0
         req.num_computed = 0
         req.num_registered = 0
         req.state = RequestState.WAITING
@@ -343,25 +540,33 @@ class Engine:
         bs = self.config.block_size
         stats = self.stats
         stats.num_steps += 1
+        register = self.cache.cache_blocks
         for req, n in scheduled.items():
             if req.state is not RequestState.RUNNING:
                 continue  # aborted while the step ran
             req.num_computed += n
             full = req.num_computed // bs
-            for i in range(req.num_registered, full):
-                self.cache.cache_block(req.blocks[i], req.hashes[i])
-            req.num_registered = max(req.num_registered, full)
+            if full > req.num_registered:
+                register(req.blocks, req.hashes, req.num_registered, full)
+                stats.refill_blocks += self.tiers.lost.take_many(req.hashes, req.num_registered,
+                                                                 full)
+                stats.computed_blocks += full - req.num_registered
+                req.num_registered = full
             if req.num_computed < req.all_len:
                 continue  # prefill chunk; no token yet
             if req.num_out == 0:
                 req.first_token_time = now
+                cached = req.cached_tokens or 0
                 stats.prompt_tokens += req.prompt_len
-                stats.prompt_tokens_cached += req.cached_tokens or 0
+                stats.prompt_tokens_cached += cached
+                stats.tokens_external += req.external_tokens
+                stats.tokens_local_hit += cached - req.external_tokens
+                stats.tokens_local_compute += req.prompt_len - cached
             req.push_token(now)
             stats.generation_tokens += 1
             if req.finished:
                 self._running.remove(req)
-                self.cache.free(req.blocks)
+                self.cache.free(req.blocks, now)
                 req.blocks = []
                 stats.request_success += 1
                 for listener in self.finish_listeners:

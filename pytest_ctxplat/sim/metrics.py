@@ -10,17 +10,28 @@ Exposed (counters get the ``_total`` suffix in the text format):
   ``vllm:prompt_tokens_cached``, ``vllm:prompt_tokens``, ``vllm:generation_tokens``,
   ``vllm:request_success`` (label ``finished_reason``), ``vllm:num_preemptions``,
   ``ctxplat_sim:kv_evicted_blocks``;
+* with lower KV tiers: ``vllm:external_prefix_cache_queries`` / ``_hits`` (tokens),
+  ``vllm:kv_offload_total_bytes{transfer_type="GPU_to_CPU"|"CPU_to_GPU"|...}``;
+  always ``vllm:prompt_tokens_by_source{source=local_compute|local_cache_hit|
+  external_kv_transfer}``;
+* per tier (label ``tier``: ``hbm``, ``dram``, ...): ``ctxplat_sim:tier_hit_blocks``,
+  ``_miss_blocks``, ``_evicted_blocks``, ``_expired_blocks``, ``_dropped_blocks``,
+  ``_written_blocks`` (counters) and ``ctxplat_sim:tier_usage_perc`` (gauge);
+  ``ctxplat_sim:kv_computed_blocks``, ``ctxplat_sim:kv_refill_blocks`` (blocks computed
+  again after they had left every tier), ``ctxplat_sim:write_stall_seconds`` and
+  ``ctxplat_sim:busy_seconds`` (model time);
 * gauges ``vllm:kv_cache_usage_perc`` (fraction 0..1), ``vllm:num_requests_running``,
   ``vllm:num_requests_waiting``, ``vllm:cache_config_info`` (value 1, labels
   ``block_size``, ``num_gpu_blocks``, ...);
 * histograms ``vllm:time_to_first_token_seconds``, ``vllm:e2e_request_latency_seconds``.
 
-All but ``cache_config_info`` carry the labels ``model_name`` and ``engine="0"``.
+All but ``cache_config_info`` carry the labels ``model_name`` and ``engine`` (the
+engine's name: ``"0"``, or one per replica when several engines share the metrics).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -45,13 +56,22 @@ _LABELS = ["model_name", "engine"]
 
 
 class _EngineCollector(Collector):
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
+    def __init__(self, engines: Sequence[Engine]) -> None:
+        self.engines = list(engines)
 
     def collect(self) -> Iterator[Metric]:
-        e = self.engine
+        families: dict[str, Metric] = {}
+        for engine in self.engines:
+            for m in self._collect(engine):
+                if m.name in families:
+                    families[m.name].samples.extend(m.samples)
+                else:
+                    families[m.name] = m
+        yield from families.values()
+
+    def _collect(self, e: Engine) -> Iterator[Metric]:
         s = e.stats
-        labels = [e.config.model, "0"]
+        labels = [e.config.model, e.name]
 
         def counter(name: str, doc: str, value: float) -> CounterMetricFamily:
             m = CounterMetricFamily(name, doc, labels=_LABELS)
@@ -112,6 +132,7 @@ class _EngineCollector(Collector):
             "Number of requests waiting to be processed.",
             e.num_waiting,
         )
+        yield from _tier_metrics(e, labels)
         c = e.config
         info = GaugeMetricFamily(
             "vllm:cache_config_info",
@@ -122,13 +143,84 @@ class _EngineCollector(Collector):
         yield info
 
 
-class SimMetrics:
-    """The metrics of one engine in a private registry."""
+def _tier_metrics(e: Engine, labels: list[str]) -> Iterator[Metric]:
+    s = e.stats
+    bs = e.config.block_size
+    by_source = CounterMetricFamily(
+        "vllm:prompt_tokens_by_source", "Prompt tokens by where their KV came from.",
+        labels=[*_LABELS, "source"])
+    for source, value in (("local_compute", s.tokens_local_compute),
+                          ("local_cache_hit", s.tokens_local_hit),
+                          ("external_kv_transfer", s.tokens_external)):
+        by_source.add_metric([*labels, source], value)
+    yield by_source
+    tiers = e.tiers.tiers
+    if tiers:
+        for name, doc, value in (
+            ("vllm:external_prefix_cache_queries",
+             "External prefix cache queries (KV connector), in tokens.", s.external_queries),
+            ("vllm:external_prefix_cache_hits",
+             "External prefix cache hits (KV connector), in tokens.", s.external_hits),
+        ):
+            m = CounterMetricFamily(name, doc, labels=_LABELS)
+            m.add_metric(labels, value)
+            yield m
+        offload = CounterMetricFamily(
+            "vllm:kv_offload_total_bytes", "KV bytes moved between tiers.",
+            labels=[*_LABELS, "transfer_type"])
+        for kind, value in sorted(e.tiers.transfer_bytes.items()):
+            offload.add_metric([*labels, kind], value)
+        yield offload
+    hbm = e.cache.counters
+    hbm_hits = s.prefix_cache_hits // bs
+    rows: dict[str, list[tuple[str, float]]] = {
+        "hit_blocks": [("hbm", hbm_hits)], "miss_blocks": [("hbm", s.hbm_query_blocks - hbm_hits)],
+        "evicted_blocks": [("hbm", hbm.evicted_blocks)],
+        "expired_blocks": [("hbm", hbm.expired_blocks)],
+        "dropped_blocks": [], "written_blocks": [],
+    }
+    usage = [("hbm", e.cache.num_cached_blocks / e.cache.num_blocks)]
+    for t in tiers:
+        c = t.counters
+        for key, count in (("hit_blocks", c.hits), ("miss_blocks", c.misses),
+                           ("evicted_blocks", c.evictions), ("expired_blocks", c.expirations),
+                           ("dropped_blocks", c.drops), ("written_blocks", c.writes)):
+            rows[key].append((t.name, count))
+        usage.append((t.name, t.usage))
+    for key, values in rows.items():
+        fam = CounterMetricFamily(f"ctxplat_sim:tier_{key}", f"KV blocks ({key}) per tier.",
+                                  labels=[*_LABELS, "tier"])
+        for tier, n in values:
+            fam.add_metric([*labels, tier], n)
+        yield fam
+    g = GaugeMetricFamily("ctxplat_sim:tier_usage_perc",
+                          "Fraction of each tier holding cached blocks.",
+                          labels=[*_LABELS, "tier"])
+    for tier, frac in usage:
+        g.add_metric([*labels, tier], frac)
+    yield g
+    for name, doc, amount in (
+        ("ctxplat_sim:kv_computed_blocks", "Full KV blocks computed (prefill or decode).",
+         s.computed_blocks),
+        ("ctxplat_sim:kv_refill_blocks",
+         "KV blocks computed again after they had left every tier.", s.refill_blocks),
+        ("ctxplat_sim:write_stall_seconds", "Model seconds steps waited for tier writes.",
+         s.stall_s),
+        ("ctxplat_sim:busy_seconds", "Model seconds the engine spent in steps.", s.busy_s),
+    ):
+        fam = CounterMetricFamily(name, doc, labels=_LABELS)
+        fam.add_metric(labels, amount)
+        yield fam
 
-    def __init__(self, engine: Engine) -> None:
+
+class SimMetrics:
+    """The metrics of one engine (or of several: ``engines``) in a private registry."""
+
+    def __init__(self, engine: Engine, engines: Sequence[Engine] | None = None) -> None:
         self.engine = engine
+        self.engines = list(engines) if engines is not None else [engine]
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(_EngineCollector(engine))
+        self.registry.register(_EngineCollector(self.engines))
         label_values = (engine.config.model, "0")
         self._ttft = Histogram(
             "vllm:time_to_first_token_seconds",
@@ -144,7 +236,8 @@ class SimMetrics:
             registry=self.registry,
             buckets=_E2E_BUCKETS,
         ).labels(*label_values)
-        engine.finish_listeners.append(self._on_finish)
+        for e in self.engines:
+            e.finish_listeners.append(self._on_finish)
 
     def _on_finish(self, req: Request) -> None:
         if req.first_token_time is not None:

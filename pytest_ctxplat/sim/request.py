@@ -59,12 +59,13 @@ class Request:
 
     def __init__(
         self,
-        tokens: npt.NDArray[np.int64],
+        tokens: npt.NDArray[np.int64] | None,
         prompt_len: int,
         max_tokens: int,
         hashes: list[int],
         arrival_time: float,
         abort_cb: Callable[[Request], None],
+        listener: Callable[[Request, float], None] | None = None,
     ) -> None:
         self.request_id = f"req-{next(_ids)}"
         # prompt followed by the (predetermined) output tokens
@@ -82,6 +83,16 @@ class Request:
         self.num_registered = 0
         self.blocks: list[int] = []
         self.num_preemptions = 0
+        # tokens whose KV came from a lower tier (at first admission); the time the
+        # request's loads finish (it is not scheduled before)
+        self.external_tokens = 0
+        self.ready_at = 0.0
+        # in-process consumers: called after every token instead of queueing an event
+        self.listener = listener
+        self.session_id: str | None = None
+        self.remote_kv = False
+        # free HBM blocks when admission last failed (-1: retry at once)
+        self.blocked_at_free = -1
         self._abort_cb = abort_cb
         self._pending: list[int] = []
         self._last_time = arrival_time
@@ -97,22 +108,30 @@ class Request:
 
     @property
     def output_token_ids(self) -> list[int]:
+        if self.tokens is None:
+            return []
         out: list[int] = self.tokens[self.prompt_len : self.prompt_len + self.num_out].tolist()
         return out
 
     def push_token(self, now: float) -> None:
-        self._pending.append(int(self.tokens[self.prompt_len + self.num_out]))
         self.num_out += 1
         self._last_time = now
         if self.num_out >= self.max_tokens:
             self.state = RequestState.FINISHED
             self.finish_time = now
+        if self.listener is not None:
+            self.listener(self, now)
+            return
+        assert self.tokens is not None
+        self._pending.append(int(self.tokens[self.prompt_len + self.num_out - 1]))
         self._signal.set()
 
     def fail(self, error: BaseException) -> None:
         self._error = error
         self.state = RequestState.ABORTED
         self._signal.set()
+        if self.listener is not None:
+            self.listener(self, self._last_time)
 
     # -- consumer side ---------------------------------------------------------------
     @property

@@ -46,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--block-size", type=int)
     p.add_argument("--kv-capacity-tokens", type=int)
     p.add_argument("--seed", type=int)
+    p.add_argument("--profile", help="simulator profile: a built-in name (e.g. "
+                   "h100-llama8b-dram) or a profile YAML file")
     p.add_argument("--parent-pid", type=int, metavar="PID", help="exit when PID is gone")
     p.add_argument("--ready-file", metavar="PATH", help="write the bound port here")
     return p
@@ -56,7 +58,7 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
     config = SimConfig.from_yaml(args.config) if args.config else SimConfig()
     overrides = {
         name: getattr(args, name)
-        for name in ("model", "speedup", "block_size", "kv_capacity_tokens", "seed")
+        for name in ("model", "speedup", "block_size", "kv_capacity_tokens", "seed", "profile")
         if getattr(args, name) is not None
     }
     if overrides:
@@ -141,11 +143,12 @@ def main(argv: list[str] | None = None) -> int:
             return 0
     try:
         config = config_from_args(args)
+        engine = Engine(config)
         sock = _bind(args.host, args.port)
     except (ConfigError, OSError) as exc:
         print(f"ctxplat-sim: {exc}", file=sys.stderr)
         return 2
-    server = _uvicorn_server(Engine(config))
+    server = _uvicorn_server(engine)
 
     def on_signal(sig: int, frame: FrameType | None) -> None:
         # active outside uvicorn's own handlers (and when uvicorn re-raises on exit)

@@ -63,12 +63,15 @@ class StepWork:
     the requests prefilling in this step, which their new tokens attend to.
     ``decode_seqs``: sequences producing one token from one new token.
     ``decode_context_tokens``: total context length (KV read) of those sequences.
+    ``prefill_attention_pairs``: query-key pairs of the prefill attention, summed over
+    prefilling requests: ``n * (context + (n + 1) / 2)`` for ``n`` new tokens.
     """
 
     prefill_tokens: int = 0
     prefill_context_tokens: int = 0
     decode_seqs: int = 0
     decode_context_tokens: int = 0
+    prefill_attention_pairs: float = 0.0
 
 
 class TimingModel(Protocol):

@@ -20,7 +20,8 @@ from typing import Any, ClassVar
 import yaml
 
 from ..errors import ConfigError
-from .model import BlockIdAllocator, SessionPlan
+from .load import LoadShape
+from .model import BlockIdAllocator, SessionPlan, TimedRequest
 
 __all__ = [
     "WorkloadContext",
@@ -52,7 +53,10 @@ class WorkloadSpec:
     """Base of all workload kinds. Subclasses set ``kind`` and add their fields.
 
     Common fields bound the run: ``duration_s`` (stop starting requests after this many
-    seconds; in-flight requests finish) and ``max_requests``.
+    seconds; in-flight requests finish) and ``max_requests``. ``load`` shapes the load
+    (:class:`~pytest_ctxplat.workload.load.LoadShape`: ramps, stages, open-loop arrivals,
+    token budgets). ``designed_ttl_s`` and ``designed_capacity_tokens`` add designed hit
+    rates for a cache with that TTL or capacity beside the infinite one.
     """
 
     kind: ClassVar[str] = ""
@@ -62,6 +66,9 @@ class WorkloadSpec:
     block_size: int = 64
     output_tokens: int = 64
     api: str = "completions"
+    load: LoadShape = dataclasses.field(default_factory=LoadShape)
+    designed_ttl_s: tuple[float, ...] = ()
+    designed_capacity_tokens: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         self.validate()
@@ -74,6 +81,11 @@ class WorkloadSpec:
             raise ConfigError(f"workload {self.kind!r}: duration_s must be > 0 or null")
         if self.max_requests is not None and self.max_requests <= 0:
             raise ConfigError(f"workload {self.kind!r}: max_requests must be > 0 or null")
+        if any(t <= 0 for t in self.designed_ttl_s):
+            raise ConfigError(f"workload {self.kind!r}: designed_ttl_s values must be > 0")
+        if any(c <= 0 for c in self.designed_capacity_tokens):
+            raise ConfigError(
+                f"workload {self.kind!r}: designed_capacity_tokens values must be > 0")
         if self.api not in ("completions", "chat"):
             raise ConfigError(
                 f"workload {self.kind!r}: api must be 'completions' or 'chat', got {self.api!r}"
@@ -82,6 +94,23 @@ class WorkloadSpec:
     def user_sessions(self, user: int, ctx: WorkloadContext) -> Iterator[SessionPlan]:
         """Sessions one user plays, in order. The runner stops pulling at its bounds."""
         raise NotImplementedError
+
+    def prepare(self, ctx: WorkloadContext) -> None:
+        """Do expensive set-up (reading a trace) before the run's clock starts."""
+
+    def user_count(self) -> int:
+        """How many closed-loop user tasks the runner starts."""
+        return self.load.max_users(self.users)
+
+    def timed_requests(self, ctx: WorkloadContext) -> Iterator[TimedRequest] | None:
+        """Requests at fixed times, in time order (trace replay), or None: the workload
+        is played by users (``user_sessions``)."""
+        return None
+
+    @property
+    def bound_s(self) -> float | None:
+        """The run's time bound: ``duration_s``, else the length of the load stages."""
+        return self.duration_s if self.duration_s is not None else self.load.stages_duration_s
 
     def describe(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -107,7 +136,7 @@ def register_kind(cls: type[WorkloadSpec]) -> type[WorkloadSpec]:
 
 
 def kinds() -> dict[str, type[WorkloadSpec]]:
-    from . import chat  # noqa: F401  (registers the built-in kinds)
+    from . import agent, chat, replay, workingset  # noqa: F401  (register the built-in kinds)
 
     return dict(_KINDS)
 
@@ -160,6 +189,25 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
         if not isinstance(value, str):
             raise ConfigError(f"{where} must be a string, got {value!r}")
         return value
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where} must be a list, got {value!r}")
+        return tuple(_coerce(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where} must be a mapping, got {value!r}")
+        fields = coerce_fields(tp, value, where)
+        try:
+            return tp(**fields)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+        except TypeError as exc:  # a missing required key
+            raise ConfigError(f"{where}: {exc}") from None
     return value
 
 
@@ -212,8 +260,11 @@ def load_workload(
             raise ConfigError(f"{where}: unknown workload {name!r}; available: {valid}")
         cls, values = _read_definition(path, all_kinds)
         source = str(path)
+    overrides = dict(overrides or {})
+    if isinstance(values.get("load"), Mapping) and isinstance(overrides.get("load"), Mapping):
+        overrides["load"] = {**values["load"], **overrides["load"]}  # merge, key by key
     fields = coerce_fields(cls, values, source)
-    fields.update(coerce_fields(cls, dict(overrides or {}), where))
+    fields.update(coerce_fields(cls, overrides, where))
     try:
         return cls(**fields)
     except ConfigError as exc:
@@ -235,6 +286,8 @@ def _read_definition(
         raise ConfigError(f"{path}: a workload definition must be a mapping with a 'kind' key")
     data = yaml.safe_load(path.read_text())
     lines = {k.value: k.start_mark.line + 1 for k, _ in node.value}
+    nested = {f"{k.value}: {k2.value}": k2.start_mark.line + 1
+              for k, v in node.value if isinstance(v, yaml.MappingNode) for k2, _ in v.value}
     kind = data.pop("kind", None)
     data.pop("description", None)
     if kind not in all_kinds:
@@ -247,8 +300,14 @@ def _read_definition(
         coerce_fields(cls, data, str(path))
     except ConfigError as exc:
         msg = str(exc)
-        for key, line in lines.items():
-            if msg.startswith(f"{path}: {key}") or f"unknown key {key!r}" in msg:
+        for key, line in [*sorted(nested.items(), key=lambda kv: -len(kv[0])), *lines.items()]:
+            head, _, sub = key.partition(": ")
+            if sub and (msg.startswith(f"{path}: {key}")
+                        or msg.startswith(f"{path}: {head}: unknown key {sub!r}")):
+                msg = msg.replace(f"{path}:", f"{path}:{line}:", 1)
+                break
+            if not sub and (msg.startswith(f"{path}: {key}")
+                            or f"unknown key {key!r}" in msg):
                 msg = msg.replace(f"{path}:", f"{path}:{line}:", 1)
                 break
         raise ConfigError(msg) from None

@@ -1,0 +1,337 @@
+"""Multi-process load: several worker processes, each with its own event loop.
+
+One Python process streams a few thousand requests per second before its event loop is
+the limit. :func:`run_streams` spreads a closed-loop load (``concurrency`` streams, each
+sending its next request when the last one ended, ``requests`` in all) over ``workers``
+processes: each gets its share of the streams and of the requests, opens its own
+:class:`~pytest_ctxplat.driver.http.StreamClient` on its own loop (uvloop where
+installed), waits at a common start line and sends. The records come back to the parent
+and are merged in start order. Their times are on one clock for all workers: the loop
+clock is the system's monotonic clock, shared by every process of the machine, and
+:attr:`StreamsResult.t0` is the common start.
+
+    from pytest_ctxplat.driver.multiproc import run_streams
+    res = run_streams("http://127.0.0.1:8000", "/v1/completions", body,
+                      requests=20_000, concurrency=512, workers=2)
+    res.requests_per_s, res.records[0].ttft_s
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing as mp
+import random
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import ConfigError
+from .records import RequestRecord
+
+__all__ = ["StreamsResult", "WorkerReport", "new_event_loop", "run_streams", "split_evenly"]
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """A uvloop loop where uvloop is installed, else asyncio's default loop.
+
+    uvloop's own ``loop.time()`` counts whole milliseconds; this loop's ``time()`` is
+    ``time.monotonic()`` (asyncio's clock, full resolution), so times taken from the loop
+    (the runner's clock) keep sub-millisecond precision. uvloop turns ``call_at`` into a
+    delay from ``self.time()``, so its timers agree with that clock.
+    """
+    cls = _uvloop_class()
+    if cls is None:
+        return asyncio.new_event_loop()
+    loop: asyncio.AbstractEventLoop = cls()
+    return loop
+
+
+_UVLOOP: list[Any] = []
+
+
+def _uvloop_class() -> Any:
+    if not _UVLOOP:
+        try:
+            import uvloop
+        except ImportError:
+            _UVLOOP.append(None)
+        else:
+            class MonotonicUVLoop(uvloop.Loop):
+                def time(self) -> float:
+                    return time.monotonic()
+
+            _UVLOOP.append(MonotonicUVLoop)
+    return _UVLOOP[0]
+
+
+def split_evenly(total: int, parts: int) -> list[int]:
+    """``total`` split in ``parts`` integers differing by at most one, largest first."""
+    base, extra = divmod(total, parts)
+    return [base + (1 if i < extra else 0) for i in range(parts)]
+
+
+@dataclass(frozen=True)
+class WorkerReport:
+    """What one worker process did: its records and its own CPU seconds while sending."""
+
+    worker: int
+    records: list[RequestRecord]
+    cpu_s: float
+    wall_s: float
+
+
+@dataclass(frozen=True)
+class StreamsResult:
+    """Merged outcome of :func:`run_streams`; record times are relative to ``t0``."""
+
+    records: list[RequestRecord]
+    workers: list[WorkerReport]
+    wall_s: float
+    t0: float
+
+    @property
+    def ok(self) -> int:
+        return sum(1 for r in self.records if r.ok)
+
+    @property
+    def errors(self) -> int:
+        return len(self.records) - self.ok
+
+    @property
+    def requests_per_s(self) -> float:
+        return len(self.records) / self.wall_s if self.wall_s > 0 else 0.0
+
+    @property
+    def cpu_s(self) -> float:
+        return sum(w.cpu_s for w in self.workers)
+
+
+async def stream_closed_loop(
+    url: str,
+    path: str,
+    body: bytes,
+    *,
+    requests: int,
+    concurrency: int,
+    headers: Mapping[str, str] | None = None,
+    start_at: float | None = None,
+    worker: int = 0,
+    on_record: Callable[[RequestRecord], None] | None = None,
+    rate: float | None = None,
+    seed: int = 0,
+) -> list[RequestRecord]:
+    """``concurrency`` streams on this loop sending ``requests`` in all, closed loop;
+    with ``rate`` (requests/s), Poisson arrivals instead, at most ``concurrency`` in
+    flight.
+
+    Exactly ``min(concurrency, requests)`` requests are in flight until the last ones
+    end; connections are pooled and reused (one per stream). ``start_at`` (a
+    ``time.monotonic()`` value) delays the first request to a common start line.
+    Record times are ``time.monotonic()`` values, shared by all processes.
+    """
+    from .http import ClientLimits, StreamClient
+
+    # Not loop.time(): uvloop's clock has millisecond steps and is read once per loop
+    # iteration. time.monotonic is the same clock as asyncio's, with full resolution.
+    now = time.monotonic
+    records: list[RequestRecord] = []
+    limits = ClientLimits(max_connections=concurrency)
+    async with StreamClient(url, limits=limits, headers=headers) as client:
+        stream = client.stream
+        remaining = requests
+
+        async def one_stream(stream_id: int) -> None:
+            nonlocal remaining
+            index = 0
+            while remaining > 0:
+                remaining -= 1
+                rec = RequestRecord(session_id=f"w{worker}s{stream_id}", user=stream_id,
+                                    index=index, prompt_tokens=0, max_tokens=0)
+                index += 1
+                records.append(rec)
+                await stream(path, body, rec, now)
+                if on_record is not None:
+                    on_record(rec)
+
+        if start_at is not None:
+            delay = start_at - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        if rate is None:
+            await asyncio.gather(*(one_stream(i) for i in range(min(concurrency, requests))))
+        else:
+            await _open_loop(stream, path, body, records, requests, concurrency, rate,
+                             random.Random(seed * 7919 + worker), worker, on_record)
+    return records
+
+
+async def _open_loop(stream: Any, path: str, body: bytes, records: list[RequestRecord],
+                     requests: int, concurrency: int, rate: float, rng: random.Random,
+                     worker: int, on_record: Callable[[RequestRecord], None] | None) -> None:
+    """Poisson arrivals at ``rate`` per second; at most ``concurrency`` in flight (an
+    arrival beyond that waits for a slot and starts late)."""
+    slots = asyncio.Semaphore(concurrency)
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def one(index: int) -> None:
+        try:
+            rec = RequestRecord(session_id=f"w{worker}r{index}", user=0, index=index,
+                                prompt_tokens=0, max_tokens=0)
+            records.append(rec)
+            await stream(path, body, rec, time.monotonic)
+            if on_record is not None:
+                on_record(rec)
+        finally:
+            slots.release()
+
+    due = time.monotonic()
+    for index in range(requests):
+        due += rng.expovariate(rate)
+        delay = due - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        await slots.acquire()
+        task = asyncio.create_task(one(index))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+    if tasks:
+        await asyncio.gather(*tasks)
+
+
+def _worker_main(args: dict[str, Any], conn: Any) -> None:
+    """Entry point of a worker process: run its share, send back a WorkerReport."""
+    try:
+        from . import http  # noqa: F401  (imported before the start line, not after)
+
+        loop = new_event_loop()
+        asyncio.set_event_loop(loop)
+        conn.send(("ready", None))
+        start_at = conn.recv()  # the common start line, once every worker is ready
+        cpu0, wall0 = time.process_time(), time.monotonic()
+        records = loop.run_until_complete(stream_closed_loop(
+            args["url"], args["path"], args["body"], requests=args["requests"],
+            concurrency=args["concurrency"], headers=args["headers"], start_at=start_at,
+            worker=args["worker"], rate=args["rate"], seed=args["seed"]))
+        report = WorkerReport(args["worker"], records, time.process_time() - cpu0,
+                              time.monotonic() - wall0)
+        loop.close()
+        conn.send(("done", report))
+    except BaseException as exc:  # reported to the parent, which raises it
+        conn.send(("error", f"{type(exc).__name__}: {exc}"))
+    finally:
+        conn.close()
+
+
+def run_streams(
+    url: str,
+    path: str,
+    body: bytes,
+    *,
+    requests: int,
+    concurrency: int,
+    workers: int = 1,
+    headers: Mapping[str, str] | None = None,
+    start_method: str | None = None,
+    timeout_s: float | None = None,
+    rate: float | None = None,
+    seed: int = 0,
+) -> StreamsResult:
+    """A closed-loop load of ``concurrency`` streams, ``requests`` in all, over
+    ``workers`` processes (``workers=1``: one process, no fork).
+
+    Each worker gets ``concurrency // workers`` streams and ``requests // workers``
+    requests (the remainders go to the first ones). With ``rate`` (requests/s) the
+    requests arrive as a Poisson process instead (each worker ``rate / workers``,
+    seeded by ``seed``), at most ``concurrency`` in flight. Raises
+    :class:`~pytest_ctxplat.errors.ConfigError` for bad arguments and ``RuntimeError``
+    when a worker fails or exceeds ``timeout_s``.
+    """
+    for name, value, least in (("requests", requests, 1), ("concurrency", concurrency, 1),
+                               ("workers", workers, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ConfigError(f"run_streams: {name} must be an integer >= {least}, "
+                              f"got {value!r}")
+    if rate is not None and (isinstance(rate, bool) or not isinstance(rate, (int, float))
+                             or not 0 < rate < float("inf")):
+        raise ConfigError(f"run_streams: rate must be a finite number > 0 (requests/s), "
+                          f"got {rate!r}")
+    if workers > concurrency:
+        raise ConfigError(f"run_streams: workers ({workers}) must not exceed concurrency "
+                          f"({concurrency}): each worker holds at least one stream")
+    hdrs = dict(headers or {})
+    if workers == 1:
+        loop = new_event_loop()
+        try:
+            cpu0 = time.process_time()
+            t0 = time.monotonic()
+            records = loop.run_until_complete(stream_closed_loop(
+                url, path, body, requests=requests, concurrency=concurrency, headers=hdrs,
+                rate=rate, seed=seed))
+            wall = time.monotonic() - t0
+            report = WorkerReport(0, records, time.process_time() - cpu0, wall)
+        finally:
+            loop.close()
+        return _merge([report], t0, wall)
+
+    ctx: Any = mp.get_context(start_method or "spawn")
+    shares = zip(split_evenly(concurrency, workers), split_evenly(requests, workers), strict=True)
+    procs = []
+    conns = []
+    try:
+        for i, (conc, reqs) in enumerate(shares):
+            parent, child = ctx.Pipe()
+            args = {"url": url, "path": path, "body": body, "requests": reqs,
+                    "concurrency": conc, "headers": hdrs, "worker": i, "seed": seed,
+                    "rate": None if rate is None else rate * reqs / requests}
+            proc = ctx.Process(target=_worker_main, args=(args, child), daemon=True,
+                               name=f"ctxplat-worker-{i}")
+            proc.start()
+            child.close()
+            procs.append(proc)
+            conns.append(parent)
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        for i, conn in enumerate(conns):
+            kind, payload = _receive(conn, deadline, i)
+            if kind != "ready":
+                raise RuntimeError(f"worker {i} failed to start: {payload}")
+        t0 = time.monotonic() + 0.05
+        for conn in conns:
+            conn.send(t0)
+        reports: list[WorkerReport] = []
+        for i, conn in enumerate(conns):
+            kind, payload = _receive(conn, deadline, i)
+            if kind != "done":
+                raise RuntimeError(f"worker {i} failed: {payload}")
+            reports.append(payload)
+        wall = max(r.wall_s for r in reports)
+        return _merge(reports, t0, wall)
+    finally:
+        for proc in procs:
+            proc.join(5)
+            if proc.is_alive():
+                proc.terminate()
+                proc.join(5)
+        for conn in conns:
+            conn.close()
+
+
+def _receive(conn: Any, deadline: float | None, worker: int) -> tuple[str, Any]:
+    wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+    if not conn.poll(wait):
+        raise RuntimeError(f"worker {worker} did not answer in time")
+    try:
+        msg: tuple[str, Any] = conn.recv()
+    except EOFError:
+        raise RuntimeError(f"worker {worker} died without a report") from None
+    return msg
+
+
+def _merge(reports: Sequence[WorkerReport], t0: float, wall_s: float) -> StreamsResult:
+    records = [r for rep in reports for r in rep.records]
+    for rec in records:
+        rec.start_s -= t0
+        if rec.end_s is not None:
+            rec.end_s -= t0
+    records.sort(key=lambda r: r.start_s)
+    return StreamsResult(records=records, workers=list(reports), wall_s=wall_s, t0=t0)

@@ -1,0 +1,52 @@
+"""``ctxplat simulate WORKLOAD --profile P``: a workload against a simulated deployment in
+virtual time (driver and simulator in one process), printing the figures of
+``ctxplat run``.
+
+Options: ``--set KEY=VALUE`` (workload fields), ``--profile-set KEY=VALUE`` (dotted
+profile keys, e.g. ``tiers.1.capacity_gb=64``), ``--slo KEY=VALUE``, ``--seed``,
+``--name``, ``--json FILE``, ``--list-profiles``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+__all__ = ["add_parser", "run"]
+
+
+def add_parser(sub: Any) -> argparse.ArgumentParser:
+    p: argparse.ArgumentParser = sub.add_parser(
+        "simulate", help="play a workload against a simulator profile in virtual time")
+    p.add_argument("workload", nargs="?", help="workload kind or YAML definition")
+    p.add_argument("--profile", default="h100-llama8b",
+                   help="built-in profile name or profile YAML file. Default: %(default)r")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="workload field override, repeatable (e.g. --set users=200)")
+    p.add_argument("--profile-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="profile override by dotted key, repeatable (e.g. tp=2)")
+    p.add_argument("--slo", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--name", default="simulate")
+    p.add_argument("--json", help="write the result JSON to this file")
+    p.add_argument("--list-profiles", action="store_true", help="list built-in profiles")
+    return p
+
+
+def run(args: argparse.Namespace, kv: Any) -> Any:
+    """Run the simulation; returns the RunResult (None after --list-profiles)."""
+    from pytest_ctxplat.errors import ConfigError
+    from pytest_ctxplat.sim.inproc import simulate
+    from pytest_ctxplat.sim.profile import builtin_profiles, load_profile
+
+    if args.list_profiles:
+        for name in builtin_profiles():
+            d = load_profile(name).describe()
+            tiers = " + ".join(f"{t['name']} {t['capacity_tokens']:,} tok" for t in d["tiers"])
+            print(f"{name:26} {d['model']} on {d['tp']} x {d['accelerator']}: {tiers}")
+        return None
+    if not args.workload:
+        raise ConfigError("simulate: give a WORKLOAD (a kind such as chat, or a YAML file)")
+    return simulate(args.workload, args.profile, overrides=kv(args.set, "--set"),
+                    profile_overrides=kv(args.profile_set, "--profile-set"),
+                    slo=kv(args.slo, "--slo") or None, seed=args.seed, name=args.name)

@@ -1,0 +1,77 @@
+"""Synthetic agent-like sessions for simulator tests and benchmarks (not a registered
+workload kind; the product's coding-agent workloads live in :mod:`pytest_ctxplat.workload`).
+
+Each user plays sessions back to back: a session starts from a shared prefix (system
+prompt and tool definitions, the same for every user) plus ``initial_tokens`` of its own
+(repository context), and each turn appends ``turn_tokens_min..max`` new tokens (tool
+output, user text) plus the previous answer, after a think time drawn uniformly from
+``think_min_s..think_max_s``. A session ends when its context would pass
+``max_context_tokens``; the next one starts fresh.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+
+from pytest_ctxplat.errors import ConfigError
+from pytest_ctxplat.workload.model import RequestPlan, SessionPlan, SessionStream
+from pytest_ctxplat.workload.spec import WorkloadContext, WorkloadSpec
+
+__all__ = ["AgentLikeSessions"]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class AgentLikeSessions(WorkloadSpec):
+    """Long, growing contexts with human-scale gaps (see the module docstring)."""
+
+    kind = "sim-agentlike"
+    block_size: int = 16
+    output_tokens: int = 300
+    shared_prefix_tokens: int = 8192
+    initial_tokens: int = 12_000
+    turn_tokens_min: int = 1000
+    turn_tokens_max: int = 4000
+    max_context_tokens: int = 100_000
+    think_min_s: float = 10.0
+    think_max_s: float = 150.0
+    start_spread_s: float = 60.0
+
+    def validate(self) -> None:
+        super().validate()
+        if not 0 <= self.think_min_s <= self.think_max_s:
+            raise ConfigError("sim-agentlike: need 0 <= think_min_s <= think_max_s")
+        if not 0 < self.turn_tokens_min <= self.turn_tokens_max:
+            raise ConfigError("sim-agentlike: need 0 < turn_tokens_min <= turn_tokens_max")
+        if self.shared_prefix_tokens + self.initial_tokens >= self.max_context_tokens:
+            raise ConfigError("sim-agentlike: the first prompt must fit max_context_tokens")
+
+    def user_sessions(self, user: int, ctx: WorkloadContext) -> Iterator[SessionPlan]:
+        key = ("sim-agentlike", self.shared_prefix_tokens // self.block_size)
+        if key not in ctx.shared:
+            ctx.shared[key] = ctx.ids.take(self.shared_prefix_tokens // self.block_size)
+        shared = ctx.shared[key]
+        rng = ctx.rng("sim-agentlike", user)
+        n = 0
+        while True:
+            stream = SessionStream.start(self.block_size, ctx.ids, shared)
+            first = rng.uniform(0, self.start_spread_s) if n == 0 else rng.uniform(
+                self.think_min_s, self.think_max_s)
+            yield SessionPlan(f"u{user}-s{n}", self._turns(stream, first, rng))
+            n += 1
+
+    def _turns(self, stream: SessionStream, first_delay: float, rng: object
+               ) -> Iterator[RequestPlan]:
+        import random
+
+        assert isinstance(rng, random.Random)
+        stream.extend(self.initial_tokens)
+        yield stream.request(self.output_tokens, first_delay, "turn")
+        while True:
+            add = rng.randint(self.turn_tokens_min, self.turn_tokens_max)
+            if stream.tokens + self.output_tokens + add + self.output_tokens \
+                    > self.max_context_tokens:
+                return
+            stream.extend(self.output_tokens + add)
+            yield stream.request(self.output_tokens, rng.uniform(self.think_min_s,
+                                                                 self.think_max_s), "turn")

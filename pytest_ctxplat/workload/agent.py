@@ -1,0 +1,262 @@
+"""Built-in kinds ``coding_agent`` and ``coding_swarm``: agentic coding sessions.
+
+A coding agent's context starts with a system prompt and tool definitions shared by
+every user (a cross-user cache hit), then the session's task. Each human turn runs a
+tool-call loop: the model answers with a tool call, the tool's result is appended, the
+model is called again after the tool's latency, until a final answer; the next human
+message comes after a long-tailed think time. The context grows until it passes
+``context_limit_tokens``; then a compaction request summarises it and the session goes
+on from the shared prefix plus the summary (new ids after the shared prefix, as in
+Claude Code's auto-compaction).
+
+A swarm's orchestrators sometimes spawn subagents (several in parallel) instead of
+calling a tool: each subagent's context is the shared prefix plus a task from the
+parent; the parent waits for all of them and appends their results. Subagents are
+short-lived (a fresh context per task) or persistent (a slot keeps its context and
+the next task is appended to it).
+
+Defaults follow 710 public Claude Code sessions (see the workloads reference): output
+median 256 tokens; tool latency log-normal (median 6 s) and human think time log-normal
+(median 240 s, sigma 2.2, capped at 4 h), which together give gaps between the starts of
+a main agent's requests of median about 15 s and mean about 135 s, 4% over 5 minutes and
+0.9% over an hour (the traces: median 18 s, mean 152 s, 5% and 0.5%); starting context
+about 17k tokens, compaction near 110k.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+from collections.abc import Generator, Iterator
+
+import numpy as np
+import numpy.typing as npt
+
+from ..errors import ConfigError
+from .model import RequestPlan, SessionPlan, SessionStream, SpawnStep, Step
+from .spec import WorkloadContext, WorkloadSpec, register_kind
+
+__all__ = ["CodingAgent", "CodingSwarm"]
+
+
+@register_kind
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class CodingAgent(WorkloadSpec):
+    """Agentic coding sessions: shared prefix, tool loops, human turns, compaction."""
+
+    kind = "coding_agent"
+    users: int = 8
+    output_tokens: int = 256
+    output_sigma: float = 0.8
+    system_prompt_tokens: int = 1300
+    tool_tokens: int = 7600
+    initial_context_tokens: int = 8000
+    user_tokens: int = 200
+    human_turns: int = 5
+    tool_steps_mean: float = 8.0
+    tool_result_tokens: int = 1200
+    tool_result_sigma: float = 1.0
+    tool_latency_s: float = 6.0
+    think_time_median_s: float = 240.0
+    think_time_sigma: float = 2.2
+    think_time_max_s: float = 14400.0
+    context_limit_tokens: int = 110_000
+    summary_tokens: int = 4000
+    start_spread_s: float = 10.0
+    recycle: bool = False
+
+    def validate(self) -> None:
+        super().validate()
+        k = self.kind
+        for name in ("system_prompt_tokens", "tool_tokens", "initial_context_tokens",
+                     "user_tokens", "tool_result_tokens", "summary_tokens"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"workload {k!r}: {name} must be >= 0")
+        for name in ("output_sigma", "tool_result_sigma", "think_time_sigma", "tool_steps_mean",
+                     "tool_latency_s", "think_time_median_s", "start_spread_s"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"workload {k!r}: {name} must be >= 0")
+        if self.human_turns <= 0:
+            raise ConfigError(f"workload {k!r}: human_turns must be > 0")
+        if self.think_time_max_s < self.think_time_median_s:
+            raise ConfigError(f"workload {k!r}: think_time_max_s must be >= think_time_median_s")
+        floor = self.shared_tokens + self.summary_tokens + self.user_tokens + self.block_size
+        if self.context_limit_tokens <= floor:
+            raise ConfigError(
+                f"workload {k!r}: context_limit_tokens ({self.context_limit_tokens}) must be "
+                f"above the context right after a compaction ({floor} tokens: shared prefix "
+                "+ summary + a user message + a block)")
+        if self.recycle and self.bound_s is None and self.max_requests is None:
+            raise ConfigError(
+                f"workload {k!r}: recycle=true needs a bound: set duration_s or max_requests")
+
+    @property
+    def shared_tokens(self) -> int:
+        return self.system_prompt_tokens + self.tool_tokens
+
+    # -- random draws -------------------------------------------------------------------
+    def _output(self, rng: random.Random) -> int:
+        v = rng.lognormvariate(math.log(self.output_tokens), self.output_sigma)
+        return max(1, min(int(v), 8 * self.output_tokens))
+
+    def _tool_result(self, rng: random.Random) -> int:
+        if self.tool_result_tokens == 0:
+            return 0
+        v = rng.lognormvariate(math.log(self.tool_result_tokens), self.tool_result_sigma)
+        return max(1, min(int(v), 8 * self.tool_result_tokens))
+
+    def _tool_latency(self, rng: random.Random) -> float:
+        if self.tool_latency_s == 0:
+            return 0.0
+        return min(rng.lognormvariate(math.log(self.tool_latency_s), 1.0),
+                   20 * self.tool_latency_s)
+
+    def _think(self, rng: random.Random) -> float:
+        if self.think_time_median_s == 0:
+            return 0.0
+        v = rng.lognormvariate(math.log(self.think_time_median_s), self.think_time_sigma)
+        return min(v, self.think_time_max_s)
+
+    @staticmethod
+    def _steps(rng: random.Random, mean: float) -> int:
+        """Geometric number of tool calls (>= 0) with the given mean."""
+        if mean <= 0:
+            return 0
+        p = 1.0 / (mean + 1.0)
+        return int(math.log(1.0 - rng.random()) / math.log(1.0 - p))
+
+    # -- sessions -----------------------------------------------------------------------
+    def shared_prefix(self, ctx: WorkloadContext) -> npt.NDArray[np.int64]:
+        """System prompt + tool definition ids shared by every user (whole blocks)."""
+        key = ("agent-system", self.shared_tokens // self.block_size)
+        if key not in ctx.shared:
+            ctx.shared[key] = ctx.ids.take(self.shared_tokens // self.block_size)
+        ids: npt.NDArray[np.int64] = ctx.shared[key]
+        return ids
+
+    def _fresh_context(self, ctx: WorkloadContext, first: int, role: str) -> SessionStream:
+        stream = SessionStream.start(self.block_size, ctx.ids, self.shared_prefix(ctx))
+        stream.extend(self.shared_tokens % self.block_size, role="system")
+        stream.extend(first, role=role)
+        return stream
+
+    def user_sessions(self, user: int, ctx: WorkloadContext) -> Iterator[SessionPlan]:
+        rng = ctx.rng(self.kind, user)
+        n = 0
+        while True:
+            sid = f"u{user}-s{n}"
+            first = rng.uniform(0, self.start_spread_s) if n == 0 else self._think(rng)
+            yield SessionPlan(sid, self._session(sid, ctx, rng, first))
+            n += 1
+            if not self.recycle:
+                return
+
+    def _session(self, sid: str, ctx: WorkloadContext, rng: random.Random,
+                 first_delay: float) -> Iterator[Step]:
+        stream = self._fresh_context(ctx, self.initial_context_tokens, "user")
+        delay = first_delay
+        spawner = self._spawner(sid, ctx, rng)
+        for turn in range(self.human_turns):
+            if turn:
+                stream.extend(self.user_tokens, role="user")
+                delay = self._think(rng)
+            steps = self._steps(rng, self.tool_steps_mean)
+            for step in range(steps + 1):
+                if stream.tokens >= self.context_limit_tokens:
+                    yield stream.request(min(self.summary_tokens, 8 * self.output_tokens) or 1,
+                                         delay, "compact")
+                    stream = self._fresh_context(ctx, self.summary_tokens, "user")
+                    delay = 0.0
+                out = self._output(rng)
+                final = step == steps
+                yield stream.request(out, delay, "answer" if final else "tool_call")
+                if final:
+                    stream.extend(out, role="assistant")
+                    break
+                stream.extend(out, role="tool_call")
+                spawn = spawner.send(None) if spawner is not None else None
+                if spawn is not None:
+                    step_, result_tokens = spawn
+                    yield step_
+                    stream.extend(result_tokens, role="tool")
+                    delay = 0.0
+                else:
+                    stream.extend(self._tool_result(rng), role="tool")
+                    delay = self._tool_latency(rng)
+
+    def _spawner(self, sid: str, ctx: WorkloadContext, rng: random.Random
+                 ) -> Generator[tuple[SpawnStep, int] | None, None, None] | None:
+        """Plain agents never spawn; :class:`CodingSwarm` overrides this."""
+        return None
+
+
+@register_kind
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class CodingSwarm(CodingAgent):
+    """Many orchestrators, each a coding agent that spawns subagents."""
+
+    kind = "coding_swarm"
+    users: int = 32
+    spawn_probability: float = 0.2
+    subagents_max: int = 4
+    subagent_task_tokens: int = 1500
+    subagent_tool_steps_mean: float = 6.0
+    subagent_result_tokens: int = 800
+    persistent_subagents: bool = False
+
+    def validate(self) -> None:
+        super().validate()
+        if not 0 <= self.spawn_probability <= 1:
+            raise ConfigError("workload 'coding_swarm': spawn_probability must be in [0, 1]")
+        if self.subagents_max <= 0:
+            raise ConfigError("workload 'coding_swarm': subagents_max must be > 0")
+        for name in ("subagent_task_tokens", "subagent_result_tokens",
+                     "subagent_tool_steps_mean"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"workload 'coding_swarm': {name} must be >= 0")
+
+    def _spawner(self, sid: str, ctx: WorkloadContext, rng: random.Random
+                 ) -> Generator[tuple[SpawnStep, int] | None, None, None]:
+        slots: list[SessionStream] = []
+        spawned = 0
+        while True:
+            if rng.random() >= self.spawn_probability:
+                yield None
+                continue
+            count = rng.randint(1, self.subagents_max)
+            children = []
+            for k in range(count):
+                child_rng = random.Random(rng.getrandbits(64))
+                if self.persistent_subagents and k < len(slots):
+                    stream = slots[k]
+                    stream.extend(self.subagent_task_tokens, role="user")
+                    child_id = f"{sid}-p{k}"
+                else:
+                    stream = self._fresh_context(ctx, self.subagent_task_tokens, "user")
+                    if self.persistent_subagents:
+                        slots.append(stream)
+                        child_id = f"{sid}-p{k}"
+                    else:
+                        child_id = f"{sid}-a{spawned}"
+                        spawned += 1
+                children.append(SessionPlan(child_id, self._subagent(stream, child_rng)))
+            yield SpawnStep(tuple(children), delay_s=0.0, wait=True), \
+                count * self.subagent_result_tokens
+
+    def _subagent(self, stream: SessionStream, rng: random.Random) -> Iterator[Step]:
+        delay = 0.0
+        steps = self._steps(rng, self.subagent_tool_steps_mean)
+        for step in range(steps + 1):
+            if stream.tokens >= self.context_limit_tokens:
+                return  # a subagent that fills its context hands back what it has
+            out = self._output(rng)
+            final = step == steps
+            plan: RequestPlan = stream.request(out, delay, "sub_answer" if final else "sub_tool")
+            yield plan
+            if final:
+                stream.extend(out, role="assistant")
+                return
+            stream.extend(out, role="tool_call")
+            stream.extend(self._tool_result(rng), role="tool")
+            delay = self._tool_latency(rng)

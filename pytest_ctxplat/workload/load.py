@@ -1,0 +1,199 @@
+"""Load shapes: how many users are active when, how new sessions arrive, and per-user
+token budgets. One :class:`LoadShape` is the ``load:`` mapping of every workload.
+
+- **closed loop** (``arrival: closed``, the default): ``users`` users, each with one
+  request in flight at a time. ``ramp_s`` starts them one after another over that many
+  seconds; ``stages`` change the number of active users over time (each stage ramps
+  linearly from the previous count over its own ``ramp_s``); a user beyond the active
+  count finishes its request and waits.
+- **open loop** (``arrival: poisson`` or ``gamma``): sessions start at random times,
+  ``rate_per_s`` on average, whatever the server's speed; ``gamma_shape`` below 1 makes
+  arrivals burstier (coefficient of variation ``1/sqrt(gamma_shape)``; 1 is Poisson).
+  ``max_concurrency`` caps the sessions alive at once (arrivals beyond it wait).
+- **token budgets**: ``input_tpm`` / ``output_tpm`` limit each user's prompt and output
+  tokens per minute like a provider's rate limit (a token bucket holding one minute of
+  budget); a user over budget backs off, ``backoff_s`` doubling up to ``backoff_max_s``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+
+from ..errors import ConfigError
+
+__all__ = ["ARRIVALS", "LoadShape", "Stage", "TokenBudget"]
+
+ARRIVALS = ("closed", "poisson", "gamma")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Stage:
+    """``users`` active users for ``duration_s`` seconds, reached over ``ramp_s``."""
+
+    users: int
+    duration_s: float
+    ramp_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.users < 0:
+            raise ConfigError(f"stage users must be >= 0, got {self.users}")
+        if self.duration_s <= 0:
+            raise ConfigError(f"stage duration_s must be > 0, got {self.duration_s}")
+        if not 0 <= self.ramp_s <= self.duration_s:
+            raise ConfigError(f"stage ramp_s must be in [0, duration_s], got {self.ramp_s}")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LoadShape:
+    """The ``load:`` mapping of a workload (see the module docstring)."""
+
+    arrival: str = "closed"
+    ramp_s: float = 0.0
+    stages: tuple[Stage, ...] = ()
+    rate_per_s: float | None = None
+    gamma_shape: float = 1.0
+    max_concurrency: int | None = None
+    input_tpm: int | None = None
+    output_tpm: int | None = None
+    backoff_s: float = 1.0
+    backoff_max_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.arrival not in ARRIVALS:
+            raise ConfigError(f"arrival must be one of {', '.join(ARRIVALS)}, "
+                              f"got {self.arrival!r}")
+        if self.arrival == "closed":
+            if self.rate_per_s is not None:
+                raise ConfigError("rate_per_s needs arrival: poisson or gamma")
+        else:
+            if self.rate_per_s is None or self.rate_per_s <= 0:
+                raise ConfigError(f"arrival {self.arrival!r} needs rate_per_s > 0")
+            if self.stages:
+                raise ConfigError("stages apply to closed-loop users (arrival: closed)")
+        if self.ramp_s < 0:
+            raise ConfigError(f"ramp_s must be >= 0, got {self.ramp_s}")
+        if self.gamma_shape <= 0:
+            raise ConfigError(f"gamma_shape must be > 0, got {self.gamma_shape}")
+        for name in ("max_concurrency", "input_tpm", "output_tpm"):
+            v = getattr(self, name)
+            if v is not None and v <= 0:
+                raise ConfigError(f"{name} must be > 0 or null, got {v}")
+        if self.backoff_s <= 0 or self.backoff_max_s < self.backoff_s:
+            raise ConfigError("need 0 < backoff_s <= backoff_max_s")
+
+    @property
+    def open_loop(self) -> bool:
+        return self.arrival != "closed"
+
+    @property
+    def stages_duration_s(self) -> float | None:
+        return sum(s.duration_s for s in self.stages) if self.stages else None
+
+    def max_users(self, users: int) -> int:
+        """Users the runner needs tasks for."""
+        return max(s.users for s in self.stages) if self.stages else users
+
+    def active_users(self, t: float, users: int) -> float:
+        """How many users may be active at time ``t`` (fractional during ramps)."""
+        if not self.stages:
+            if self.ramp_s > 0 and t < self.ramp_s:
+                return users * t / self.ramp_s
+            return float(users)
+        start = 0.0
+        prev = 0
+        for stage in self.stages:
+            end = start + stage.duration_s
+            if t < end:
+                if stage.ramp_s > 0 and t < start + stage.ramp_s:
+                    return prev + (stage.users - prev) * (t - start) / stage.ramp_s
+                return float(stage.users)
+            prev = stage.users
+            start = end
+        return float(self.stages[-1].users)
+
+    def start_time(self, user: int, users: int) -> float:
+        """When closed-loop ``user`` first becomes active (0 for the first user)."""
+        if not self.stages:
+            return user * self.ramp_s / users if self.ramp_s > 0 else 0.0
+        start = 0.0
+        prev = 0
+        for stage in self.stages:
+            if user < stage.users:
+                if user < prev:
+                    return start
+                if stage.ramp_s <= 0:
+                    return start
+                return start + stage.ramp_s * (user - prev + 1) / (stage.users - prev)
+            prev = stage.users
+            start += stage.duration_s
+        return math.inf
+
+    def next_active(self, user: int, t: float) -> float:
+        """The earliest time >= ``t`` at which ``user`` is active (inf: never again)."""
+        if not self.stages:
+            return t
+        start = 0.0
+        prev = 0
+        for stage in self.stages:
+            end = start + stage.duration_s
+            if t < end:
+                if user < min(prev, stage.users):
+                    return t
+                if user < stage.users:
+                    at = start if stage.ramp_s <= 0 else (
+                        start + stage.ramp_s * (user - prev + 1) / (stage.users - prev))
+                    if at < end:
+                        return max(t, at)
+            prev = stage.users
+            start = end
+        return math.inf
+
+    def interarrival(self, rng: random.Random) -> float:
+        """Seconds to the next open-loop arrival."""
+        assert self.rate_per_s is not None
+        if self.arrival == "poisson":
+            return rng.expovariate(self.rate_per_s)
+        k = self.gamma_shape
+        return rng.gammavariate(k, 1.0 / (k * self.rate_per_s))
+
+
+class TokenBudget:
+    """A provider-style rate limit for one user: token buckets for input and output
+    tokens per minute, each holding at most one minute of budget."""
+
+    __slots__ = ("_in", "_out", "_t", "input_tpm", "output_tpm")
+
+    def __init__(self, input_tpm: int | None, output_tpm: int | None) -> None:
+        self.input_tpm = input_tpm
+        self.output_tpm = output_tpm
+        self._in = float(input_tpm or 0)
+        self._out = float(output_tpm or 0)
+        self._t = 0.0
+
+    def _refill(self, now: float) -> None:
+        dt = max(0.0, now - self._t)
+        self._t = now
+        if self.input_tpm:
+            self._in = min(float(self.input_tpm), self._in + dt * self.input_tpm / 60.0)
+        if self.output_tpm:
+            self._out = min(float(self.output_tpm), self._out + dt * self.output_tpm / 60.0)
+
+    def admit(self, prompt_tokens: int, now: float) -> bool:
+        """Charge ``prompt_tokens`` if the budget allows it now (a request larger than a
+        whole minute's budget passes when the bucket is full)."""
+        self._refill(now)
+        if self.output_tpm and self._out <= 0:
+            return False
+        if self.input_tpm:
+            need = min(float(prompt_tokens), float(self.input_tpm))
+            if self._in < need:
+                return False
+            self._in -= prompt_tokens
+        return True
+
+    def charge_output(self, output_tokens: int, now: float) -> None:
+        self._refill(now)
+        if self.output_tpm:
+            self._out -= output_tokens

@@ -1,0 +1,310 @@
+"""Built-in kind ``trace``: replay a recorded trace (kv-cache-tester sessions or Mooncake).
+
+Every request's prompt reproduces the trace's block prefix structure exactly at block
+granularity: trace block id *b* becomes one run id (rendered to the same tokens every
+time it appears), a Mooncake partial last block becomes a partial tail of that id, and
+the kv-cache-tester tail (the tokens after the last full block, which carry no id) gets
+fresh tokens of its own. So the replay's designed hit rate equals the trace's.
+
+Timing:
+
+- ``original``: every request at its own timestamp (open loop), whatever the server's
+  speed, in the trace's arrival order; with ``wait_for_previous`` (the default) a
+  request also waits until the request it builds on finished: in a kv-cache-tester
+  trace the same agent's previous request; otherwise (a subagent's first request, any
+  Mooncake request) the latest request that used the deepest block its prompt shares
+  with earlier prompts. A slow server then delays requests as it would delay a real
+  agent, instead of receiving follow-ups before the answers they build on;
+- ``think_time``: each agent waits for its previous response, then the trace's think
+  time (kv-cache-tester only); a subagent starts when the request it followed finishes,
+  and the parent's next request waits for its subagents.
+
+``time_scale`` multiplies every time (0.1 replays ten times faster); ``max_idle_s`` caps
+each idle gap (between consecutive arrivals, or a think time) before scaling.
+``warm_prefix_tokens`` makes the first whole blocks of every request common to all
+sessions (a system prompt shared across users, as kv-cache-tester's warm prefix does).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import numpy.typing as npt
+
+from ..errors import ConfigError
+from .model import RequestPlan, SessionPlan, SpawnStep, Step, TimedRequest
+from .spec import WorkloadContext, WorkloadSpec, register_kind
+
+if TYPE_CHECKING:
+    from .traces import Trace
+
+__all__ = ["TIMINGS", "TraceReplay", "resolve_trace_path"]
+
+TIMINGS = ("original", "think_time")
+
+
+def resolve_trace_path(path: str) -> Path:
+    """``path`` as given, else relative to the project checkout (for bundled fixtures)."""
+    p = Path(path).expanduser()
+    if p.is_absolute() or p.exists():
+        return p
+    bundled = Path(__file__).resolve().parents[2] / path
+    return bundled if bundled.exists() else p
+
+
+@register_kind
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TraceReplay(WorkloadSpec):
+    """Replay a trace file or folder (see the module docstring)."""
+
+    kind = "trace"
+    path: str = ""
+    timing: str = "original"
+    time_scale: float = 1.0
+    max_idle_s: float | None = None
+    warm_prefix_tokens: int = 0
+    first_requests: int | None = None
+    use_trace_output: bool = True
+    wait_for_previous: bool = True
+
+    def validate(self) -> None:
+        super().validate()
+        if not self.path:
+            raise ConfigError("workload 'trace': path is required (a kv-cache-tester JSON "
+                              "file or folder, or a Mooncake JSONL file)")
+        if not resolve_trace_path(self.path).exists():
+            raise ConfigError(f"workload 'trace': path {self.path!r} does not exist (a "
+                              "relative path is tried from the working directory, then "
+                              "from the project checkout)")
+        if self.timing not in TIMINGS:
+            raise ConfigError(f"workload 'trace': timing must be one of {', '.join(TIMINGS)}, "
+                              f"got {self.timing!r}")
+        if self.time_scale <= 0:
+            raise ConfigError("workload 'trace': time_scale must be > 0")
+        if self.max_idle_s is not None and self.max_idle_s < 0:
+            raise ConfigError("workload 'trace': max_idle_s must be >= 0 or null")
+        if self.warm_prefix_tokens < 0:
+            raise ConfigError("workload 'trace': warm_prefix_tokens must be >= 0")
+        if self.first_requests is not None and self.first_requests <= 0:
+            raise ConfigError("workload 'trace': first_requests must be > 0 or null")
+
+    # -- the trace ----------------------------------------------------------------------
+    def trace(self) -> Trace:
+        """The trace (cut to ``first_requests``); read once per spec."""
+        from .traces import read_trace
+
+        cached: Trace | None = _CACHE.get(self._key)
+        if cached is None:
+            p = resolve_trace_path(self.path)
+            if not p.exists():
+                raise ConfigError(f"workload 'trace': path {self.path!r} does not exist")
+            cached = read_trace(p)
+            if self.first_requests is not None and self.first_requests < len(cached):
+                cached = _head(cached, self.first_requests)
+            _CACHE[self._key] = cached
+        return cached
+
+    @property
+    def _key(self) -> tuple[str, int | None]:
+        return (str(resolve_trace_path(self.path)), self.first_requests)
+
+    def _plans(self, ctx: WorkloadContext) -> list[RequestPlan]:
+        key = ("trace-plans", self._key, self.warm_prefix_tokens, self.use_trace_output)
+        if key not in ctx.shared:
+            ctx.shared[key] = build_plans(self, self.trace(), ctx)
+        plans: list[RequestPlan] = ctx.shared[key]
+        return plans
+
+    # -- timing -------------------------------------------------------------------------
+    def _gap(self, seconds: float) -> float:
+        if not math.isfinite(seconds) or seconds < 0:
+            seconds = 0.0
+        if self.max_idle_s is not None:
+            seconds = min(seconds, self.max_idle_s)
+        return seconds * self.time_scale
+
+    def send_times(self) -> npt.NDArray[np.float64]:
+        """Run times of the requests in ``original`` timing (gaps capped, scaled)."""
+        arrival: npt.NDArray[np.float64] = self.trace().arrival_s
+        if not len(arrival):
+            return np.zeros(0, np.float64)
+        gaps = np.diff(arrival, prepend=0.0)
+        if self.max_idle_s is not None:
+            gaps = np.minimum(gaps, self.max_idle_s)
+        out: npt.NDArray[np.float64] = np.cumsum(np.maximum(gaps, 0.0)) * self.time_scale
+        return out
+
+    def prepare(self, ctx: WorkloadContext) -> None:
+        self._plans(ctx)
+
+    def timed_requests(self, ctx: WorkloadContext) -> Iterator[TimedRequest] | None:
+        if self.timing != "original":
+            return None
+        return self._timed(self._plans(ctx), self.send_times())
+
+    def _timed(self, plans: list[RequestPlan], times: npt.NDArray[np.float64]
+               ) -> Iterator[TimedRequest]:
+        t = self.trace()
+        names = _agent_names(t)
+        counters: dict[str, int] = {}
+        builds_on = _builds_on(t) if self.wait_for_previous else [-1] * len(t)
+        for i, plan in enumerate(plans):
+            sid = names[i]
+            k = counters.get(sid, 0)
+            counters[sid] = k + 1
+            yield TimedRequest(float(times[i]), int(t.session[i]), sid, k, plan, builds_on[i])
+
+    def user_count(self) -> int:
+        """``think_time`` timing plays one closed-loop user per trace session."""
+        if self.timing == "original":
+            return 0
+        return len(self.trace().session_names)
+
+    def user_sessions(self, user: int, ctx: WorkloadContext) -> Iterator[SessionPlan]:
+        """``think_time`` timing: user *u* plays the trace's session *u*."""
+        t = self.trace()
+        if self.timing == "original":
+            return iter(())
+        if bool(np.isnan(t.think_time_s).all()) and len(t):
+            raise ConfigError(f"workload 'trace': timing think_time needs think times, which "
+                              f"{self.path!r} does not have (Mooncake traces); use original")
+        if user >= len(t.session_names):
+            return iter(())
+        return iter([self._closed_session(user, ctx)])
+
+    def _closed_session(self, s: int, ctx: WorkloadContext) -> SessionPlan:
+        t = self.trace()
+        plans = self._plans(ctx)
+        rows = np.nonzero(t.session == s)[0]
+        by_agent: dict[int, list[int]] = {}
+        for r in rows.tolist():
+            by_agent.setdefault(int(t.agent[r]), []).append(r)
+        children_of: dict[int, list[int]] = {}  # parent row (or -1) -> subagent numbers
+        for a, rs in by_agent.items():
+            if a:
+                children_of.setdefault(int(t.parent_request[rs[0]]), []).append(a)
+        name = t.session_names[s]
+        start = self._gap(float(t.arrival_s[rows[0]])) if len(rows) else 0.0
+
+        def chain(a: int, first_delay: float) -> Iterator[Step]:
+            rs = by_agent.get(a, [])
+            prev_arrival = None
+            for j, r in enumerate(rs):
+                if j == 0:
+                    delay = first_delay
+                else:
+                    think = float(t.think_time_s[r])
+                    if math.isnan(think):
+                        assert prev_arrival is not None
+                        think = float(t.arrival_s[r]) - prev_arrival
+                    delay = self._gap(think)
+                if a == 0 and j == 0 and -1 in children_of:
+                    yield spawn(-1, delay)
+                    delay = 0.0
+                yield dataclasses.replace(plans[r], delay_s=delay)
+                prev_arrival = float(t.arrival_s[r])
+                if r in children_of:
+                    yield spawn(r, 0.0)
+
+        def spawn(parent: int, delay: float) -> SpawnStep:
+            kids = tuple(SessionPlan(f"{name}/a{a}", chain(a, 0.0))
+                         for a in children_of[parent])
+            return SpawnStep(kids, delay_s=delay, wait=True)
+
+        return SessionPlan(name, chain(0, start))
+
+
+_CACHE: dict[tuple[str, int | None], Trace] = {}
+
+
+def _head(t: Trace, n: int) -> Trace:
+    off = t.block_offsets
+    return dataclasses.replace(
+        t, arrival_s=t.arrival_s[:n], input_tokens=t.input_tokens[:n],
+        output_tokens=t.output_tokens[:n], block_offsets=off[: n + 1],
+        block_ids=t.block_ids[: off[n]], last_block_partial=t.last_block_partial[:n],
+        session=t.session[:n], agent=t.agent[:n],
+        parent_request=np.where(t.parent_request[:n] < n, t.parent_request[:n], -1),
+        think_time_s=t.think_time_s[:n], api_time_s=t.api_time_s[:n])
+
+
+def _builds_on(t: Trace) -> list[int]:
+    """Per request, the earlier request it builds on (-1: none): the same agent's
+    previous request, else (a subagent's first request, any Mooncake request) the latest
+    request that used the deepest block this prompt shares with earlier prompts."""
+    last_user: dict[int, int] = {}  # trace block id -> latest request that used it
+    last_of_agent: dict[tuple[int, int], int] = {}
+    off = t.block_offsets.tolist()
+    ids = t.block_ids.tolist()
+    partial = t.last_block_partial.tolist()
+    out = []
+    for i, (s, a) in enumerate(zip(t.session.tolist(), t.agent.tolist(), strict=True)):
+        blocks = ids[off[i]: off[i + 1] - (1 if partial[i] else 0)]
+        prev = last_of_agent.get((s, a), -1) if t.formats == ("kv-cache-tester",) else -1
+        if prev < 0:
+            h = 0
+            while h < len(blocks) and blocks[h] in last_user:
+                h += 1
+            prev = last_user[blocks[h - 1]] if h else -1
+        out.append(prev)
+        for b in blocks:
+            last_user[b] = i
+        last_of_agent[(s, a)] = i
+    return out
+
+
+def _agent_names(t: Trace) -> list[str]:
+    return [t.session_names[s] if a == 0 else f"{t.session_names[s]}/a{a}"
+            for s, a in zip(t.session.tolist(), t.agent.tolist(), strict=True)]
+
+
+def build_plans(spec: TraceReplay, t: Trace, ctx: WorkloadContext) -> list[RequestPlan]:
+    """One :class:`RequestPlan` per trace row, in arrival order."""
+    bs = t.block_size
+    if spec.block_size != bs:
+        raise ConfigError(f"workload 'trace': block_size is {spec.block_size} but the trace "
+                          f"{spec.path!r} has block size {bs}; set block_size: {bs}")
+    base = ctx.ids.reserve(t.num_blocks)
+    ids = t.block_ids + base
+    warm_n = spec.warm_prefix_tokens // bs
+    warm = ctx.ids.take(warm_n)
+    off = t.block_offsets.tolist()
+    inp = t.input_tokens.tolist()
+    out = t.output_tokens.tolist()
+    partial = t.last_block_partial.tolist()
+    plans: list[RequestPlan] = []
+    empty = np.zeros(0, np.int64)
+    for i in range(len(t)):
+        blocks = ids[off[i]: off[i + 1]]
+        n_tokens = inp[i]
+        tail_id, tail_len = 0, 0
+        if partial[i] and len(blocks):
+            tail_len = n_tokens - (len(blocks) - 1) * bs
+            tail_id = int(blocks[-1])
+            blocks = blocks[:-1]
+            if tail_len >= bs:  # a "partial" block that is full after all
+                blocks, tail_id, tail_len = ids[off[i]: off[i + 1]], 0, 0
+        else:
+            rest = n_tokens - len(blocks) * bs
+            if rest > 0:  # tokens after the last id: fresh, never shared
+                extra, tail_len = divmod(rest, bs)
+                fresh = ctx.ids.take(extra + (1 if tail_len else 0))
+                if extra:
+                    blocks = np.concatenate([blocks, fresh[:extra]])
+                if tail_len:
+                    tail_id = int(fresh[-1])
+        if warm_n:
+            k = min(warm_n, len(blocks))
+            if k:
+                blocks = np.concatenate([warm[:k], blocks[k:]])
+        if not len(blocks) and not tail_len:
+            blocks = empty
+            tail_id, tail_len = int(ctx.ids.take(1)[0]), 1  # an empty prompt: one token
+        output = max(1, out[i]) if spec.use_trace_output else spec.output_tokens
+        plans.append(RequestPlan(blocks, tail_id, tail_len, bs, output, 0.0, "trace"))
+    return plans

@@ -1,0 +1,106 @@
+"""Virtual time, the in-process sink, ``ctxplat simulate`` and profiles over HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from pytest_ctxplat.cli import main as cli_main
+from pytest_ctxplat.driver.scrape import parse_metrics
+from pytest_ctxplat.sim.config import SimConfig
+from pytest_ctxplat.sim.inproc import simulate
+from pytest_ctxplat.sim.profile import load_profile
+from pytest_ctxplat.sim.server import serve_in_thread
+from pytest_ctxplat.sim.virtual import VirtualTimeDeadlock, run_virtual
+from pytest_ctxplat.workload.chat import ChatSessions
+
+
+def test_virtual_loop_jumps_over_timers() -> None:
+    async def main() -> tuple[float, list[str]]:
+        loop = asyncio.get_running_loop()
+        order: list[str] = []
+
+        async def later(name: str, dt: float) -> None:
+            await asyncio.sleep(dt)
+            order.append(name)
+
+        await asyncio.gather(later("b", 7200.0), later("a", 3600.0))
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.Event().wait(), 60.0)
+        return loop.time(), order
+
+    wall = time.perf_counter()
+    now, order = run_virtual(main())
+    assert now == pytest.approx(7260.0) and order == ["a", "b"]
+    assert time.perf_counter() - wall < 1.0
+
+
+def test_virtual_loop_reports_a_deadlock() -> None:
+    async def stuck() -> None:
+        await asyncio.Event().wait()
+
+    with pytest.raises(VirtualTimeDeadlock, match="no timer is pending"):
+        run_virtual(stuck())
+
+
+def _chat(block_size: int) -> ChatSessions:
+    return ChatSessions(users=6, turns=4, think_time_s=30.0, system_prompt_tokens=2048,
+                        user_tokens=600, output_tokens=32, block_size=block_size,
+                        start_spread_s=5.0)
+
+
+def test_fast_path_matches_token_path() -> None:
+    profile = load_profile("h100-llama8b-dram")
+    fast = simulate(_chat(16), profile)
+    slow = simulate(_chat(32), profile)  # block sizes differ: token ids are hashed
+    assert fast.target["fast_path_requests"] == 24 and slow.target["fast_path_requests"] == 0
+    for r in (fast, slow):
+        assert r.metrics["requests"] == 24 and r.metrics["errors"] == 0
+        assert r.hit_rates.request == pytest.approx(r.hit_rates.designed, abs=0.02)
+        assert all(rec.ttft_s is not None and rec.output_tokens == 32 for rec in r.records)
+        assert all(len(rec.chunk_gaps_s) == 31 for rec in r.records)
+    assert fast.hit_rates.request == pytest.approx(slow.hit_rates.request, abs=0.03)
+    # times are model time: a decode step of an 8B model on an H100 is ~7 ms
+    itl = fast.observed["itl_ms.p50"]
+    assert 6.0 < itl < 9.0
+
+
+def test_simulate_cli_prints_figures_and_writes_json(tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "r.json"
+    rc = cli_main(["simulate", "chat", "--profile", "h100-llama8b-nvme", "--set", "users=4",
+                   "--set", "turns=3", "--set", "block_size=16", "--profile-set",
+                   "tiers.0.capacity_tokens=20000", "--json", str(out),
+                   "--slo", "ttft_p95_ms=100000"])
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    assert "hit rate designed / request / server" in text and "TTFT p50" in text
+    data = json.loads(out.read_text())
+    assert data["target"]["launcher"] == "sim-virtual"
+    assert data["target"]["settings"]["tiers"][2]["name"] == "nvme"
+    rc = cli_main(["simulate", "chat", "--profile", "h900"])
+    assert rc == 2 and "unknown simulator profile 'h900'" in capsys.readouterr().err
+    assert cli_main(["simulate", "--list-profiles"]) == 0
+    assert "h100-llama8b-slowstore" in capsys.readouterr().out
+
+
+def test_profile_over_http_serves_tier_metrics() -> None:
+    config = SimConfig(profile="h100-llama8b-dram", speedup=20.0,
+                       profile_overrides={"tiers.0.capacity_tokens": 4096})
+    with serve_in_thread(config) as sim, httpx.Client(base_url=sim.url, timeout=30) as c:
+        prompts = [[16 + (i * 7919 + k) % 30000 for i in range(3000)] for k in (1, 2, 1)]
+        cached = []
+        for p in prompts:
+            r = c.post("/v1/completions", json={"prompt": p, "max_tokens": 2})
+            cached.append(r.json()["usage"]["prompt_tokens_details"]["cached_tokens"])
+        assert cached[:2] == [0, 0] and cached[2] == 2992
+        snap = parse_metrics(c.get("/metrics").text)
+        assert snap.get("vllm:external_prefix_cache_hits_total") > 0
+        assert snap.has("ctxplat_sim:tier_written_blocks_total{tier=dram}")
+        model = c.get("/v1/models").json()["data"][0]["id"]
+        assert model == "meta-llama/Llama-3.1-8B-Instruct"
