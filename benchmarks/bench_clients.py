@@ -32,6 +32,7 @@ import asyncio
 import json
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -85,11 +86,12 @@ def client_main(args: argparse.Namespace) -> None:
         spread = args.concurrency / args.rate if args.rate else 0.0
         out = _runner(args.url, args.requests, args.concurrency, spread)
     else:
-        from pytest_ctxplat.driver.multiproc import new_event_loop
+        from pytest_ctxplat.driver.multiproc import new_event_loop, tuned_gc
 
         loop = new_event_loop()
-        out = loop.run_until_complete(_ceiling(args.url + args.path, args.requests,
-                                               args.concurrency, args.rate or None))
+        with tuned_gc():  # the same collector setting as ours: the fastest we can write
+            out = loop.run_until_complete(_ceiling(args.url + args.path, args.requests,
+                                                   args.concurrency, args.rate or None))
         loop.close()
     Path(args.out).write_text(json.dumps(out))
 
@@ -266,8 +268,11 @@ class Outcome:
 
 def run_measured(endpoint: NginxEndpoint, cmd: Command, path: str, timeout_s: float
                  ) -> tuple[int, str, list[float], float, float, int]:
-    """Run ``cmd``; return (rc, output tail, [rps], cpu per 1k, window, requests logged)."""
+    """Run ``cmd``; return (rc, output tail, [rps], client CPU per 1k, nginx CPU per 1k,
+    requests logged)."""
     endpoint.mark()
+    server = TreeCPU(endpoint.pid)
+    server.start()
     log = Path(cmd.result_dir) / "output.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd.argv, env=cmd.env, cwd=cmd.cwd, stdout=out,
@@ -280,8 +285,13 @@ def run_measured(endpoint: NginxEndpoint, cmd: Command, path: str, timeout_s: fl
             os.killpg(proc.pid, 9)
             proc.wait()
             rc = -9
+        except BaseException:  # interrupted: take the contender down with us
+            os.killpg(proc.pid, 9)
+            proc.wait()
+            raise
         finally:
             sampler.stop()
+            server.stop()
     tail = log.read_text(errors="replace")[-3000:]
     time.sleep(0.2)
     logged = [r for r in endpoint.requests_since_mark() if r.path == path]
@@ -293,7 +303,9 @@ def run_measured(endpoint: NginxEndpoint, cmd: Command, path: str, timeout_s: fl
     window = hi - lo
     rps = inside / window if window > 0 else 0.0
     cpu = sampler.at(hi) - sampler.at(lo)
-    return rc, tail, [rps], cpu / inside * 1000 if inside else 0.0, window, len(logged)
+    server_cpu = server.at(hi) - server.at(lo)
+    per_1k = 1000 / inside if inside else 0.0
+    return rc, tail, [rps], cpu * per_1k, server_cpu * per_1k, len(logged)
 
 
 def _pct(values: Sequence[float], q: float) -> float:
@@ -330,8 +342,8 @@ def run_once(o: Outcome, endpoint: NginxEndpoint, args: argparse.Namespace,
             cmd = Command(argv, env, rdir, rdir)
         else:
             cmd = peer_command(peer, url, path, n, c, tokenizer, rdir, rate)
-        rc, tail, rps, cpu1k, _window, logged = run_measured(endpoint, cmd, path,
-                                                             args.timeout_s)
+        rc, tail, rps, cpu1k, server1k, logged = run_measured(endpoint, cmd, path,
+                                                              args.timeout_s)
         if rc != 0 or not rps:
             o.status = f"failed (rc {rc}): " + " ".join(tail.split()[-30:])
             return
@@ -351,6 +363,7 @@ def run_once(o: Outcome, endpoint: NginxEndpoint, args: argparse.Namespace,
             return
         o.extra.setdefault("rps_runs", []).extend(rps)  # type: ignore[attr-defined]
         o.extra.setdefault("cpu_runs", []).append(cpu1k)  # type: ignore[attr-defined]
+        o.extra.setdefault("nginx_cpu_runs", []).append(server1k)  # type: ignore[attr-defined]
         o.extra.setdefault("load", []).append(round(os.getloadavg()[0], 2))  # type: ignore[attr-defined]
         o.logged = logged
         if peer is None:
@@ -457,6 +470,8 @@ def main() -> None:
         client_main(args)
         return
 
+    # SIGTERM unwinds like Ctrl-C: nginx and a running contender are stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     VENVS.mkdir(parents=True, exist_ok=True)
     if shutil.which("nginx") is None and not os.path.exists("/usr/sbin/nginx"):
         print("installing nginx-light (apt-get) ...", flush=True)
@@ -490,6 +505,9 @@ def main() -> None:
     print(table(outcomes))
     for line in ratios(outcomes):
         print(line)
+    print("nginx CPU s per 1k requests (median): " + ", ".join(
+        f"{o.name} @{o.concurrency}: {statistics.median(o.extra['nginx_cpu_runs']):.2f}"  # type: ignore[arg-type]
+        for o in outcomes if o.status == "ok" and o.extra.get("nginx_cpu_runs")))
     if args.json:
         Path(args.json).write_text(json.dumps([o.__dict__ for o in outcomes], indent=1,
                                               default=str))

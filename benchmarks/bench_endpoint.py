@@ -110,6 +110,12 @@ class NginxEndpoint:
         self._log_pos = 0
 
     @property
+    def pid(self) -> int:
+        """nginx's master process (its worker is a child)."""
+        assert self._proc is not None
+        return self._proc.pid
+
+    @property
     def prefix(self) -> Path:
         assert self._dir is not None
         return Path(self._dir.name)

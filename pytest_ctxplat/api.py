@@ -45,7 +45,8 @@ def run_sync(coro: Coroutine[Any, Any, T]) -> T:
     """Run ``coro`` to completion from sync code, also when called inside a running
     event loop (an ``async def`` test): then it runs in a worker thread's own loop.
     The loop is uvloop's where installed (the ``fast`` extra), with a full-resolution
-    clock (see :func:`~pytest_ctxplat.driver.multiproc.new_event_loop`)."""
+    clock (see :func:`~pytest_ctxplat.driver.multiproc.new_event_loop`); automatic
+    garbage collection is paused meanwhile (:func:`~pytest_ctxplat.driver.multiproc.tuned_gc`)."""
     try:
         asyncio.get_running_loop()
     except RuntimeError:
@@ -67,12 +68,13 @@ def run_sync(coro: Coroutine[Any, Any, T]) -> T:
 
 
 def _run_fast(coro: Coroutine[Any, Any, T]) -> T:
-    from .driver.multiproc import new_event_loop
+    from .driver.multiproc import new_event_loop, tuned_gc
 
-    if sys.version_info >= (3, 11):
-        with asyncio.Runner(loop_factory=new_event_loop) as runner:
-            return runner.run(coro)
-    return asyncio.run(coro)  # pragma: no cover - Python 3.10: asyncio's own loop
+    with tuned_gc():
+        if sys.version_info >= (3, 11):
+            with asyncio.Runner(loop_factory=new_event_loop) as runner:
+                return runner.run(coro)
+        return asyncio.run(coro)  # pragma: no cover - Python 3.10: asyncio's own loop
 
 
 def run_workload(server: str | ServerHandle, workload: str | WorkloadSpec, **kwargs: Any

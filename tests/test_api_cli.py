@@ -27,14 +27,27 @@ def sim() -> Iterator[SimServer]:
 
 
 def test_library_run_three_hit_rates_agree(sim: SimServer, tmp_path) -> None:
-    result = run_workload(sim, "chat", overrides=TINY, slo={"cache_hit_rate_min": 0.5},
-                          results_dir=tmp_path, name="lib")
-    assert result.metrics["requests"] == 6 and result.metrics["errors"] == 0
+    # One user: requests never overlap, so the cache serves exactly what was designed.
+    result = run_workload(sim, "chat", overrides={**TINY, "users": 1, "turns": 4},
+                          slo={"cache_hit_rate_min": 0.5}, results_dir=tmp_path, name="lib")
+    assert result.metrics["requests"] == 4 and result.metrics["errors"] == 0
     h = result.hit_rates
     assert h.designed is not None and h.request is not None and h.server is not None
-    assert abs(h.designed - h.request) < 0.02 and abs(h.request - h.server) < 0.02
+    assert h.designed > 0.5
+    assert abs(h.designed - h.request) < 0.01 and abs(h.request - h.server) < 0.01
     assert result.verdict is not None and result.verdict.passed
     assert (tmp_path / "lib.json").is_file()
+
+
+def test_concurrent_users_request_and_server_rates_agree(sim: SimServer) -> None:
+    # Two users may overlap on the shared prefix (a request cannot hit blocks another one is
+    # still prefilling), so measured <= designed; the server's own counters always match
+    # what it reported per request.
+    result = run_workload(sim, "chat", overrides=TINY)
+    h = result.hit_rates
+    assert h.designed is not None and h.request is not None and h.server is not None
+    assert abs(h.request - h.server) < 0.01
+    assert h.request <= h.designed + 0.01
 
 
 def test_reset_cache_isolates_runs(sim: SimServer) -> None:

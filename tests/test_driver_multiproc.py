@@ -159,3 +159,24 @@ def test_event_loop_clock_has_sub_millisecond_resolution() -> None:
         assert loop.run_until_complete(asyncio.sleep(0.01, result=7)) == 7
     finally:
         loop.close()
+
+
+def test_tuned_gc_pauses_the_collector_and_restores_it() -> None:
+    import gc
+
+    from pytest_ctxplat.driver.multiproc import tuned_gc
+
+    assert gc.isenabled()
+    with tuned_gc():
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    with pytest.raises(RuntimeError), tuned_gc():
+        raise RuntimeError("boom")
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with tuned_gc():
+            pass
+        assert not gc.isenabled()  # left as the caller had it
+    finally:
+        gc.enable()

@@ -304,9 +304,12 @@ def test_attach_with_key_degrades_and_never_writes_the_key(
     pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
     pytester.makepyfile(ATTACH_TEST)
     with LimitedServer(key) as server:
-        result = pytester.runpytest("-p", "no:cacheprovider", f"--ctxplat-url={server.url}/v1",
-                                    "--ctxplat-api-key-env=CTXPLAT_TEST_KEY",
-                                    "--ctxplat-results=res", "--junitxml=junit.xml", "-rA")
+        # (a subprocess: an in-process run would unload modules its imports loaded)
+        result = pytester.runpytest_subprocess("-p", "no:cacheprovider",
+                                               f"--ctxplat-url={server.url}/v1",
+                                               "--ctxplat-api-key-env=CTXPLAT_TEST_KEY",
+                                               "--ctxplat-results=res",
+                                               "--junitxml=junit.xml", "-rA")
         assert server.unauthorized == 0  # the key went with every request
         assert "chat" in server.requests
     result.assert_outcomes(failed=1)
@@ -380,8 +383,8 @@ def test_tests_run_across_profiles_with_a_comparison(pytester: pytest.Pytester) 
     (pytester.path / "more" / "tiny-cache.yaml").write_text(
         "launcher: sim\ndescription: a 1024-token cache\nsim:\n  kv_capacity_tokens: 1024\n")
     pytester.makepyfile(MULTI_TEST)
-    result = pytester.runpytest(*FAST, "--ctxplat-server=sim,tiny-cache",
-                                "--ctxplat-results=res", "-v")
+    result = pytester.runpytest_subprocess(*FAST, "--ctxplat-server=sim,tiny-cache",
+                                           "--ctxplat-results=res", "-v")
     result.assert_outcomes(passed=3)
     result.stdout.fnmatch_lines(["*test_each?sim? PASSED*", "*test_each?tiny-cache? PASSED*",
                                  "*test_marked?tiny-cache? PASSED*"])

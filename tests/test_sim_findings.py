@@ -141,5 +141,7 @@ def test_e_tier_comparison_holds_disaggregated() -> None:
     assert hbm["hit"] < dram["hit"] < nvme["hit"] - 0.3
     assert nvme["tps"] > 1.1 * dram["tps"] and nvme["tps"] > 1.1 * hbm["tps"]
     assert slow["hit"] > dram["hit"] + 0.3 and slow["tps"] < 0.75 * nvme["tps"]
+    # TTFT counts prefill, KV transfer and the first decode step
+    assert nvme["ttft_p50_ms"] < dram["ttft_p50_ms"] / 3 < hbm["ttft_p50_ms"] / 3
 
 

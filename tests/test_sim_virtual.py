@@ -104,3 +104,57 @@ def test_profile_over_http_serves_tier_metrics() -> None:
         assert snap.has("ctxplat_sim:tier_written_blocks_total{tier=dram}")
         model = c.get("/v1/models").json()["data"][0]["id"]
         assert model == "meta-llama/Llama-3.1-8B-Instruct"
+
+
+def test_decode_bursts_do_not_change_results(monkeypatch: pytest.MonkeyPatch) -> None:
+    import pytest_ctxplat.sim.inproc as inproc
+    from pytest_ctxplat.sim.synthetic import AgentLikeSessions
+    from pytest_ctxplat.sim.virtual import VirtualClock
+
+    class NoBursts(VirtualClock):
+        horizon = None  # type: ignore[assignment]
+
+    spec = AgentLikeSessions(users=12, duration_s=120.0, think_min_s=0.0, think_max_s=10.0,
+                             initial_tokens=3000, turn_tokens_min=200, turn_tokens_max=800,
+                             max_context_tokens=12_000, output_tokens=40, start_spread_s=5.0)
+    profile = load_profile("h100-llama8b-dram", {
+        "tiers.0.capacity_tokens": 60_000, "replicas": 2,
+        "disaggregation": {"prefill_replicas": 1, "decode_replicas": 2}})
+    with_bursts = simulate(spec, profile)
+    monkeypatch.setattr(inproc, "VirtualClock", NoBursts)
+    without = simulate(spec, profile)
+    assert len(with_bursts.records) == len(without.records) > 50
+    for a, b in zip(with_bursts.records, without.records, strict=True):
+        assert (a.session_id, a.index, a.start_s, a.ttft_s, a.end_s, a.cached_tokens) == \
+            (b.session_id, b.index, b.start_s, b.ttft_s, b.end_s, b.cached_tokens)
+        assert list(a.chunk_gaps_s) == list(b.chunk_gaps_s)
+
+
+def test_replicas_over_http_route_sessions_by_header() -> None:
+    config = SimConfig(profile="h100-llama8b", speedup=50.0,
+                       profile_overrides={"replicas": 3, "router": "session"})
+    with serve_in_thread(config) as sim, httpx.Client(base_url=sim.url, timeout=30) as c:
+        assert sim.router is not None and len(sim.router.engines) == 3
+        for turn in range(3):
+            prompt = [16 + (i * 31 + 7) % 30000 for i in range(500 + 100 * turn)]
+            r = c.post("/v1/completions", json={"prompt": prompt, "max_tokens": 2},
+                       headers={"X-Session-ID": "alice"})
+            assert r.status_code == 200
+        r = c.post("/v1/completions", json={"prompt": [20, 21, 22], "max_tokens": 2},
+                   headers={"X-Session-ID": "bob"})
+        served = [e.stats.request_success for e in sim.router.engines]
+        assert sorted(served) == [0, 1, 3]  # alice's turns on one replica, bob elsewhere
+        snap = parse_metrics(c.get("/metrics").text)
+        assert snap.get("vllm:request_success_total") == 4
+        assert snap.get("vllm:prefix_cache_hits_total") > 0
+    with pytest.raises(Exception, match="in process only"):
+        serve_in_thread(SimConfig(profile="h100-llama8b", profile_overrides={
+            "disaggregation": {"prefill_replicas": 1, "decode_replicas": 1}}))
+
+
+def test_serve_sim_rejects_a_bad_profile(capsys: pytest.CaptureFixture[str]) -> None:
+    from pytest_ctxplat.sim.server import main as sim_main
+
+    assert sim_main(["--port", "0", "--profile", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown simulator profile 'nope'" in err and "h100-llama8b-dram" in err

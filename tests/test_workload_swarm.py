@@ -62,6 +62,7 @@ def test_swarm(ctxplat_run):
 
 def test_coding_swarm_of_32_orchestrators_against_the_simulator(pytester) -> None:
     pytester.makepyfile(test_swarm=SWARM_TEST)
+    pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
     # an unbounded cache (so that every designed hit can be served) with 64-token blocks
     profile = pytester.path / "fixtures" / "servers" / "sim-unbounded.yaml"
     profile.parent.mkdir(parents=True)

@@ -111,6 +111,7 @@ def server_delta(
     for metric, label, key in (
         ("vllm:prompt_tokens_by_source_total", "source", "prompt_tokens_by_source"),
         ("vllm:kv_offload_total_bytes_total", "transfer_type", "kv_offload_bytes"),
+        ("vllm:prompt_tokens_cached_by_source_total", "source", "prompt_tokens_cached_by_source"),
     ):
         by_label = _labelled_delta(before, after, metric, label)
         if by_label:

@@ -7,6 +7,9 @@ step per request (several tokens when the client lagged), ``finish_reason: "leng
 the last token chunk, an optional usage chunk (``stream_options.include_usage``) with
 ``"choices": []``, then ``data: [DONE]``. ``usage.prompt_tokens_details.cached_tokens``
 is always reported. A client that disconnects aborts its engine request.
+
+With several engines (a profile with ``replicas > 1``) the profile's router picks one
+per request; the ``session`` router keys on the ``X-Session-ID`` header.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 import orjson
 from starlette.applications import Starlette
 from starlette.requests import Request as HttpRequest
@@ -23,6 +28,8 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from pytest_ctxplat.sim.cache import block_hashes, token_array
+from pytest_ctxplat.sim.cluster import Router
 from pytest_ctxplat.sim.engine import Engine, RequestError
 from pytest_ctxplat.sim.metrics import CONTENT_TYPE, SimMetrics
 from pytest_ctxplat.sim.protocol import (
@@ -100,11 +107,20 @@ async def _collect(req: Request, request: HttpRequest) -> list[TokenEvent] | Non
 
 
 class _Api:
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, router: Router | None = None) -> None:
         self.engine = engine
+        self.router = router
+        self.engines = router.engines if router is not None else [engine]
         self.model = engine.config.model
         self.tokenizer = Tokenizer(engine.config.vocab_size)
-        self.metrics = SimMetrics(engine)
+        self.metrics = SimMetrics(engine, self.engines)
+
+    def _pick(self, prompt: list[int] | npt.NDArray[np.int64], request: HttpRequest) -> Engine:
+        if self.router is None or len(self.engines) == 1:
+            return self.engine
+        bs = self.engine.config.block_size
+        tokens = token_array(prompt[: max(0, (len(prompt) - 1) // bs) * bs])
+        return self.router.pick(block_hashes(tokens, bs), request.headers.get("x-session-id"))
 
     def _text(self, event: TokenEvent) -> str:
         return "".join(self.tokenizer.token_text(t) for t in event.token_ids)
@@ -121,7 +137,7 @@ class _Api:
         return await self._serve(p, request, chat=True)
 
     async def _serve(self, p: GenParams, request: HttpRequest, chat: bool) -> Response:
-        req = self.engine.submit(p.prompt_token_ids, p.max_tokens)
+        req = self._pick(p.prompt_token_ids, request).submit(p.prompt_token_ids, p.max_tokens)
         if p.stream:
             return _EventStream(self._stream(p, req, chat), req)
         events = await _collect(req, request)
@@ -187,7 +203,8 @@ class _Api:
         return _json({"version": "ctxplat-sim"})
 
     async def reset_prefix_cache(self, request: HttpRequest) -> Response:
-        self.engine.reset_prefix_cache()
+        for engine in self.engines:
+            engine.reset_prefix_cache()
         return Response(status_code=200)
 
     async def tokenize(self, request: HttpRequest) -> Response:
@@ -220,17 +237,20 @@ class _Api:
         return Response(self.metrics.render(), media_type=CONTENT_TYPE)
 
 
-def create_app(engine: Engine) -> Starlette:
-    """The ASGI app serving ``engine``; its lifespan starts and stops the engine loop."""
-    api = _Api(engine)
+def create_app(engine: Engine, router: Router | None = None) -> Starlette:
+    """The ASGI app serving ``engine`` (or the engines of ``router``); its lifespan
+    starts and stops the engine loops."""
+    api = _Api(engine, router)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        engine.start()
+        for e in api.engines:
+            e.start()
         try:
             yield
         finally:
-            await engine.stop()
+            for e in api.engines:
+                await e.stop()
 
     routes = [
         Route("/v1/completions", _errors(api.completions), methods=["POST"]),

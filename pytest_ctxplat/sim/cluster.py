@@ -6,10 +6,10 @@ prefill/decode pools.
   engines, all on one clock.
 * :class:`Router` picks a replica per request: ``round_robin``; ``least_loaded`` (fewest
   waiting + running requests); ``session`` (affinity: a session's first request goes to
-  the least loaded replica, later ones to the same replica; sessions are named by the
-  ``X-Session-ID`` header over HTTP, by the workload's session id in process); ``prefix``
-  (the replica holding the longest cached prefix of the prompt in HBM or a lower tier,
-  ties to the least loaded).
+  the least loaded replica (ties in turn), later ones to the same replica; sessions are
+  named by the ``X-Session-ID`` header over HTTP, by the workload's session id in
+  process); ``prefix`` (the replica holding the longest cached prefix of the prompt in
+  HBM or a lower tier, estimated by binary search; ties to the least loaded).
 * Disaggregated: the request is prefilled on a prefill engine (``max_tokens=1``), then
   its prompt KV (the blocks the decode engine does not already hold) crosses a
   :class:`~pytest_ctxplat.sim.engine.KvLink` (``transfer_gbs``, ``latency_s``, FIFO per
@@ -39,7 +39,11 @@ class Router:
         self._sessions: dict[str, int] = {}
 
     def _least_loaded(self) -> int:
-        return min(range(len(self.engines)), key=lambda i: self.engines[i].load)
+        """The replica with the fewest requests; ties go round the replicas in turn."""
+        n = len(self.engines)
+        start = next(self._rr)
+        order = [(start + k) % n for k in range(n)]
+        return min(order, key=lambda i: self.engines[i].load)
 
     def pick(self, hashes: Sequence[int], session_id: str | None = None) -> Engine:
         engines = self.engines
@@ -57,13 +61,31 @@ class Router:
             return engines[i]
         best, best_key = 0, (-1, 0)
         for i, e in enumerate(engines):
-            hit = e.cache.lookup(hashes)
-            if e.tiers:
-                hit += len(e.tiers.find(hashes, hit))
-            key = (hit, -e.load)
+            key = (_cached_prefix(e, hashes), -e.load)
             if key > best_key:
                 best, best_key = i, key
         return engines[best]
+
+
+def _cached_prefix(engine: Engine, hashes: Sequence[int]) -> int:
+    """How many leading ``hashes`` ``engine`` holds in HBM or a lower tier, found by
+    binary search: it assumes a cached prefix has no holes (blocks are freed and evicted
+    tail first), as an approximate KV index does; exact enough to route by."""
+    by_hash = engine.cache._by_hash
+    lrus = [t._lru for t in engine.tiers.tiers]
+
+    def held(i: int) -> bool:
+        h = hashes[i]
+        return h in by_hash or any(h in lru for lru in lrus)
+
+    lo, hi = 0, len(hashes)  # hashes[:lo] held; hashes[hi:] not
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if held(mid):
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
 
 
 class Cluster:

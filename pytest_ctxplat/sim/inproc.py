@@ -137,7 +137,7 @@ async def _run(submit: Callable[..., Request], prompt_len: int, max_tokens: int,
     fut: asyncio.Future[Request] = loop.create_future()
     # token times come from the engine (a decode burst stamps each token with its own
     # step's time); the runner's clock is the loop's, offset to the run's start
-    offset = start - loop.time()
+    offset = now() - loop.time()
     last = [start]
     gaps = record.chunk_gaps_s if record is not None else None
 
@@ -230,7 +230,8 @@ async def asimulate(
                           started_at=started_at, wall_s=time.perf_counter() - wall0,
                           records=runner.records, before=before, after=after, peaks=peaks,
                           timeline=timeline, slo_spec=slo_spec,
-                          server_block_size=prof.block_size)
+                          server_block_size=prof.block_size,
+                          designed_variants=runner.designed_variants)
     if results_dir is not None:
         write_json(result, Path(results_dir))
     return result

@@ -25,6 +25,7 @@ import uvicorn
 
 from pytest_ctxplat.errors import ConfigError
 from pytest_ctxplat.sim.app import create_app
+from pytest_ctxplat.sim.cluster import Cluster, Router
 from pytest_ctxplat.sim.config import SimConfig
 from pytest_ctxplat.sim.engine import Engine
 
@@ -79,9 +80,22 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _uvicorn_server(engine: Engine) -> uvicorn.Server:
+def build_engines(config: SimConfig) -> tuple[Engine, Router | None]:
+    """The engine to serve, plus a router when the profile has several replicas."""
+    engine = Engine(config)
+    profile = engine.profile
+    if profile is None or (profile.replicas == 1 and profile.disaggregation is None):
+        return engine, None
+    if profile.disaggregation is not None:
+        raise ConfigError("disaggregated prefill/decode is simulated in process only "
+                          "(ctxplat simulate); remove 'disaggregation' to serve over HTTP")
+    cluster = Cluster(config, profile)
+    return cluster.engines[0], cluster.decode
+
+
+def _uvicorn_server(engine: Engine, router: Router | None = None) -> uvicorn.Server:
     config = uvicorn.Config(
-        create_app(engine), log_level="warning", access_log=False, lifespan="on",
+        create_app(engine, router), log_level="warning", access_log=False, lifespan="on",
         timeout_graceful_shutdown=2,
     )  # fmt: skip
     return uvicorn.Server(config)
@@ -143,12 +157,12 @@ def main(argv: list[str] | None = None) -> int:
             return 0
     try:
         config = config_from_args(args)
-        engine = Engine(config)
+        engine, router = build_engines(config)
         sock = _bind(args.host, args.port)
     except (ConfigError, OSError) as exc:
         print(f"ctxplat-sim: {exc}", file=sys.stderr)
         return 2
-    server = _uvicorn_server(engine)
+    server = _uvicorn_server(engine, router)
 
     def on_signal(sig: int, frame: FrameType | None) -> None:
         # active outside uvicorn's own handlers (and when uvicorn re-raises on exit)
@@ -167,8 +181,8 @@ class SimServerHandle:
 
     def __init__(self, config: SimConfig, host: str = "127.0.0.1", port: int = 0) -> None:
         self.config = config
-        self.engine = Engine(config)
-        self._server = _uvicorn_server(self.engine)
+        self.engine, self.router = build_engines(config)
+        self._server = _uvicorn_server(self.engine, self.router)
         self._sock = _bind(host, port)
         self.host = host
         self.port: int = self._sock.getsockname()[1]

@@ -25,9 +25,12 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                    help="workload field override, repeatable (e.g. --set users=200)")
     p.add_argument("--profile-set", action="append", default=[], metavar="KEY=VALUE",
                    help="profile override by dotted key, repeatable (e.g. tp=2)")
-    p.add_argument("--slo", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--name", default="simulate")
+    p.add_argument("--slo", action="append", default=[], metavar="KEY=VALUE",
+                   help="SLO objective, repeatable (e.g. --slo ttft_p95_ms=500)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the workload and the simulator. Default: %(default)r")
+    p.add_argument("--name", default="simulate",
+                   help="run name (results file, token salt). Default: %(default)r")
     p.add_argument("--json", help="write the result JSON to this file")
     p.add_argument("--list-profiles", action="store_true", help="list built-in profiles")
     return p

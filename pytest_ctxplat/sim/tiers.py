@@ -175,13 +175,24 @@ class TierChain:
                     break
                 where.append(0)
             return where
-        for h in itertools.islice(hashes, start, None):
-            for k, lru in enumerate(lrus):
-                if h in lru:
+        first = lrus[0]
+        i, n = start, len(hashes)
+        while i < n:
+            if hashes[i] in first:  # a run in the fastest tier
+                j = i + 1
+                while j < n and hashes[j] in first:
+                    j += 1
+                where.extend([0] * (j - i))
+                i = j
+                continue
+            h = hashes[i]
+            for k in range(1, len(lrus)):
+                if h in lrus[k]:
                     where.append(k)
                     break
             else:
                 break
+            i += 1
         return where
 
     def load(self, hashes: Sequence[int], where: Sequence[int], now: float,

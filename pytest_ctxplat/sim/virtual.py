@@ -66,8 +66,19 @@ class VirtualEventLoop(asyncio.SelectorEventLoop):
         top = scheduled[0]
         if id(top) not in quiet and not top._cancelled:
             return float(top._when)
-        whens = [h._when for h in scheduled if id(h) not in quiet and not h._cancelled]
-        return float(min(whens)) if whens else float("inf")
+        # the heap's first loud timer: walk down from the root through quiet (or
+        # cancelled) nodes only; a loud node's subtree cannot hold anything earlier
+        best = float("inf")
+        stack = [0]
+        n = len(scheduled)
+        while stack:
+            i = stack.pop()
+            h = scheduled[i]
+            if id(h) in quiet or h._cancelled:
+                stack.extend(j for j in (2 * i + 1, 2 * i + 2) if j < n)
+            elif h._when < best:
+                best = h._when
+        return float(best)
 
 
 def _wake(fut: asyncio.Future[None]) -> None:

@@ -286,8 +286,7 @@ class DesignedCache:
         full_tail = used.get(plan.tail_id, -math.inf) >= floor
         tokens = hits * plan.block_size + self._tail_credit(plan, hits, full_tail,
                                                             partial_fresh)
-        for b in blocks.tolist():
-            used[b] = now
+        used.update(dict.fromkeys(blocks.tolist(), now))
         if plan.tail_len:
             if not partial_fresh(plan.tail_id):
                 self._partial.pop(plan.tail_id, None)  # an expired copy holds nothing
