@@ -35,9 +35,8 @@ def _cmd_serve_sim(argv: list[str]) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from .api import format_breach, run_workload
+    from .api import run_workload
     from .errors import ConfigError
-    from .report.result import write_json
     from .servers.sim import start_sim
 
     try:
@@ -58,10 +57,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"ctxplat run: {exc}", file=sys.stderr)
         return 2
-    if args.json:
-        path = write_json(result, Path(args.json).parent)
-        if path != Path(args.json):
-            path.replace(args.json)
+    return _finish(result, args.json)
+
+
+def _finish(result: Any, json_path: str | None) -> int:
+    """Write ``--json``, print the figures and the verdict; exit 1 on a breached SLO."""
+    from .api import format_breach
+    from .report.result import write_json
+
+    if json_path:
+        path = write_json(result, Path(json_path).parent)
+        if path != Path(json_path):
+            path.replace(json_path)
     _print_result(result)
     if result.verdict is not None and not result.verdict.passed:
         print(format_breach(result), file=sys.stderr)
@@ -71,7 +78,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
     from .errors import ConfigError
-    from .report.result import write_json
     from .sim import simulate_cli
 
     try:
@@ -81,21 +87,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         return 2
     if result is None:
         return 0
-    if args.json:
-        path = write_json(result, Path(args.json).parent)
-        if path != Path(args.json):
-            path.replace(args.json)
-    _print_result(result)
-    if result.verdict is not None and not result.verdict.passed:
-        print(format_breach_text(result), file=sys.stderr)
-        return 1
-    return 0
-
-
-def format_breach_text(result: Any) -> str:
-    from .api import format_breach
-
-    return format_breach(result)
+    return _finish(result, args.json)
 
 
 def _print_result(result: Any) -> None:

@@ -35,18 +35,33 @@ class ModelProfile:
                 "kv_bytes_per_token": self.kv_bytes_per_token}
 
 
-MODEL_PROFILES: dict[str, ModelProfile] = {
-    p.name: p
-    for p in (
-        ModelProfile("llama-3.1-8b", 32, 8, 128),
-        ModelProfile("llama-3.1-70b", 80, 8, 128),
-        ModelProfile("llama-3.1-405b", 126, 8, 128),
-        ModelProfile("qwen2.5-7b", 28, 4, 128),
-        ModelProfile("qwen2.5-32b", 64, 8, 128),
-        ModelProfile("qwen3-235b-a22b", 94, 4, 128),
-        ModelProfile("mistral-7b", 32, 8, 128),
-    )
-}
+# KV geometry of models the simulator does not time (it has no MoE roofline); the models
+# it does time come from its own table, sim/profiles/models.yaml, the single source.
+_KV_ONLY = (
+    ModelProfile("llama-3.1-405b", 126, 8, 128),
+    ModelProfile("qwen2.5-7b", 28, 4, 128),
+    ModelProfile("qwen2.5-32b", 64, 8, 128),
+    ModelProfile("qwen3-235b-a22b", 94, 4, 128),
+    ModelProfile("mistral-7b", 32, 8, 128),
+)
+
+
+def _builtin() -> dict[str, ModelProfile]:
+    from ..sim.profile import builtin_models, load_model
+
+    def natural(name: str) -> list[object]:  # llama-3.1-8b before llama-3.1-70b
+        return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+    out = {}
+    for name in sorted(builtin_models(), key=natural):
+        m = load_model(name)
+        out[name] = ModelProfile(name, m.layers, m.kv_heads, m.head_dim, m.dtype_bytes)
+    for p in _KV_ONLY:
+        out.setdefault(p.name, p)
+    return out
+
+
+MODEL_PROFILES: dict[str, ModelProfile] = _builtin()
 
 _CUSTOM = re.compile(r"^(\d+)x(\d+)x(\d+)(?:x(\d+))?$")
 

@@ -224,6 +224,10 @@ def builtin_profiles() -> list[str]:
     return sorted(_read("profiles.yaml"))
 
 
+def builtin_models() -> list[str]:
+    return sorted(_read("models.yaml"))
+
+
 def load_model(ref: str | Mapping[str, Any], where: str = "model") -> ModelSpec:
     if isinstance(ref, Mapping):
         return ModelSpec.parse(ref, where)
