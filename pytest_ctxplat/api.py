@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as _dt
 import sys
 import threading
@@ -33,7 +34,7 @@ from .servers.attach import AttachedServer
 from .servers.base import ServerHandle
 from .servers.probe import ensure_capabilities
 from .slo import SLOSpec, evaluate, parse_slo
-from .workload.spec import WorkloadSpec, load_workload
+from .workload.spec import WorkloadSpec, coerce_fields, load_workload
 
 __all__ = ["arun_workload", "build_result", "format_breach", "run_sync", "run_workload"]
 
@@ -155,9 +156,7 @@ async def arun_workload(
     spec = workload if isinstance(workload, WorkloadSpec) else load_workload(
         workload, overrides)
     if isinstance(workload, WorkloadSpec) and overrides:
-        import dataclasses
-
-        spec = dataclasses.replace(workload, **overrides)
+        spec = dataclasses.replace(workload, **coerce_fields(type(workload), overrides, name))
     slo_spec = slo if isinstance(slo, SLOSpec) or slo is None else parse_slo(slo, name)
     url = handle.url
     started_at = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
@@ -170,8 +169,6 @@ async def arun_workload(
         caps = await ensure_capabilities(handle, control, model)
         notes.update(caps.run_notes())
         if spec.api == "completions" and caps.token_id_prompts is False and caps.chat:
-            import dataclasses
-
             spec = dataclasses.replace(spec, api="chat")
             notes["prompts"] = ("probe: the server refused token-id prompts on "
                                 "/v1/completions; sent chat text instead, so block boundaries "
