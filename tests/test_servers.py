@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from process_support import processes_with_env
 from servers_support import LimitedServer
 
 from pytest_ctxplat.errors import ConfigError, ServerStartError
@@ -237,16 +238,7 @@ def test_missing_vllm_python_says_how_to_install(tmp_path: Path,
 # -- process lifetime -----------------------------------------------------------------
 
 def _tagged(tag: str) -> list[int]:
-    needle = f"CTXPLAT_TEST_TAG={tag}".encode()
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if needle in (entry / "environ").read_bytes():
-                    found.append(int(entry.name))
-            except OSError:
-                pass
-    return found
+    return processes_with_env("CTXPLAT_TEST_TAG", tag)
 
 
 def test_watchdog_stops_the_server_group_when_its_parent_is_killed(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from process_support import processes_with_env
 
 from pytest_ctxplat.errors import ServerStartError
 from pytest_ctxplat.servers.profiles import find_profile
@@ -98,17 +99,7 @@ def test_disk_tier_after_restart(ctxplat_run, ctxplat_server):
 
 def _tagged_processes(tag: str) -> list[int]:
     """Live processes whose environment carries ``tag`` (inherited by every child)."""
-    found = []
-    needle = f"CTXPLAT_TEST_TAG={tag}".encode()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            if needle in (entry / "environ").read_bytes():
-                found.append(int(entry.name))
-        except OSError:
-            continue
-    return found
+    return processes_with_env("CTXPLAT_TEST_TAG", tag)
 
 
 @needs_vllm

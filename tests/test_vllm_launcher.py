@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from process_support import processes_with_env
 
 from pytest_ctxplat.errors import ServerStartError
 from pytest_ctxplat.servers.profiles import parse_profile
@@ -55,16 +56,7 @@ def _fake_python(tmp_path: Path) -> Path:
 
 
 def _marked(server_id: str) -> list[int]:
-    needle = f"{MARKER_ENV}={server_id}".encode()
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if needle in (entry / "environ").read_bytes():
-                    found.append(int(entry.name))
-            except OSError:
-                pass
-    return found
+    return processes_with_env(MARKER_ENV, server_id)
 
 
 def _profile(python: Path, **extra: object) -> object:
