@@ -88,7 +88,10 @@ def test_open_loop_poisson_arrivals_and_concurrency_cap() -> None:
     for _, d in events:
         live += d
         peak = max(peak, live)
-    assert peak <= 2 and len(records) < 200  # 0.7 s per request: the cap holds arrivals
+    assert peak <= 2
+    # 0.7 model s per request: two slots serve at most 2 x 100 / 0.7 ~ 286 in 100 s, far
+    # below the ~500 uncapped Poisson arrivals (the cap holds arrivals back).
+    assert len(records) <= 2 * 100 / 0.7 + 2
 
 
 def test_token_budget_backs_off_to_the_input_rate() -> None:
