@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from analysis_support import close, lru_reference, random_trace, requests_of, ttl_reference
+from workload_support import FIXTURE_TRACES, SHARED_TRACES, needs_samples
 
 from pytest_ctxplat.analysis import (
     analyze,
@@ -23,12 +24,8 @@ from pytest_ctxplat.cli import main
 from pytest_ctxplat.errors import ConfigError
 from pytest_ctxplat.workload.traces import build_trace, read_trace
 
-ROOT = Path(__file__).resolve().parents[1]
-FIXTURES = ROOT / "fixtures" / "traces"
-SHARED = ROOT.parent / "shared" / "traces"
-needs_samples = pytest.mark.skipif(
-    not (SHARED / "weka").is_dir(), reason=f"public sample traces not found at {SHARED}"
-)
+FIXTURES = FIXTURE_TRACES
+SHARED = SHARED_TRACES
 
 
 def _rates(st, i: int, bs: int) -> dict[str, float]:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from workload_support import FIXTURE_TRACES, SHARED_TRACES, needs_samples
 
 from pytest_ctxplat.workload.traces import (
     TraceFormatError,
@@ -15,12 +16,8 @@ from pytest_ctxplat.workload.traces import (
     read_traces,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
-FIXTURES = ROOT / "fixtures" / "traces"
-SHARED = ROOT.parent / "shared" / "traces"
-needs_samples = pytest.mark.skipif(
-    not (SHARED / "weka").is_dir(), reason=f"public sample traces not found at {SHARED}"
-)
+FIXTURES = FIXTURE_TRACES
+SHARED = SHARED_TRACES
 
 
 def _count_requests(entries: list[dict]) -> int:

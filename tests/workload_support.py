@@ -13,9 +13,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE_TRACES = ROOT / "fixtures" / "traces"
 SHARED_TRACES = ROOT.parent / "shared" / "traces"
+# The public sample traces live in ../shared beside the checkout; tests skip without them.
+needs_samples = pytest.mark.skipif(
+    not (SHARED_TRACES / "weka").is_dir(),
+    reason=f"public sample traces not found at {SHARED_TRACES}",
+)
 AGENT_TRACE = FIXTURE_TRACES / "agent-session-small.json"
 MOONCAKE_TRACE = FIXTURE_TRACES / "mooncake-small.jsonl"
 

@@ -39,7 +39,7 @@ from pytest_ctxplat.sim.metrics import SimMetrics
 from pytest_ctxplat.sim.profile import Profile, load_profile
 from pytest_ctxplat.sim.request import Request, RequestState
 from pytest_ctxplat.sim.virtual import VirtualClock, run_virtual
-from pytest_ctxplat.workload.spec import WorkloadSpec, load_workload
+from pytest_ctxplat.workload.spec import WorkloadSpec, coerce_fields, load_workload
 
 __all__ = ["EngineSink", "asimulate", "simulate"]
 
@@ -198,7 +198,8 @@ async def asimulate(
     from pytest_ctxplat.slo import SLOSpec, parse_slo
 
     if isinstance(workload, WorkloadSpec):
-        spec = dataclasses.replace(workload, **overrides) if overrides else workload
+        spec = (dataclasses.replace(workload, **coerce_fields(type(workload), overrides, name))
+                if overrides else workload)
     else:
         spec = load_workload(workload, overrides)
     prof = profile if isinstance(profile, Profile) else load_profile(profile, profile_overrides)
