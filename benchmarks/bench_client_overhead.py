@@ -156,7 +156,7 @@ async def _drive(n: int, concurrency: int, one: Callable[[int], Awaitable[bool]]
 
 async def run_ours(url: str, n: int, concurrency: int, warmup: int) -> Result:
     from pytest_ctxplat.driver.http import ClientLimits, StreamClient
-    from pytest_ctxplat.driver.records import RequestRecord
+    from pytest_ctxplat.report.records import RequestRecord
 
     now = asyncio.get_running_loop().time
     async with StreamClient(url, limits=ClientLimits(max_connections=concurrency)) as client:

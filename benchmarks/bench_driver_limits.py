@@ -58,7 +58,7 @@ def ttft_at(streams: int, delay_s: float, requests: int) -> dict[str, float]:
 
 
 def idle_sessions(users: int, spread_s: float, hold_s: float) -> dict[str, float]:
-    from pytest_ctxplat.api import _run_fast
+    from pytest_ctxplat.api import run_fast
     from pytest_ctxplat.driver.http import ClientLimits, StreamClient
     from pytest_ctxplat.driver.runner import Runner, RunOptions
     from pytest_ctxplat.workload.spec import load_workload
@@ -84,14 +84,14 @@ def idle_sessions(users: int, spread_s: float, hold_s: float) -> dict[str, float
             await task
 
     with NginxEndpoint() as ep:
-        _run_fast(main(ep.url))
+        run_fast(main(ep.url))
     figures["rss_after_mb"] = rss_mb()
     return figures
 
 
 def measurement_cost(n: int) -> dict[str, float]:
-    from pytest_ctxplat.driver.records import RequestRecord
     from pytest_ctxplat.report import stats
+    from pytest_ctxplat.report.records import RequestRecord
 
     records = []
     for i in range(n):

@@ -1,45 +1,42 @@
-"""Library entry points: play a workload against a server and judge it, without pytest.
+"""Library entry points: play a workload against a server, or against a simulated
+deployment in virtual time, and judge it, without pytest.
 
->>> from pytest_ctxplat import run_workload
+>>> from pytest_ctxplat import run_workload, simulate
 >>> result = run_workload("http://127.0.0.1:8000", "chat", overrides={"users": 8},
 ...                       slo={"ttft_p95_ms": 2000})          # doctest: +SKIP
 >>> result.hit_rates.request, result.verdict.passed          # doctest: +SKIP
+>>> simulate("coding_swarm", "h100-llama8b-dram").hit_rates   # doctest: +SKIP
 
-The plugin's ``ctxplat_run`` fixture calls the same functions.
+Both are thin entry points over one orchestrator
+(:func:`pytest_ctxplat.orchestrator.play`); the plugin's ``ctxplat_run`` fixture uses it
+too.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import dataclasses
-import datetime as _dt
+import functools
 import sys
 import threading
-import time
-import zlib
-from collections.abc import Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
-import httpx
-
-from .driver.records import RequestRecord
-from .driver.runner import Runner, RunOptions
-from .driver.scrape import MetricsSnapshot, scrape, server_delta
-from .errors import SLOViolation
-from .report import stats
-from .report.result import HitRates, RunResult, ServerMetrics, write_json
+from .errors import ConfigError, CtxplatError, SLOViolation
+from .orchestrator import HttpTarget, InProcessTarget, format_breach, play
+from .report.result import RunResult
 from .servers.attach import AttachedServer
 from .servers.base import ServerHandle
-from .servers.probe import ensure_capabilities
-from .slo import SLOSpec, evaluate, parse_slo
-from .workload.spec import WorkloadSpec, coerce_fields, load_workload
+from .sim.profile import Profile, load_profile
+from .sim.virtual import run_virtual
+from .slo import SLOSpec, parse_slo
+from .workload.spec import WorkloadSpec, resolve_workload
 
-__all__ = ["arun_workload", "build_result", "format_breach", "run_sync", "run_workload"]
+__all__ = ["arun_workload", "asimulate", "run_sync", "run_workload", "simulate",
+           "write_html_report"]
 
 T = TypeVar("T")
-_GAUGES = ("vllm:kv_cache_usage_perc", "vllm:num_requests_running", "vllm:num_requests_waiting")
+P = ParamSpec("P")
 
 
 def run_sync(coro: Coroutine[Any, Any, T]) -> T:
@@ -51,12 +48,12 @@ def run_sync(coro: Coroutine[Any, Any, T]) -> T:
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return _run_fast(coro)
+        return run_fast(coro)
     box: dict[str, Any] = {}
 
     def target() -> None:
         try:
-            box["value"] = _run_fast(coro)
+            box["value"] = run_fast(coro)
         except BaseException as exc:  # re-raised in the caller's thread
             box["error"] = exc
 
@@ -68,7 +65,8 @@ def run_sync(coro: Coroutine[Any, Any, T]) -> T:
     return box["value"]  # type: ignore[no-any-return]
 
 
-def _run_fast(coro: Coroutine[Any, Any, T]) -> T:
+def run_fast(coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro`` on a new fast event loop in this thread (see :func:`run_sync`)."""
     from .driver.multiproc import new_event_loop, tuned_gc
 
     with tuned_gc():
@@ -78,51 +76,14 @@ def _run_fast(coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run(coro)  # pragma: no cover - Python 3.10: asyncio's own loop
 
 
-def run_workload(server: str | ServerHandle, workload: str | WorkloadSpec, **kwargs: Any
-                 ) -> RunResult:
-    """Synchronous :func:`arun_workload`."""
-    return run_sync(arun_workload(server, workload, **kwargs))
+def _slo(slo: SLOSpec | Mapping[str, Any] | None, name: str) -> SLOSpec | None:
+    return slo if isinstance(slo, SLOSpec) or slo is None else parse_slo(slo, name)
 
 
-async def _probe_model(client: httpx.AsyncClient, url: str) -> str | None:
-    try:
-        resp = await client.get(url + "/v1/models", timeout=10.0)
-        data = resp.json()["data"]
-        return str(data[0]["id"]) if data else None
-    except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError):
-        return None
-
-
-def _block_size(snap: MetricsSnapshot | None) -> int | None:
-    if snap is None:
-        return None
-    for key in snap.with_prefix("vllm:cache_config_info"):
-        if "block_size=" in key:
-            try:
-                return int(key.split("block_size=")[1].split(",")[0].rstrip("}"))
-            except ValueError:
-                return None
-    return None
-
-
-async def _poll_gauges(client: httpx.AsyncClient, url: str, runner: Runner,
-                       peaks: dict[str, float], timeline: list[dict[str, float]],
-                       every_s: float, handle: ServerHandle | None = None) -> None:
-    while True:
-        await asyncio.sleep(every_s)
-        if handle is not None and not handle.alive():
-            runner.stop()  # the server died: stop sending, keep what was measured
-        snap = await scrape(client, url)
-        point = {"t": runner.now(), "in_flight": float(runner.in_flight),
-                 "requests_done": float(sum(1 for r in runner.records if r.end_s is not None))}
-        if snap is not None:
-            for g in _GAUGES:
-                v = snap.get(g)
-                peaks[g] = max(peaks.get(g, 0.0), v)
-                point[g.split(":", 1)[1]] = v
-            point["prefix_cache_hits"] = snap.get("vllm:prefix_cache_hits_total")
-            point["prefix_cache_queries"] = snap.get("vllm:prefix_cache_queries_total")
-        timeline.append(point)
+def _judged(result: RunResult, check: bool) -> RunResult:
+    if check and result.verdict is not None and not result.verdict.passed:
+        raise SLOViolation(format_breach(result), result.verdict)
+    return result
 
 
 async def arun_workload(
@@ -141,170 +102,93 @@ async def arun_workload(
     scrape_every_s: float = 1.0,
     extra_body: Mapping[str, Any] | None = None,
     time_scale: float | None = None,
+    workload_dirs: list[Path] | None = None,
 ) -> RunResult:
-    """Play ``workload`` against ``server``, measure, judge against ``slo``.
+    """Play ``workload`` against ``server`` (a URL or a started server's handle),
+    measure, judge against ``slo``.
 
-    The result is written to ``results_dir`` (when given) before it is judged, and also
-    when the run is interrupted, so measurements are never lost. With ``check=True`` a
-    breached SLO raises :class:`~pytest_ctxplat.errors.SLOViolation`. Against the
-    simulator, times are reported in model time (``time_scale`` defaults to the
-    simulator's ``speedup``).
+    ``workload`` is a kind, a definition name (looked up in ``workload_dirs``, then the
+    built-ins) or a YAML path, or a spec object; ``overrides`` set its fields. The result
+    is written to ``results_dir`` (when given) before it is judged, and also when the run
+    is interrupted, so measurements are never lost. With ``check=True`` a breached SLO
+    raises :class:`~pytest_ctxplat.errors.SLOViolation`. Against the simulator, times are
+    reported in model time (``time_scale`` defaults to the simulator's ``speedup``).
     """
-    from .driver.http import ClientLimits, StreamClient
-
     handle: ServerHandle = AttachedServer(server) if isinstance(server, str) else server
-    spec = workload if isinstance(workload, WorkloadSpec) else load_workload(
-        workload, overrides)
-    if isinstance(workload, WorkloadSpec) and overrides:
-        spec = dataclasses.replace(workload, **coerce_fields(type(workload), overrides, name))
-    slo_spec = slo if isinstance(slo, SLOSpec) or slo is None else parse_slo(slo, name)
-    url = handle.url
-    started_at = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    wall0 = time.perf_counter()
-    peaks: dict[str, float] = {}
-    timeline: list[dict[str, float]] = []
-    notes: dict[str, str] = {}
-    async with httpx.AsyncClient(headers=handle.headers()) as control:
-        model = model or handle.info.model or await _probe_model(control, url) or "default"
-        caps = await ensure_capabilities(handle, control, model)
-        notes.update(caps.run_notes())
-        if spec.api == "completions" and caps.token_id_prompts is False and caps.chat:
-            spec = dataclasses.replace(spec, api="chat")
-            notes["prompts"] = ("probe: the server refused token-id prompts on "
-                                "/v1/completions; sent chat text instead, so block boundaries "
-                                "depend on its tokenizer")
-        if reset_cache:
-            with contextlib.suppress(httpx.HTTPError):
-                resp = await control.post(url + "/reset_prefix_cache", timeout=30.0)
-                if resp.status_code >= 400:
-                    notes["reset_prefix_cache"] = f"HTTP {resp.status_code}"
-        before = await scrape(control, url)
-        server_bs = _block_size(before) or 1
-        salt = zlib.crc32(name.encode()) if token_salt is None else token_salt
-        if time_scale is None:
-            time_scale = float(handle.info.settings.get("speedup", 1.0)) \
-                if handle.info.launcher == "sim" else 1.0
-        chat_overhead = 0
-        if spec.api == "chat":
-            from .workload.render import probe_chat_tokenizer
-
-            chat_overhead, chat_notes = await probe_chat_tokenizer(control, url, model)
-            notes.update(chat_notes)
-        options = RunOptions(model=model, seed=seed, token_salt=salt, time_scale=time_scale,
-                             server_block_size=server_bs, extra_body=dict(extra_body or {}),
-                             chat_overhead_tokens=chat_overhead)
-        limits = ClientLimits(max_connections=0)
-        interrupted = False
-        async with StreamClient(url, limits=limits, headers=handle.headers()) as client:
-            runner = Runner(spec, client, options)
-            poller = asyncio.create_task(
-                _poll_gauges(control, url, runner, peaks, timeline, scrape_every_s, handle))
-            try:
-                await runner.run()
-            except (asyncio.CancelledError, KeyboardInterrupt):
-                interrupted = True
-                raise
-            finally:
-                poller.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await poller
-                after = await _final_scrape(control, url) if not interrupted else None
-                target = handle.info.to_dict()
-                target["capabilities"] = caps.to_dict()
-                target["alive_after_run"] = handle.alive()
-                if not handle.alive():
-                    target["log_tail"] = handle.log_tail()
-                if runner.throttled:
-                    notes["load.throttled"] = (f"{runner.throttled} token-budget backoffs "
-                                               "(input_tpm / output_tpm)")
-                result = build_result(
-                    name=name, target=target, spec=spec, seed=seed, started_at=started_at,
-                    wall_s=time.perf_counter() - wall0, records=runner.records, before=before,
-                    after=after, peaks=peaks, timeline=timeline, slo_spec=slo_spec,
-                    notes=notes, interrupted=interrupted, server_block_size=server_bs,
-                    designed_variants=runner.designed_variants)
-                if results_dir is not None:
-                    write_json(result, Path(results_dir))
-    if check and result.verdict is not None and not result.verdict.passed:
-        raise SLOViolation(format_breach(result), result.verdict)
-    return result
+    spec = resolve_workload(workload, overrides, extra_dirs=workload_dirs, where=name)
+    target = HttpTarget(handle, model=model, reset_cache=reset_cache, time_scale=time_scale)
+    result = await play(spec, target, slo=_slo(slo, name), seed=seed, name=name,
+                        token_salt=token_salt, results_dir=results_dir,
+                        sample_every_s=scrape_every_s, extra_body=extra_body)
+    return _judged(result, check)
 
 
-async def _final_scrape(control: httpx.AsyncClient, url: str) -> MetricsSnapshot | None:
-    try:
-        return await asyncio.wait_for(scrape(control, url), 15.0)
-    except (asyncio.TimeoutError, httpx.HTTPError):
-        return None
+async def asimulate(
+    workload: str | WorkloadSpec,
+    profile: str | Profile,
+    *,
+    overrides: Mapping[str, Any] | None = None,
+    profile_overrides: Mapping[str, Any] | None = None,
+    slo: SLOSpec | Mapping[str, Any] | None = None,
+    seed: int = 0,
+    name: str = "simulate",
+    results_dir: str | Path | None = None,
+    check: bool = False,
+    sample_every_s: float = 5.0,
+    workload_dirs: list[Path] | None = None,
+) -> RunResult:
+    """Play ``workload`` against the simulated deployment ``profile`` (a built-in
+    hardware profile name, a profile YAML file or a profile object, with dotted
+    ``profile_overrides``) in this process, on the running loop's clock: virtual time
+    on a :class:`~pytest_ctxplat.sim.virtual.VirtualEventLoop` (:func:`simulate`)."""
+    spec = resolve_workload(workload, overrides, extra_dirs=workload_dirs, where=name)
+    prof = profile if isinstance(profile, Profile) else load_profile(profile,
+                                                                      profile_overrides)
+    result = await play(spec, InProcessTarget(prof), slo=_slo(slo, name), seed=seed,
+                        name=name, results_dir=results_dir, sample_every_s=sample_every_s)
+    return _judged(result, check)
 
 
-def build_result(*, name: str, target: Mapping[str, Any], spec: WorkloadSpec, seed: int,
-                 started_at: str, wall_s: float, records: Sequence[RequestRecord],
-                 before: MetricsSnapshot | None, after: MetricsSnapshot | None,
-                 peaks: Mapping[str, float] | None = None,
-                 timeline: Sequence[Mapping[str, float]] = (), slo_spec: SLOSpec | None = None,
-                 notes: Mapping[str, str] | None = None, interrupted: bool = False,
-                 server_block_size: int = 1,
-                 designed_variants: Mapping[str, Sequence[int]] | None = None) -> RunResult:
-    """Assemble a :class:`RunResult` from request records and two ``/metrics`` snapshots
-    (either may be None when the server has no metrics). Used by HTTP runs and by the
-    in-process simulator alike. ``designed_variants`` (``Runner.designed_variants``) adds
-    designed hit rates for a TTL or capacity as ``hit_rate.designed_ttl_<s>s`` /
-    ``hit_rate.designed_cap_<tokens>`` observed metrics."""
-    records = tuple(records)
-    summary = stats.summarize(records, wall_s)
-    delta = server_delta(before, after, peaks) if before is not None and after is not None \
-        else None
-    rates, rate_notes = stats.hit_rates(records, delta)
-    if designed_variants:
-        rates.update(stats.designed_variant_rates(records, designed_variants))
-    rate_notes.update(notes or {})
-    good = stats.goodput(records, slo_spec.good_thresholds()) if slo_spec else None
-    observed = stats.observed_metrics(summary, rates, good)
-    missing = {}
-    if not any(r.ok for r in records):
-        missing = {k: "no successful requests" for k, v in observed.items() if v is None}
-    missing.update(rate_notes)
-    verdict = evaluate(slo_spec, observed, missing) if slo_spec is not None else None
-    server_metrics = None
-    if delta is not None:
-        server_metrics = ServerMetrics(prefix_hit_rate=delta.get("prefix_hit_rate"),
-                                       external_hit_rate=delta.get("external_hit_rate"),
-                                       figures={k: v for k, v in delta.items()
-                                                if k not in ("prefix_hit_rate",
-                                                             "external_hit_rate")})
-    target = dict(target)
-    target["server_block_size"] = server_block_size
-    errors = [f"{r.session_id}#{r.index}: {r.error}" for r in records if r.error][:10]
-    return RunResult(name=name, target=target, workload=spec.describe(), seed=seed,
-                     started_at=started_at, wall_s=wall_s, metrics=summary,
-                     hit_rates=HitRates(designed=rates["designed"], request=rates["request"],
-                                        server=rates["server"], notes=rate_notes),
-                     server=server_metrics, observed=observed, slo=slo_spec, verdict=verdict,
-                     records=records, timeline=tuple(timeline), interrupted=interrupted,
-                     errors_sample=tuple(errors))
+def _sync(fn: Callable[P, Coroutine[Any, Any, T]], runner: Callable[[Coroutine[Any, Any, T]], T],
+          doc: str) -> Callable[P, T]:
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        return runner(fn(*args, **kwargs))
+
+    wrapper.__doc__ = doc
+    return wrapper
 
 
-def format_breach(result: RunResult) -> str:
-    """The failure message of a breached SLO: the verdict table plus context."""
-    assert result.verdict is not None
-    lines = [f"SLO breached ({len(result.verdict.failed)} of {len(result.verdict.checks)} "
-             f"objectives) for {result.name}", "", result.verdict.table(), "",
-             _context_line(result)]
-    if result.errors_sample:
-        lines += ["first errors:", *("  " + e for e in result.errors_sample[:5])]
-    log_tail = result.target.get("log_tail")
-    if log_tail:
-        lines += ["server log tail:", log_tail]
-    return "\n".join(lines)
+run_workload = _sync(arun_workload, run_sync,
+                     "Synchronous :func:`arun_workload` (same parameters).")
+simulate = _sync(asimulate, run_virtual,
+                 "Play ``workload`` against ``profile`` in virtual time: :func:`asimulate` "
+                 "on a fresh virtual-time loop (same parameters).")
 
 
-def _context_line(result: RunResult) -> str:
-    m = result.metrics
-    h = result.hit_rates
+def write_html_report(results_dir: str | Path, output: str | Path | None = None, *,
+                      analyses: Sequence[str | Path] = (), title: str | None = None,
+                      infer: bool = True) -> Path:
+    """Write one self-contained HTML report of ``results_dir`` (its run results and
+    analysis JSON files, plus ``analyses``) to ``output`` (default:
+    ``results_dir/report.html``). With ``infer``, each run also gets the TTL curves of
+    its workload as designed, planned offline."""
+    from .analysis.sources import designed_analysis
+    from .report.html import load_results, read_analyses, write_report
 
-    def pct(v: float | None) -> str:
-        return "n/a" if v is None else f"{v:.1%}"
-
-    return (f"{m['requests']} requests ({m['errors']} errors) in {m['duration_s'] or 0:.1f} s "
-            f"against {result.target.get('launcher')} {result.target.get('url')}; hit rate "
-            f"designed {pct(h.designed)} / request {pct(h.request)} / server {pct(h.server)}")
+    rd = Path(results_dir)
+    if not rd.is_dir():
+        raise ConfigError(f"{rd}: results directory not found")
+    runs, found = load_results(rd)
+    extra = read_analyses(analyses)
+    if not runs and not found and not extra:
+        raise ConfigError(f"{rd}: no result or analysis JSON files to report")
+    designed: list[dict[str, Any] | str | None] = []
+    for run in runs if infer else ():
+        try:
+            designed.append(designed_analysis(run))
+        except (CtxplatError, ValueError, TypeError, KeyError, NotImplementedError) as exc:
+            designed.append(str(exc))
+    return write_report(rd / "report.html" if output is None else output, runs,
+                        [*found, *extra], title=title or f"ctxplat report: {rd.name}",
+                        designed=designed)

@@ -6,47 +6,20 @@ httpx, the simulator) happen inside hooks and fixtures, so loading the plugin is
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Generator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import pytest
 
+from .settings import ItemSpec, Settings, item_key, settings_key
+
 if TYPE_CHECKING:
     from .report.result import RunResult
     from .servers.base import ServerHandle
-    from .slo import SLOSpec
-    from .workload.spec import WorkloadSpec
 
 SERVER_CHOICES = ("sim", "url")
 
-
-@dataclasses.dataclass
-class Settings:
-    """Effective settings of this pytest run (options over ini values over defaults)."""
-
-    server: str
-    url: str | None
-    api_key_env: str | None
-    results: Path
-    seed: int
-    sim_speedup: float
-    reset_cache: bool
-    workload_dirs: list[Path]
-    model: str | None
-    servers: list[str] = dataclasses.field(default_factory=list)  # --ctxplat-server a,b
-    profile_dirs: list[Path] = dataclasses.field(default_factory=list)
-
-
-@dataclasses.dataclass
-class ItemSpec:
-    slo: SLOSpec | None
-    workload: WorkloadSpec | None
-
-
-settings_key = pytest.StashKey[Settings]()
-item_key = pytest.StashKey[ItemSpec]()
 
 _OPTIONS: list[tuple[str, Literal["string", "bool"], str, Any]] = [
     # (name, ini type, help, default)
@@ -312,7 +285,7 @@ class _Summary:
         terminalreporter.write_sep("=", "ctxplat SLO summary")
         terminalreporter.write_line(summary_table(self.rows))
         if len({r.get("profile") for r in self.rows}) > 1:
-            from .servers.compare import profile_comparison
+            from .report.compare import profile_comparison
 
             terminalreporter.write_sep("=", "ctxplat profile comparison")
             terminalreporter.write_line(profile_comparison(self.rows))
@@ -328,11 +301,11 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     settings = config.stash.get(settings_key, None)
     if not html or settings is None or hasattr(config, "workerinput"):
         return
+    from .api import write_html_report
     from .errors import ConfigError
-    from .report.html import write_report
 
     try:
-        path = write_report(settings.results, Path(base, html))
+        path = write_html_report(settings.results, Path(base, html))
     except ConfigError as exc:
         terminalreporter.write_line(f"ctxplat: no HTML report written: {exc}")
         return

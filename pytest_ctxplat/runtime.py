@@ -4,7 +4,6 @@ the work itself is done by the library (:mod:`pytest_ctxplat.api`)."""
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import warnings
 from pathlib import Path
@@ -12,14 +11,15 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from .api import arun_workload, format_breach
+from .api import arun_workload
 from .errors import ConfigError, ServerError, SLOViolation
+from .orchestrator import format_breach
 from .servers.attach import AttachedServer
 from .servers.base import ServerHandle
-from .workload.spec import coerce_fields, load_workload
+from .settings import Settings, item_key, settings_key
+from .workload.spec import load_workload, resolve_workload
 
 if TYPE_CHECKING:
-    from .plugin import Settings
     from .report.result import RunResult
 
 DEFAULT_WORKLOAD = "chat"
@@ -103,8 +103,6 @@ def _round(v: Any) -> Any:
 async def run_item(item: pytest.Item, server: ServerHandle, workload: str | None,
                    check: bool, overrides: dict[str, Any]) -> RunResult:
     __tracebackhide__ = True
-    from .plugin import item_key, settings_key
-
     config = item.config
     s = config.stash[settings_key]
     spec = item.stash.get(item_key, None)
@@ -114,8 +112,7 @@ async def run_item(item: pytest.Item, server: ServerHandle, workload: str | None
             dirs = [*s.workload_dirs, config.rootpath / "workloads"]
             wl = load_workload(workload, overrides, extra_dirs=dirs, where=item.nodeid)
         elif marker_wl is not None:
-            wl = dataclasses.replace(marker_wl, **coerce_fields(
-                type(marker_wl), overrides, item.nodeid)) if overrides else marker_wl
+            wl = resolve_workload(marker_wl, overrides, where=item.nodeid)
         else:
             wl = load_workload(DEFAULT_WORKLOAD, overrides, where=item.nodeid)
     except (ConfigError, TypeError) as exc:
@@ -123,11 +120,9 @@ async def run_item(item: pytest.Item, server: ServerHandle, workload: str | None
     if not server.alive():
         raise ServerError(f"the server under test is not running; log tail:\n"
                           f"{server.log_tail()}")
-    reset = getattr(server, "reset_cache", None)  # a profile may override the option
     result = await arun_workload(server, wl, slo=spec.slo if spec else None, seed=s.seed,
                                  model=s.model, name=item.nodeid, results_dir=s.results,
-                                 reset_cache=s.reset_cache if reset is None else bool(reset),
-                                 check=False)
+                                 reset_cache=s.reset_cache, check=False)
     item.user_properties.extend(_properties(result))
     config.pluginmanager.hook.pytest_ctxplat_result(config=config, item=item, result=result)
     if result.target.get("alive_after_run") is False:

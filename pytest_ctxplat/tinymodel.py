@@ -200,19 +200,28 @@ def make_tiny_model(directory: str | Path, *, force: bool = False, **shape: int)
     return out
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="ctxplat make-tiny-model",
-        description="Write a tiny Llama-shaped model folder (config, locally trained "
-                    "byte-level BPE tokenizer, chat template) for vLLM --load-format dummy.")
+DESCRIPTION = ("Write a tiny Llama-shaped model folder (config, locally trained byte-level "
+               "BPE tokenizer, chat template) for vLLM --load-format dummy.")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``ctxplat make-tiny-model`` (and of this module as a script)."""
     parser.add_argument("directory")
-    defaults = TinyModelSpec()
-    for key, value in defaults.to_dict().items():
+    for key, value in TinyModelSpec().to_dict().items():
         parser.add_argument("--" + key.replace("_", "-"), type=int, default=value,
                             help=f"default: {value}")
     parser.add_argument("--force", action="store_true", help="rebuild even if present")
-    args = parser.parse_args(argv)
-    shape = {k: getattr(args, k) for k in defaults.to_dict()}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ctxplat make-tiny-model", description=DESCRIPTION)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Make the model folder; exit status 2 for a bad shape or a missing ``tokenizers``."""
+    shape = {k: getattr(args, k) for k in TinyModelSpec().to_dict()}
     try:
         path = make_tiny_model(args.directory, force=args.force, **shape)
     except ValueError as exc:

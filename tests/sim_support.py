@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from pytest_ctxplat.api import simulate
 from pytest_ctxplat.report.result import RunResult
-from pytest_ctxplat.sim.inproc import simulate
 from pytest_ctxplat.sim.profile import Profile, load_profile
-from pytest_ctxplat.sim.synthetic import AgentLikeSessions
+from pytest_ctxplat.workload.sessions import LongSessions
 
 BLOCK = 64
 HBM, DRAM, BIG = 64_000, 256_000, 4_000_000
@@ -35,7 +35,7 @@ def tier_profile(kind: str, **extra: Any) -> Profile:
     return load_profile(TIER_PROFILES[kind], overrides)
 
 
-def agent_sessions(users: int, duration_s: float, **extra: Any) -> AgentLikeSessions:
+def agent_sessions(users: int, duration_s: float, **extra: Any) -> LongSessions:
     """Busy agent sessions: 9k-24k-token contexts, 5-20 s between turns."""
     fields: dict[str, Any] = dict(
         users=users, duration_s=duration_s, block_size=BLOCK, shared_prefix_tokens=1024,
@@ -43,7 +43,7 @@ def agent_sessions(users: int, duration_s: float, **extra: Any) -> AgentLikeSess
         max_context_tokens=24_000, output_tokens=100, think_min_s=5.0, think_max_s=20.0,
         start_spread_s=10.0)
     fields.update(extra)
-    return AgentLikeSessions(**fields)
+    return LongSessions(**fields)
 
 
 def counters(result: RunResult) -> dict[str, float]:
@@ -52,7 +52,7 @@ def counters(result: RunResult) -> dict[str, float]:
     return out
 
 
-def run(spec: AgentLikeSessions, profile: Profile) -> RunResult:
+def run(spec: LongSessions, profile: Profile) -> RunResult:
     result = simulate(spec, profile)
     assert result.metrics["errors"] == 0, result.errors_sample
     return result

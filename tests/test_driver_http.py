@@ -13,9 +13,9 @@ import pytest
 from aiohttp import web
 
 from pytest_ctxplat.driver.http import ClientLimits, StreamClient
-from pytest_ctxplat.driver.records import RequestRecord
 from pytest_ctxplat.driver.sse import interpret_payload
 from pytest_ctxplat.errors import ConfigError, ServerError
+from pytest_ctxplat.report.records import RequestRecord
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

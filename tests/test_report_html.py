@@ -15,9 +15,9 @@ import pytest
 from report_browser_support import CHROMIUM, render
 
 from pytest_ctxplat import run_workload
+from pytest_ctxplat.api import write_html_report as write_report
 from pytest_ctxplat.cli import main
 from pytest_ctxplat.errors import ConfigError
-from pytest_ctxplat.report.html import write_report
 from pytest_ctxplat.servers import start_sim
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,10 +69,10 @@ def test_report_holds_runs_verdicts_and_embedded_plots(results: Path, tmp_path: 
 
 
 def test_designed_ttl_curves_are_inferred_from_the_run(results: Path, tmp_path: Path) -> None:
-    from pytest_ctxplat.report.html import infer_analysis
+    from pytest_ctxplat.analysis.sources import designed_analysis
 
     run = json.loads((results / "two_users.json").read_text())
-    doc = infer_analysis(run)
+    doc = designed_analysis(run)
     # the same workload and seed plan the same requests the run sent
     assert doc["requests"] == run["metrics"]["requests"] == 6
     # designed hit rate of the plan equals the run's designed hit rate (infinite cache)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_ctxplat.driver.scrape import parse_metrics, server_delta
+from pytest_ctxplat.servers.scrape import parse_metrics, server_delta
 
 NEW = """# TYPE vllm:prefix_cache_queries counter
 vllm:prefix_cache_queries_total{{engine="0",model_name="m"}} {q}

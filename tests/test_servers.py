@@ -18,7 +18,7 @@ from process_support import processes_with_env
 from servers_support import LimitedServer
 
 from pytest_ctxplat.errors import ConfigError, ServerStartError
-from pytest_ctxplat.servers.compare import profile_comparison
+from pytest_ctxplat.report.compare import profile_comparison
 from pytest_ctxplat.servers.profiles import (
     SCHEMA,
     available_profiles,

@@ -8,8 +8,8 @@ from sim_support import BLOCK, agent_sessions, counters, run, tier_profile
 
 from pytest_ctxplat.report.result import RunResult
 from pytest_ctxplat.sim.profile import load_profile
-from pytest_ctxplat.sim.synthetic import AgentLikeSessions
 from pytest_ctxplat.workload.chat import ChatSessions
+from pytest_ctxplat.workload.sessions import LongSessions
 
 KINDS = ("hbm", "dram", "nvme", "slow")
 
@@ -27,7 +27,7 @@ def test_a_hit_rate_rises_and_refills_fall_as_ttl_grows() -> None:
             "scheduler.block_size": BLOCK, "tiers.0.capacity_tokens": 32_000,
             "tiers.1.capacity_tokens": 10_000_000, "tiers.1.ttl_s": ttl})
         # human gaps: 10 s to 10 min between turns
-        spec = AgentLikeSessions(users=16, duration_s=3600.0, block_size=BLOCK,
+        spec = LongSessions(users=16, duration_s=3600.0, block_size=BLOCK,
                                  shared_prefix_tokens=1024, initial_tokens=4000,
                                  turn_tokens_min=500, turn_tokens_max=1500,
                                  max_context_tokens=20_000, output_tokens=50,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pytest_ctxplat.driver.scrape import parse_metrics
+from pytest_ctxplat.servers.scrape import parse_metrics
 from pytest_ctxplat.sim.config import SimConfig
 from pytest_ctxplat.sim.engine import Engine
 from pytest_ctxplat.sim.metrics import SimMetrics

@@ -10,10 +10,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from pytest_ctxplat.api import simulate
 from pytest_ctxplat.cli import main as cli_main
-from pytest_ctxplat.driver.scrape import parse_metrics
+from pytest_ctxplat.servers.scrape import parse_metrics
 from pytest_ctxplat.sim.config import SimConfig
-from pytest_ctxplat.sim.inproc import simulate
 from pytest_ctxplat.sim.profile import load_profile
 from pytest_ctxplat.sim.server import serve_in_thread
 from pytest_ctxplat.sim.virtual import VirtualTimeDeadlock, run_virtual
@@ -58,7 +58,8 @@ def test_fast_path_matches_token_path() -> None:
     profile = load_profile("h100-llama8b-dram")
     fast = simulate(_chat(16), profile)
     slow = simulate(_chat(32), profile)  # block sizes differ: token ids are hashed
-    assert fast.target["fast_path_requests"] == 24 and slow.target["fast_path_requests"] == 0
+    assert fast.target["diagnostics"]["fast_path_requests"] == 24
+    assert slow.target["diagnostics"]["fast_path_requests"] == 0
     for r in (fast, slow):
         assert r.metrics["requests"] == 24 and r.metrics["errors"] == 0
         assert r.hit_rates.request == pytest.approx(r.hit_rates.designed, abs=0.02)
@@ -107,14 +108,14 @@ def test_profile_over_http_serves_tier_metrics() -> None:
 
 
 def test_decode_bursts_do_not_change_results(monkeypatch: pytest.MonkeyPatch) -> None:
-    import pytest_ctxplat.sim.inproc as inproc
-    from pytest_ctxplat.sim.synthetic import AgentLikeSessions
+    import pytest_ctxplat.orchestrator.inprocess as inproc
     from pytest_ctxplat.sim.virtual import VirtualClock
+    from pytest_ctxplat.workload.sessions import LongSessions
 
     class NoBursts(VirtualClock):
         horizon = None  # type: ignore[assignment]
 
-    spec = AgentLikeSessions(users=12, duration_s=120.0, think_min_s=0.0, think_max_s=10.0,
+    spec = LongSessions(users=12, duration_s=120.0, think_min_s=0.0, think_max_s=10.0,
                              initial_tokens=3000, turn_tokens_min=200, turn_tokens_max=800,
                              max_context_tokens=12_000, output_tokens=40, start_spread_s=5.0)
     profile = load_profile("h100-llama8b-dram", {

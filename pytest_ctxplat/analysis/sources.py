@@ -19,7 +19,7 @@ import numpy as np
 from ..errors import ConfigError
 from ..workload.traces import Trace, build_trace, read_traces
 
-__all__ = ["load_sources", "trace_from_workload"]
+__all__ = ["designed_analysis", "load_sources", "trace_from_workload"]
 
 DEFAULT_WORKLOAD_DURATION_S = 3600.0
 
@@ -60,6 +60,27 @@ def trace_from_workload(
         output_tokens=[r.output_tokens for r in plan.requests], last_block_partial=partial,
         session=[where[int(u)] for u in plan.user], session_names=[f"user {u}" for u in users],
     )
+
+
+MAX_DESIGNED_REQUESTS = 20_000
+
+
+def designed_analysis(run: Mapping[str, Any]) -> dict[str, Any]:
+    """The cache analysis (TTL curves) of the workload a run played, planned offline
+    from its result's ``workload`` and ``seed`` (see :func:`trace_from_workload`)."""
+    from .analyze import analyze
+
+    w = dict(run.get("workload") or {})
+    kind = w.pop("kind", None)
+    if not kind:
+        raise ConfigError("the run records no workload kind")
+    if len(run.get("records") or []) > MAX_DESIGNED_REQUESTS:
+        raise ConfigError(f"more than {MAX_DESIGNED_REQUESTS:,} requests; run ctxplat "
+                          "analyze on the workload and pass --analysis")
+    trace = trace_from_workload(str(kind), w, seed=int(run.get("seed") or 0))
+    doc = analyze(trace).to_dict()
+    doc["name"] = "the run's workload as designed"
+    return doc
 
 
 def _is_trace_path(s: str) -> bool:

@@ -2,7 +2,7 @@
 
 :class:`StreamClient` is the only place the driver touches an HTTP library. It posts an
 already-encoded JSON body, reads the server-sent events as the socket delivers them and
-fills a :class:`~pytest_ctxplat.driver.records.RequestRecord`: start, time to first token,
+fills a :class:`~pytest_ctxplat.report.records.RequestRecord`: start, time to first token,
 gaps between token chunks, end, output and cached tokens, HTTP status and error.
 
 It uses aiohttp directly: on a small machine a plain httpx stream reaches a few hundred
@@ -31,7 +31,6 @@ import aiohttp
 import orjson
 from yarl import URL
 
-from pytest_ctxplat.driver.records import RequestRecord
 from pytest_ctxplat.driver.sse import (
     TOKEN_EVENT,
     SSEDecoder,
@@ -41,6 +40,7 @@ from pytest_ctxplat.driver.sse import (
     split_region,
 )
 from pytest_ctxplat.errors import ConfigError, ServerError
+from pytest_ctxplat.report.records import RequestRecord
 
 __all__ = ["ClientLimits", "StreamClient"]
 

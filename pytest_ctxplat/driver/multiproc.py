@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ConfigError
-from .records import RequestRecord
+from ..report.records import RequestRecord
 
 __all__ = ["StreamsResult", "WorkerReport", "new_event_loop", "run_streams", "split_evenly",
            "tuned_gc"]

@@ -25,12 +25,12 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
+from ..report.records import RequestRecord
 from ..workload.load import TokenBudget
 from ..workload.model import DesignedCache, RequestPlan, SessionPlan, SpawnStep, TimedRequest
 from ..workload.render import render_messages
 from ..workload.spec import WorkloadContext, WorkloadSpec
 from ..workload.tokens import TokenSpace
-from .records import RequestRecord
 
 __all__ = ["HttpSink", "OutgoingRequest", "RequestSink", "RunOptions", "Runner",
            "StreamingClient"]
@@ -121,7 +121,8 @@ class RunOptions:
 
 class Runner:
     """Plays ``workload`` through ``sink``; ``records`` fills in as requests complete,
-    so whatever was measured survives an interruption. ``designed_variants`` holds, per
+    so whatever was measured survives an interruption. ``in_flight`` and ``completed``
+    count requests sent and not yet ended, and ended. ``designed_variants`` holds, per
     TTL / capacity variant of the designed cache, the designed cached tokens of each
     record (same order as ``records``)."""
 
@@ -134,6 +135,7 @@ class Runner:
         self.options = options
         self.records: list[RequestRecord] = []
         self.in_flight = 0
+        self.completed = 0
         self.started = 0
         self.throttled = 0
         self.token_space = TokenSpace(
@@ -380,6 +382,7 @@ class Runner:
             await self.sink.submit(request, record, self.now)
         finally:
             self.in_flight -= 1
+            self.completed += 1
             budget = self._budgets.get(user)
             if budget is not None:
                 budget.charge_output(record.output_tokens, self.now())

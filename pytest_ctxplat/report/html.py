@@ -21,9 +21,9 @@ from typing import Any
 
 import orjson
 
-from ..errors import ConfigError, CtxplatError
+from ..errors import ConfigError
 
-__all__ = ["build_report", "infer_analysis", "load_results", "write_report"]
+__all__ = ["build_report", "load_results", "read_analyses", "write_report"]
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;
@@ -171,35 +171,14 @@ def _analysis_section(doc: dict[str, Any], images: _Images, idx: int) -> str:
     return "\n".join(out)
 
 
-MAX_INFER_REQUESTS = 20_000
-
-
-def infer_analysis(run: dict[str, Any]) -> dict[str, Any]:
-    """The cache analysis of the workload a run played, planned offline from its
-    ``workload`` and ``seed`` (see :func:`pytest_ctxplat.analysis.trace_from_workload`)."""
-    from ..analysis import analyze, trace_from_workload
-
-    w = dict(run.get("workload") or {})
-    kind = w.pop("kind", None)
-    if not kind:
-        raise ConfigError("the run records no workload kind")
-    if len(run.get("records") or []) > MAX_INFER_REQUESTS:
-        raise ConfigError(f"more than {MAX_INFER_REQUESTS:,} requests; run ctxplat analyze "
-                          "on the workload and pass --analysis")
-    trace = trace_from_workload(str(kind), w, seed=int(run.get("seed") or 0))
-    doc = analyze(trace).to_dict()
-    doc["name"] = "the run's workload as designed"
-    return doc
-
-
-def _designed_ttl(run: dict[str, Any], name: str, images: _Images) -> str:
+def _designed_ttl(designed: dict[str, Any] | str | None, name: str, images: _Images) -> str:
     from . import plots
 
-    try:
-        doc = infer_analysis(run)
-    except (CtxplatError, ValueError, TypeError, KeyError, NotImplementedError) as exc:
-        return f'<p class="muted">designed TTL curves not available: {_e(exc)}</p>'
-    return images.img(f"{name}_designed_ttl", plots.ttl_curves(doc),
+    if designed is None:
+        return ""
+    if isinstance(designed, str):
+        return f'<p class="muted">designed TTL curves not available: {_e(designed)}</p>'
+    return images.img(f"{name}_designed_ttl", plots.ttl_curves(designed),
                       "designed TTL curves of the workload")
 
 
@@ -209,10 +188,11 @@ def build_report(
     *,
     title: str = "ctxplat report",
     image_dir: Path | None = None,
-    infer: bool = True,
+    designed: Sequence[dict[str, Any] | str | None] = (),
 ) -> str:
-    """The HTML text; PNGs are also written to ``image_dir`` when given. With
-    ``infer``, each run also gets the TTL curves of its workload, planned offline."""
+    """The HTML text; PNGs are also written to ``image_dir`` when given. ``designed``
+    holds, per run, the analysis of its workload as designed (TTL curves), or why there
+    is none, or None (no section)."""
     from . import plots
 
     images = _Images(image_dir)
@@ -248,8 +228,7 @@ def build_report(
                                 "TTFT and decode speed over time"))
         parts.append(images.img(f"{name}_hit_rates", plots.hit_rates_over_time(r),
                                 "hit rates over time"))
-        if infer:
-            parts.append(_designed_ttl(r, name, images))
+        parts.append(_designed_ttl(designed[i] if i < len(designed) else None, name, images))
     for i, a in enumerate(analyses):
         parts.append(_analysis_section(a, images, i))
     body = "\n".join(parts)
@@ -258,22 +237,10 @@ def build_report(
             "</body></html>\n")
 
 
-def write_report(
-    results_dir: str | Path,
-    output: str | Path | None = None,
-    *,
-    analyses: Sequence[str | Path] = (),
-    title: str | None = None,
-    infer: bool = True,
-) -> Path:
-    """Write the report of ``results_dir`` to ``output`` (default
-    ``results_dir/report.html``) and its PNGs to ``<output stem>_files/``."""
-    rd = Path(results_dir)
-    if not rd.is_dir():
-        raise ConfigError(f"{rd}: results directory not found")
-    runs, found = load_results(rd)
-    extra = []
-    for a in analyses:
+def read_analyses(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
+    """Analysis documents (``ctxplat analyze --json``) read from ``paths``."""
+    out = []
+    for a in paths:
         p = Path(a)
         try:
             doc = orjson.loads(p.read_bytes())
@@ -283,13 +250,24 @@ def write_report(
             raise ConfigError(f"{p}: invalid JSON: {exc}") from None
         if not isinstance(doc, dict) or "ttl" not in doc:
             raise ConfigError(f"{p}: not an analysis JSON (from ctxplat analyze --json)")
-        extra.append(doc)
-    if not runs and not found and not extra:
-        raise ConfigError(f"{rd}: no result or analysis JSON files to report")
-    out = Path(output) if output is not None else rd / "report.html"
+        out.append(doc)
+    return out
+
+
+def write_report(
+    output: str | Path,
+    runs: Sequence[dict[str, Any]],
+    analyses: Sequence[dict[str, Any]] = (),
+    *,
+    title: str = "ctxplat report",
+    designed: Sequence[dict[str, Any] | str | None] = (),
+) -> Path:
+    """Write the report to ``output`` (atomically) and its PNGs to
+    ``<output stem>_files/``; see :func:`build_report`."""
+    out = Path(output)
     out.parent.mkdir(parents=True, exist_ok=True)
-    text = build_report(runs, [*found, *extra], title=title or f"ctxplat report: {rd.name}",
-                        image_dir=out.parent / f"{out.stem}_files", infer=infer)
+    text = build_report(runs, analyses, title=title,
+                        image_dir=out.parent / f"{out.stem}_files", designed=designed)
     tmp = out.with_suffix(out.suffix + ".tmp")
     tmp.write_text(text, encoding="utf-8")
     tmp.replace(out)

@@ -17,8 +17,8 @@ from typing import Any
 
 import orjson
 
-from ..driver.records import RequestRecord
 from ..slo import SLOSpec, Verdict
+from .records import RequestRecord
 
 __all__ = ["SCHEMA_VERSION", "RunResult", "machine_info", "result_path", "write_json"]
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from ..driver.records import RequestRecord
+from .records import RequestRecord
 
 __all__ = ["PERCENTILES", "designed_variant_rates", "hit_rates", "observed_metrics",
            "summarize"]

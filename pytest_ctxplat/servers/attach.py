@@ -6,6 +6,7 @@ import os
 
 from ..errors import ConfigError
 from .base import ServerInfo
+from .probe import Capabilities
 
 __all__ = ["AttachedServer"]
 
@@ -27,7 +28,7 @@ class AttachedServer:
         self.info = ServerInfo(launcher="url", url=self._url, profile=profile, model=model,
                                settings={"api_key_env": api_key_env} if api_key_env else {})
         self.reset_cache = reset_cache
-        self.capabilities: object | None = None
+        self.capabilities: Capabilities | None = None
 
     @property
     def url(self) -> str:

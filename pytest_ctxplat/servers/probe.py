@@ -11,12 +11,15 @@ that reason rather than with a bare "not measured".
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import orjson
 
-from ..driver.scrape import parse_metrics
+from .scrape import parse_metrics
+
+if TYPE_CHECKING:
+    from .base import ServerHandle
 
 __all__ = ["Capabilities", "ensure_capabilities", "probe_capabilities"]
 
@@ -145,15 +148,9 @@ async def probe_capabilities(client: httpx.AsyncClient, url: str, model: str) ->
                         problems=problems)
 
 
-async def ensure_capabilities(handle: Any, client: httpx.AsyncClient, model: str
+async def ensure_capabilities(handle: ServerHandle, client: httpx.AsyncClient, model: str
                               ) -> Capabilities:
     """Probe ``handle`` once; later calls return the stored result."""
-    caps = getattr(handle, "capabilities", None)
-    if isinstance(caps, Capabilities):
-        return caps
-    caps = await probe_capabilities(client, handle.url, model)
-    try:
-        handle.capabilities = caps
-    except AttributeError:  # a handle class with __slots__
-        pass
-    return caps
+    if handle.capabilities is None:
+        handle.capabilities = await probe_capabilities(client, handle.url, model)
+    return handle.capabilities

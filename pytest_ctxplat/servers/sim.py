@@ -15,7 +15,11 @@ from .base import ServerInfo
 from .probe import Capabilities
 from .process import ManagedProcess
 
-__all__ = ["SimServer", "start_sim"]
+__all__ = ["SIM_CAPABILITIES", "SimServer", "start_sim"]
+
+# The simulator implements everything the capability probe looks for.
+SIM_CAPABILITIES = Capabilities(token_id_prompts=True, chat=True, stream_usage=True,
+                                cached_tokens=True, metrics=True, prefix_cache_metrics=True)
 
 
 class SimServer:
@@ -27,10 +31,7 @@ class SimServer:
         self.info = info
         self.workdir = workdir
         self.reset_cache: bool | None = None  # None: follow --ctxplat-reset-cache
-        # The simulator implements everything the probe looks for: no need to ask.
-        self.capabilities = Capabilities(token_id_prompts=True, chat=True, stream_usage=True,
-                                         cached_tokens=True, metrics=True,
-                                         prefix_cache_metrics=True)
+        self.capabilities: Capabilities | None = SIM_CAPABILITIES  # no need to ask
 
     @property
     def url(self) -> str:
@@ -78,5 +79,6 @@ def start_sim(
 
     base = proc.wait_ready(url, deadline_s=ready_timeout_s)
     info = ServerInfo(launcher="sim", url=base, profile=profile,
-                      model=str(settings.get("model", "ctxplat-sim")), settings=settings)
+                      model=str(settings.get("model", "ctxplat-sim")), settings=settings,
+                      time_scale=float(settings.get("speedup", 1.0)))
     return SimServer(proc, base, info, workdir)

@@ -26,6 +26,7 @@ import httpx
 
 from ..errors import ConfigError, ServerStartError
 from .base import ServerInfo
+from .probe import Capabilities
 from .process import ManagedProcess
 from .profiles import ServerProfile
 
@@ -252,7 +253,9 @@ class VllmServer:
         self.starts = 0
         self._url = f"http://127.0.0.1:{self.port}"
         self.served_model: str | None = None
-        self.capabilities: object | None = None  # filled by the capability probe
+        self.capabilities: Capabilities | None = None  # filled by the capability probe
+        value = profile.data.get("reset_cache")
+        self.reset_cache: bool | None = None if value is None else bool(value)
         settings = profile.describe()
         settings["argv"] = self.plan.argv[1:]  # env values stay out: they may hold secrets
         self.info = ServerInfo(launcher=profile.launcher, url=self._url, profile=profile.name,
@@ -266,10 +269,6 @@ class VllmServer:
     def log_path(self) -> Path:
         return self.log_dir / f"server-{self.profile.name}.log"
 
-    @property
-    def reset_cache(self) -> bool | None:
-        value = self.profile.data.get("reset_cache")
-        return None if value is None else bool(value)
 
     def start(self) -> VllmServer:
         for sub in ("cache", "tmp"):

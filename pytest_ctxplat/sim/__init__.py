@@ -1,35 +1,50 @@
-"""The embedded simulator: an OpenAI-compatible server over a simulated vLLM engine
-(continuous batching, chunked prefill, prefix-cached KV blocks, KV tiers below HBM, a
-roofline timing model), for tests without a GPU; and in-process runs in virtual time.
+"""The embedded simulator: a model of a vLLM-like server (continuous batching, chunked
+prefill, prefix-cached KV blocks, KV tiers below HBM, a roofline timing model) and an
+OpenAI-compatible HTTP app over it, for tests without a GPU.
 
-Entry points: :class:`SimConfig`, :class:`Engine`, :func:`create_app`,
-:func:`serve_in_thread` and :func:`main` (the ``python -m pytest_ctxplat.sim`` server);
-:func:`load_profile` / :class:`Profile` (deployments as data), :class:`Cluster`
-(replicas, routers, disaggregation), :func:`simulate` (a workload in virtual time),
-:class:`EngineSink`, :class:`VirtualEventLoop` / :func:`run_virtual`.
+It knows requests, blocks, tiers and time, never the client, the workload, SLOs or
+reports: workloads are played against it by :mod:`pytest_ctxplat.orchestrator` (over
+HTTP, or in process on a virtual clock: :func:`pytest_ctxplat.simulate`).
+
+Names are imported on first use, so ``import pytest_ctxplat.sim.profile`` (or the
+analysis) does not load the HTTP server.
 """
 
 from __future__ import annotations
 
-from pytest_ctxplat.sim.app import create_app
-from pytest_ctxplat.sim.cache import PrefixCache, block_hashes
-from pytest_ctxplat.sim.cluster import Cluster, Router
-from pytest_ctxplat.sim.config import SimConfig
-from pytest_ctxplat.sim.engine import Engine, EngineStats, KvLink, RequestError
-from pytest_ctxplat.sim.inproc import EngineSink, asimulate, simulate
-from pytest_ctxplat.sim.profile import Profile, builtin_profiles, load_profile
-from pytest_ctxplat.sim.request import EngineStoppedError, Request, TokenEvent
-from pytest_ctxplat.sim.roofline import RooflineTimingModel
-from pytest_ctxplat.sim.server import SimServerHandle, main, serve_in_thread
-from pytest_ctxplat.sim.timing import Clock, LinearTimingModel, RealClock, StepWork
-from pytest_ctxplat.sim.tokenizer import Tokenizer
-from pytest_ctxplat.sim.virtual import VirtualClock, VirtualEventLoop, run_virtual
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .app import create_app
+    from .cache import PrefixCache, block_hashes
+    from .cluster import Cluster, Router
+    from .config import SimConfig
+    from .engine import Engine, EngineStats, KvLink, RequestError
+    from .profile import Profile, builtin_profiles, load_profile
+    from .request import EngineStoppedError, Request, TokenEvent
+    from .roofline import RooflineTimingModel
+    from .server import SimServerHandle, main, serve_in_thread
+    from .timing import Clock, LinearTimingModel, RealClock, StepWork
+    from .tokenizer import Tokenizer
+    from .virtual import VirtualClock, VirtualEventLoop, run_virtual
+
+_LAZY = {
+    "create_app": "app", "PrefixCache": "cache", "block_hashes": "cache",
+    "Cluster": "cluster", "Router": "cluster", "SimConfig": "config", "Engine": "engine",
+    "EngineStats": "engine", "KvLink": "engine", "RequestError": "engine",
+    "Profile": "profile", "builtin_profiles": "profile", "load_profile": "profile",
+    "EngineStoppedError": "request", "Request": "request", "TokenEvent": "request",
+    "RooflineTimingModel": "roofline", "SimServerHandle": "server", "main": "server",
+    "serve_in_thread": "server", "Clock": "timing", "LinearTimingModel": "timing",
+    "RealClock": "timing", "StepWork": "timing", "Tokenizer": "tokenizer",
+    "VirtualClock": "virtual", "VirtualEventLoop": "virtual", "run_virtual": "virtual",
+}  # fmt: skip
 
 __all__ = [
     "Clock",
     "Cluster",
     "Engine",
-    "EngineSink",
     "EngineStats",
     "EngineStoppedError",
     "KvLink",
@@ -48,7 +63,6 @@ __all__ = [
     "Tokenizer",
     "VirtualClock",
     "VirtualEventLoop",
-    "asimulate",
     "block_hashes",
     "builtin_profiles",
     "create_app",
@@ -56,5 +70,10 @@ __all__ = [
     "main",
     "run_virtual",
     "serve_in_thread",
-    "simulate",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -29,16 +29,24 @@ from pytest_ctxplat.sim.cluster import Cluster, Router
 from pytest_ctxplat.sim.config import SimConfig
 from pytest_ctxplat.sim.engine import Engine
 
-__all__ = ["SimServerHandle", "build_parser", "main", "serve_in_thread"]
+__all__ = ["SimServerHandle", "add_arguments", "build_parser", "main", "serve",
+           "serve_in_thread"]
 
 _PR_SET_PDEATHSIG = 1
 PARENT_CHECK_S = 0.5
 
 
+DESCRIPTION = "Simulated vLLM (OpenAI-compatible) server."
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="ctxplat-sim", description="Simulated vLLM (OpenAI-compatible) server."
-    )
+    p = argparse.ArgumentParser(prog="ctxplat-sim", description=DESCRIPTION)
+    add_arguments(p)
+    return p
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The server's options (``python -m pytest_ctxplat.sim`` and ``ctxplat serve-sim``)."""
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000, help="0 picks a free port")
     p.add_argument("--config", metavar="YAML", help="SimConfig settings as a YAML mapping")
@@ -51,7 +59,6 @@ def build_parser() -> argparse.ArgumentParser:
                    "h100-llama8b-dram) or a profile YAML file")
     p.add_argument("--parent-pid", type=int, metavar="PID", help="exit when PID is gone")
     p.add_argument("--ready-file", metavar="PATH", help="write the bound port here")
-    return p
 
 
 def config_from_args(args: argparse.Namespace) -> SimConfig:
@@ -147,10 +154,13 @@ async def _serve(
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m pytest_ctxplat.sim``: parse ``argv`` and :func:`serve`."""
+    return serve(build_parser().parse_args(argv))
+
+
+def serve(args: argparse.Namespace) -> int:
     """Serve until SIGTERM/SIGINT (or until ``--parent-pid`` is gone). Returns the exit
     status (0 on a clean stop, 2 for bad arguments or config)."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
     if args.parent_pid is not None:
         _set_parent_death_signal(args.parent_pid)
         if not _pid_alive(args.parent_pid):

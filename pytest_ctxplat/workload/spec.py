@@ -30,6 +30,7 @@ __all__ = [
     "coerce_fields",
     "load_workload",
     "register_kind",
+    "resolve_workload",
 ]
 
 _KINDS: dict[str, type[WorkloadSpec]] = {}
@@ -136,7 +137,7 @@ def register_kind(cls: type[WorkloadSpec]) -> type[WorkloadSpec]:
 
 
 def kinds() -> dict[str, type[WorkloadSpec]]:
-    from . import agent, chat, replay, workingset  # noqa: F401  (register the built-in kinds)
+    from . import agent, chat, replay, sessions, workingset  # noqa: F401  (register the built-in kinds)
 
     return dict(_KINDS)
 
@@ -267,6 +268,26 @@ def load_workload(
     fields.update(coerce_fields(cls, overrides, where))
     try:
         return cls(**fields)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def resolve_workload(
+    workload: str | WorkloadSpec,
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    extra_dirs: list[Path] | None = None,
+    where: str = "workload",
+) -> WorkloadSpec:
+    """A workload spec from a name (see :func:`load_workload`) or a spec object, with
+    ``overrides`` checked against its kind's fields like a marker's."""
+    if not isinstance(workload, WorkloadSpec):
+        return load_workload(workload, overrides, extra_dirs=extra_dirs, where=where)
+    if not overrides:
+        return workload
+    fields = coerce_fields(type(workload), overrides, where)
+    try:
+        return dataclasses.replace(workload, **fields)
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from None
 

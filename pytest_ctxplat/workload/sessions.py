@@ -1,10 +1,11 @@
-"""Synthetic agent-like sessions for simulator tests and benchmarks (not a registered
-workload kind; the product's coding-agent workloads live in :mod:`pytest_ctxplat.workload`).
+"""Built-in kind ``long_sessions``: long, growing contexts with human-scale gaps.
 
-Each user plays sessions back to back: a session starts from a shared prefix (system
-prompt and tool definitions, the same for every user) plus ``initial_tokens`` of its own
-(repository context), and each turn appends ``turn_tokens_min..max`` new tokens (tool
-output, user text) plus the previous answer, after a think time drawn uniformly from
+A plainer agent model than ``coding_agent`` (no tool loops, compaction or subagents),
+with few knobs, so a simulator study can vary one thing at a time. Each user plays
+sessions back to back: a session starts from a shared prefix (system prompt and tool
+definitions, the same for every user) plus ``initial_tokens`` of its own (repository
+context), and each turn appends ``turn_tokens_min..max`` new tokens (tool output, user
+text) plus the previous answer, after a think time drawn uniformly from
 ``think_min_s..think_max_s``. A session ends when its context would pass
 ``max_context_tokens``; the next one starts fresh.
 """
@@ -12,20 +13,22 @@ output, user text) plus the previous answer, after a think time drawn uniformly 
 from __future__ import annotations
 
 import dataclasses
+import random
 from collections.abc import Iterator
 
-from pytest_ctxplat.errors import ConfigError
-from pytest_ctxplat.workload.model import RequestPlan, SessionPlan, SessionStream
-from pytest_ctxplat.workload.spec import WorkloadContext, WorkloadSpec
+from ..errors import ConfigError
+from .model import RequestPlan, SessionPlan, SessionStream
+from .spec import WorkloadContext, WorkloadSpec, register_kind
 
-__all__ = ["AgentLikeSessions"]
+__all__ = ["LongSessions"]
 
 
+@register_kind
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class AgentLikeSessions(WorkloadSpec):
+class LongSessions(WorkloadSpec):
     """Long, growing contexts with human-scale gaps (see the module docstring)."""
 
-    kind = "sim-agentlike"
+    kind = "long_sessions"
     block_size: int = 16
     output_tokens: int = 300
     shared_prefix_tokens: int = 8192
@@ -40,13 +43,15 @@ class AgentLikeSessions(WorkloadSpec):
     def validate(self) -> None:
         super().validate()
         if not 0 <= self.think_min_s <= self.think_max_s:
-            raise ConfigError("sim-agentlike: need 0 <= think_min_s <= think_max_s")
+            raise ConfigError("long_sessions: need 0 <= think_min_s <= think_max_s")
         if not 0 < self.turn_tokens_min <= self.turn_tokens_max:
-            raise ConfigError("sim-agentlike: need 0 < turn_tokens_min <= turn_tokens_max")
+            raise ConfigError("long_sessions: need 0 < turn_tokens_min <= turn_tokens_max")
         if self.shared_prefix_tokens + self.initial_tokens >= self.max_context_tokens:
-            raise ConfigError("sim-agentlike: the first prompt must fit max_context_tokens")
+            raise ConfigError("long_sessions: the first prompt must fit max_context_tokens")
 
     def user_sessions(self, user: int, ctx: WorkloadContext) -> Iterator[SessionPlan]:
+        # the random-stream and shared-prefix keys keep their first name, so seeded runs
+        # (and the figures the simulator's findings are checked against) do not change
         key = ("sim-agentlike", self.shared_prefix_tokens // self.block_size)
         if key not in ctx.shared:
             ctx.shared[key] = ctx.ids.take(self.shared_prefix_tokens // self.block_size)
@@ -60,11 +65,8 @@ class AgentLikeSessions(WorkloadSpec):
             yield SessionPlan(f"u{user}-s{n}", self._turns(stream, first, rng))
             n += 1
 
-    def _turns(self, stream: SessionStream, first_delay: float, rng: object
+    def _turns(self, stream: SessionStream, first_delay: float, rng: random.Random
                ) -> Iterator[RequestPlan]:
-        import random
-
-        assert isinstance(rng, random.Random)
         stream.extend(self.initial_tokens)
         yield stream.request(self.output_tokens, first_delay, "turn")
         while True:

@@ -1,8 +1,5 @@
-"""``ctxplat analyze`` and ``ctxplat report``: argument parsing and printing.
-
-The logic lives in :mod:`.analyze` and :mod:`pytest_ctxplat.report.html`; ``cli.py``
-only registers these subcommands.
-"""
+"""``ctxplat analyze``: cache analysis of traces or a workload (TTL and LRU hit rates,
+working sets, tier sizing, cost); prints tables, writes JSON and plots."""
 
 from __future__ import annotations
 
@@ -15,9 +12,9 @@ from typing import Any
 import orjson
 
 from ..errors import ConfigError
+from .common import parse_assignments
 
-__all__ = ["add_analyze_parser", "add_report_parser", "format_analysis", "run_analyze",
-           "run_report"]
+__all__ = ["add_parser", "format_analysis", "run"]
 
 
 def _ttls(text: str) -> list[float]:
@@ -36,8 +33,8 @@ def _ttls(text: str) -> list[float]:
     return out
 
 
-def add_analyze_parser(sub: Any) -> None:
-    p = sub.add_parser(
+def add_parser(sub: Any) -> argparse.ArgumentParser:
+    p: argparse.ArgumentParser = sub.add_parser(
         "analyze", help="cache analysis of traces or a workload: TTL/LRU hit rates, "
         "working sets, tier sizing, cost",
         description="Analyse kv-cache-tester sessions (files or folders), Mooncake JSONL "
@@ -72,50 +69,31 @@ def add_analyze_parser(sub: Any) -> None:
     p.add_argument("--json", default=None, metavar="FILE", help="write the analysis JSON")
     p.add_argument("--plots", default=None, metavar="DIR",
                    help="write ttl_curves.png and lru_curve.png into DIR")
+    return p
 
 
-def add_report_parser(sub: Any) -> None:
-    p = sub.add_parser("report", help="one self-contained HTML report of a results directory",
-                       description="Render run results (and analysis JSON files found "
-                       "there or given with --analysis) as one HTML file with embedded "
-                       "plots; the PNGs are also written next to it.")
-    p.add_argument("results", metavar="RESULTS_DIR", help="directory of result JSON files")
-    p.add_argument("-o", "--output", default=None,
-                   help="HTML file to write. Default: RESULTS_DIR/report.html")
-    p.add_argument("--analysis", action="append", default=[], metavar="FILE",
-                   help="analysis JSON (from ctxplat analyze --json) to include, repeatable")
-    p.add_argument("--title", default=None, help="report title")
-    p.add_argument("--no-infer", action="store_true",
-                   help="do not plan each run's workload offline for its designed TTL curves")
+def run(args: argparse.Namespace) -> int:
+    from ..analysis.analyze import analyze
+    from ..analysis.pricing import price_table
+    from ..analysis.profiles import model_profile
+    from ..analysis.sources import load_sources
 
-
-def run_analyze(args: argparse.Namespace) -> int:
-    from ..cli import _kv
-    from .analyze import analyze
-    from .pricing import price_table
-    from .profiles import model_profile
-    from .sources import load_sources
-
-    try:
-        if args.users <= 0:
-            raise ConfigError(f"--users must be > 0, got {args.users}")
-        if args.target_hit_rate is not None and not 0 < args.target_hit_rate <= 1:
-            raise ConfigError(f"--target-hit-rate must be in (0, 1], got {args.target_hit_rate}")
-        if not (0 < args.hbm_ttl <= args.dram_ttl):
-            raise ConfigError("--hbm-ttl and --dram-ttl must satisfy 0 < hbm-ttl <= dram-ttl")
-        if args.lru_points < 2:
-            raise ConfigError(f"--lru-points must be >= 2, got {args.lru_points}")
-        model = model_profile(args.model_profile)
-        prices = price_table(args.price_table, args.pricing)
-        trace = load_sources(args.sources, fmt=args.fmt, seed=args.seed,
-                             duration_s=args.duration, overrides=_kv(args.set, "--set"))
-        result = analyze(trace, args.ttl, lru_points=args.lru_points, model=model,
-                         users=args.users, target_hit_rate=args.target_hit_rate,
-                         hbm_ttl_s=args.hbm_ttl, dram_ttl_s=args.dram_ttl, prices=prices,
-                         sources=list(args.sources))
-    except ConfigError as exc:
-        print(f"ctxplat analyze: {exc}", file=sys.stderr)
-        return 2
+    if args.users <= 0:
+        raise ConfigError(f"--users must be > 0, got {args.users}")
+    if args.target_hit_rate is not None and not 0 < args.target_hit_rate <= 1:
+        raise ConfigError(f"--target-hit-rate must be in (0, 1], got {args.target_hit_rate}")
+    if not (0 < args.hbm_ttl <= args.dram_ttl):
+        raise ConfigError("--hbm-ttl and --dram-ttl must satisfy 0 < hbm-ttl <= dram-ttl")
+    if args.lru_points < 2:
+        raise ConfigError(f"--lru-points must be >= 2, got {args.lru_points}")
+    model = model_profile(args.model_profile)
+    prices = price_table(args.price_table, args.pricing)
+    trace = load_sources(args.sources, fmt=args.fmt, seed=args.seed,
+                         duration_s=args.duration, overrides=parse_assignments(args.set, "--set"))
+    result = analyze(trace, args.ttl, lru_points=args.lru_points, model=model,
+                     users=args.users, target_hit_rate=args.target_hit_rate,
+                     hbm_ttl_s=args.hbm_ttl, dram_ttl_s=args.dram_ttl, prices=prices,
+                     sources=list(args.sources))
     doc = result.to_dict()
     print(format_analysis(doc))
     if args.json:
@@ -211,14 +189,3 @@ def format_analysis(doc: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def run_report(args: argparse.Namespace) -> int:
-    from ..report.html import write_report
-
-    try:
-        path = write_report(args.results, args.output, analyses=args.analysis,
-                            title=args.title, infer=not args.no_infer)
-    except ConfigError as exc:
-        print(f"ctxplat report: {exc}", file=sys.stderr)
-        return 2
-    print(f"wrote {path}")
-    return 0

@@ -1,4 +1,5 @@
-"""The driver and the simulator in one process on one (virtual) clock.
+"""The in-process target: the simulator's engines in this process, on the running
+loop's clock (a :class:`~pytest_ctxplat.sim.virtual.VirtualEventLoop` for virtual time).
 
 :class:`EngineSink` is a :class:`~pytest_ctxplat.driver.runner.RequestSink` that hands
 requests straight to simulated engines and fills the request records as the HTTP client
@@ -8,40 +9,33 @@ id is as good as a hash of its prefix): a 100k-token prompt costs no per-token w
 Blocks after the prompt's full blocks (the partial tail and the generated tokens) get
 hashes unique to the request, as the generated tokens never match the next prompt over
 HTTP either.
-
-:func:`simulate` plays a workload against a profile on a
-:class:`~pytest_ctxplat.sim.virtual.VirtualEventLoop` and returns the same
-:class:`~pytest_ctxplat.report.result.RunResult` as an HTTP run (``ctxplat simulate``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import datetime as _dt
 import itertools
-import time
-import zlib
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from pytest_ctxplat.driver.records import RequestRecord
-from pytest_ctxplat.driver.runner import OutgoingRequest, Runner, RunOptions
-from pytest_ctxplat.driver.scrape import parse_metrics
-from pytest_ctxplat.report.result import RunResult
-from pytest_ctxplat.sim.cache import block_hashes, mix64
-from pytest_ctxplat.sim.cluster import Cluster
-from pytest_ctxplat.sim.config import SimConfig
-from pytest_ctxplat.sim.engine import Engine, RequestError
-from pytest_ctxplat.sim.metrics import SimMetrics
-from pytest_ctxplat.sim.profile import Profile, load_profile
-from pytest_ctxplat.sim.request import Request, RequestState
-from pytest_ctxplat.sim.virtual import VirtualClock, run_virtual
-from pytest_ctxplat.workload.spec import WorkloadSpec, coerce_fields, load_workload
+from ..driver.runner import OutgoingRequest, RequestSink
+from ..report.records import RequestRecord
+from ..servers.scrape import MetricsSnapshot, parse_metrics
+from ..servers.sim import SIM_CAPABILITIES
+from ..sim.cache import block_hashes, mix64
+from ..sim.cluster import Cluster
+from ..sim.config import SimConfig
+from ..sim.engine import Engine, RequestError
+from ..sim.metrics import SimMetrics
+from ..sim.profile import Profile
+from ..sim.request import Request, RequestState
+from ..sim.virtual import VirtualClock
+from ..workload.spec import WorkloadSpec
+from .core import Preparation
 
-__all__ = ["EngineSink", "asimulate", "simulate"]
+__all__ = ["EngineSink", "InProcessTarget"]
 
 _K = np.uint64(0x9E3779B97F4A7C15)
 _UNIQUE = np.uint64(0xA5A5_0000_0000_0000)
@@ -172,89 +166,68 @@ async def _run(submit: Callable[..., Request], prompt_len: int, max_tokens: int,
         raise
 
 
-def simulate(workload: str | WorkloadSpec, profile: str | Profile, **kwargs: Any
-             ) -> RunResult:
-    """Play ``workload`` against ``profile`` in virtual time (see :func:`asimulate`)."""
-    return run_virtual(asimulate(workload, profile, **kwargs))
+class InProcessTarget:
+    """Plays against a fresh :class:`~pytest_ctxplat.sim.cluster.Cluster` of
+    ``profile`` (replicas, routers, disaggregation included) on the running loop's
+    clock. Times are model time; metrics come from the same renderer as the HTTP
+    simulator's ``/metrics``."""
 
+    def __init__(self, profile: Profile) -> None:
+        self.profile = profile
+        self._cluster: Cluster | None = None
+        self._metrics: SimMetrics | None = None
+        self._sink: EngineSink | None = None
 
-async def asimulate(
-    workload: str | WorkloadSpec,
-    profile: str | Profile,
-    *,
-    overrides: Mapping[str, Any] | None = None,
-    profile_overrides: Mapping[str, Any] | None = None,
-    slo: Any = None,
-    seed: int = 0,
-    name: str = "simulate",
-    results_dir: str | Path | None = None,
-    sample_every_s: float = 5.0,
-) -> RunResult:
-    """Run on the current loop (a :class:`VirtualEventLoop` for virtual time)."""
-    import dataclasses
+    @property
+    def sink(self) -> RequestSink:
+        assert self._sink is not None, "prepare() first"
+        return self._sink
 
-    from pytest_ctxplat.api import build_result
-    from pytest_ctxplat.report.result import write_json
-    from pytest_ctxplat.slo import SLOSpec, parse_slo
+    async def __aenter__(self) -> InProcessTarget:
+        return self
 
-    if isinstance(workload, WorkloadSpec):
-        spec = (dataclasses.replace(workload, **coerce_fields(type(workload), overrides, name))
-                if overrides else workload)
-    else:
-        spec = load_workload(workload, overrides)
-    prof = profile if isinstance(profile, Profile) else load_profile(profile, profile_overrides)
-    slo_spec = slo if isinstance(slo, SLOSpec) or slo is None else parse_slo(slo, name)
-    started_at = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    wall0 = time.perf_counter()
-    cluster = Cluster(SimConfig(seed=seed), prof, clock=VirtualClock())
-    metrics = SimMetrics(cluster.engines[0], cluster.engines)
-    before = parse_metrics(metrics.render().decode())
-    salt = zlib.crc32(name.encode())
-    sink = EngineSink(cluster, salt=salt)
-    options = RunOptions(model=cluster.config.model, seed=seed, token_salt=salt,
-                         server_block_size=prof.block_size)
-    runner = Runner(spec, sink, options)
-    peaks: dict[str, float] = {}
-    timeline: list[dict[str, float]] = []
-    sampler = asyncio.ensure_future(_sample(cluster, runner, peaks, timeline, sample_every_s))
-    try:
-        await runner.run()
-    finally:
-        sampler.cancel()
-        await asyncio.gather(sampler, return_exceptions=True)
-        await cluster.stop()
-    after = parse_metrics(metrics.render().decode())
-    target = {"launcher": "sim-virtual", "url": None, "profile": prof.name,
-              "model": cluster.config.model, "settings": prof.describe(),
-              "fast_path_requests": sink.fast_requests}
-    result = build_result(name=name, target=target, spec=spec, seed=seed,
-                          started_at=started_at, wall_s=time.perf_counter() - wall0,
-                          records=runner.records, before=before, after=after, peaks=peaks,
-                          timeline=timeline, slo_spec=slo_spec,
-                          server_block_size=prof.block_size,
-                          designed_variants=runner.designed_variants)
-    if results_dir is not None:
-        write_json(result, Path(results_dir))
-    return result
+    async def __aexit__(self, *exc: object) -> None:
+        cluster, self._cluster = self._cluster, None
+        if cluster is not None:
+            await cluster.stop()
 
+    def _engines(self) -> list[Engine]:
+        assert self._cluster is not None, "prepare() first"
+        return self._cluster.engines
 
-async def _sample(cluster: Cluster, runner: Runner, peaks: dict[str, float],
-                  timeline: list[dict[str, float]], every_s: float) -> None:
-    """Gauge peaks and a timeline, read from the engines (no metrics rendering)."""
-    engines = cluster.engines
-    while True:
-        await asyncio.sleep(every_s)
-        running = float(sum(e.num_running for e in engines))
-        waiting = float(sum(e.num_waiting for e in engines))
-        usage = max(e.kv_cache_usage for e in engines)
-        for key, v in (("vllm:num_requests_running", running),
-                       ("vllm:num_requests_waiting", waiting),
-                       ("vllm:kv_cache_usage_perc", usage)):
-            peaks[key] = max(peaks.get(key, 0.0), v)
-        timeline.append({"t": runner.now(), "in_flight": float(runner.in_flight),
-                         "num_requests_running": running, "num_requests_waiting": waiting,
-                         "kv_cache_usage_perc": usage,
-                         "prefix_cache_hits": float(sum(e.stats.prefix_cache_hits
-                                                        for e in engines)),
-                         "prefix_cache_queries": float(sum(e.stats.prefix_cache_queries
-                                                           for e in engines))})
+    async def prepare(self, spec: WorkloadSpec, *, seed: int, token_salt: int) -> Preparation:
+        cluster = self._cluster = Cluster(SimConfig(seed=seed), self.profile,
+                                          clock=VirtualClock())
+        self._metrics = SimMetrics(cluster.engines[0], cluster.engines)
+        self._sink = EngineSink(cluster, salt=token_salt)
+        return Preparation(spec=spec, model=cluster.config.model,
+                           server_block_size=self.profile.block_size)
+
+    async def snapshot(self, *, final: bool = False) -> MetricsSnapshot | None:
+        assert self._metrics is not None, "prepare() first"
+        return parse_metrics(self._metrics.render().decode())
+
+    async def gauges(self) -> Mapping[str, float]:
+        """Read from the engines directly (no metrics rendering)."""
+        engines = self._engines()
+        return {
+            "vllm:num_requests_running": float(sum(e.num_running for e in engines)),
+            "vllm:num_requests_waiting": float(sum(e.num_waiting for e in engines)),
+            "vllm:kv_cache_usage_perc": max(e.kv_cache_usage for e in engines),
+            "vllm:prefix_cache_hits_total": float(sum(e.stats.prefix_cache_hits
+                                                      for e in engines)),
+            "vllm:prefix_cache_queries_total": float(sum(e.stats.prefix_cache_queries
+                                                         for e in engines)),
+        }
+
+    def alive(self) -> bool:
+        return True
+
+    def describe(self) -> dict[str, Any]:
+        model = self._cluster.config.model if self._cluster else self.profile.model.name
+        return {"launcher": "sim-virtual", "url": None, "profile": self.profile.name,
+                "model": model, "settings": self.profile.describe(), "time_scale": 1.0,
+                "capabilities": SIM_CAPABILITIES.to_dict(), "alive_after_run": True,
+                "log_tail": None,
+                "diagnostics": {"fast_path_requests": self._sink.fast_requests
+                                if self._sink else 0}}

@@ -10,14 +10,19 @@ profile keys, e.g. ``tiers.1.capacity_gb=64``), ``--slo KEY=VALUE``, ``--seed``,
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
+
+from ..errors import ConfigError
+from .common import EXIT_OK, finish, parse_assignments
 
 __all__ = ["add_parser", "run"]
 
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
     p: argparse.ArgumentParser = sub.add_parser(
-        "simulate", help="play a workload against a simulator profile in virtual time")
+        "simulate", help="play a workload against a simulator profile in virtual time",
+        description=__doc__.split("\n\n")[0])
     p.add_argument("workload", nargs="?", help="workload kind or YAML definition")
     p.add_argument("--profile", default="h100-llama8b",
                    help="built-in profile name or profile YAML file. Default: %(default)r")
@@ -36,20 +41,21 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     return p
 
 
-def run(args: argparse.Namespace, kv: Any) -> Any:
-    """Run the simulation; returns the RunResult (None after --list-profiles)."""
-    from pytest_ctxplat.errors import ConfigError
-    from pytest_ctxplat.sim.inproc import simulate
-    from pytest_ctxplat.sim.profile import builtin_profiles, load_profile
+def run(args: argparse.Namespace) -> int:
+    from ..api import simulate
+    from ..sim.profile import builtin_profiles, load_profile
 
     if args.list_profiles:
         for name in builtin_profiles():
             d = load_profile(name).describe()
             tiers = " + ".join(f"{t['name']} {t['capacity_tokens']:,} tok" for t in d["tiers"])
             print(f"{name:26} {d['model']} on {d['tp']} x {d['accelerator']}: {tiers}")
-        return None
+        return EXIT_OK
     if not args.workload:
-        raise ConfigError("simulate: give a WORKLOAD (a kind such as chat, or a YAML file)")
-    return simulate(args.workload, args.profile, overrides=kv(args.set, "--set"),
-                    profile_overrides=kv(args.profile_set, "--profile-set"),
-                    slo=kv(args.slo, "--slo") or None, seed=args.seed, name=args.name)
+        raise ConfigError("give a WORKLOAD (a kind such as chat, or a YAML file)")
+    result = simulate(args.workload, args.profile,
+                      overrides=parse_assignments(args.set, "--set"),
+                      profile_overrides=parse_assignments(args.profile_set, "--profile-set"),
+                      slo=parse_assignments(args.slo, "--slo") or None, seed=args.seed,
+                      name=args.name, workload_dirs=[Path.cwd() / "workloads"])
+    return finish(result, args.json)

@@ -40,6 +40,16 @@ class MetricsSnapshot:
     def with_prefix(self, prefix: str) -> dict[str, float]:
         return {k: v for k, v in self.values.items() if k.startswith(prefix)}
 
+    def block_size(self) -> int | None:
+        """The KV block size in ``vllm:cache_config_info{block_size=...}`` (None: absent)."""
+        for key in self.with_prefix("vllm:cache_config_info"):
+            if "block_size=" in key:
+                try:
+                    return int(key.split("block_size=")[1].split(",")[0].rstrip("}"))
+                except ValueError:
+                    return None
+        return None
+
 
 def parse_metrics(text: str) -> MetricsSnapshot:
     values: dict[str, float] = {}

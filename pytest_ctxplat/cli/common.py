@@ -1,0 +1,83 @@
+"""What the subcommands share: exit codes, the KEY=VALUE parser, printing a result."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from ..errors import ConfigError
+
+if TYPE_CHECKING:
+    from ..report.result import RunResult
+
+__all__ = ["EXIT_BREACH", "EXIT_OK", "EXIT_SERVER", "EXIT_USAGE", "finish",
+           "parse_assignments", "print_result"]
+
+EXIT_OK = 0  # passed (or nothing to judge)
+EXIT_BREACH = 1  # an SLO was breached
+EXIT_USAGE = 2  # a usage or configuration error
+EXIT_SERVER = 3  # a server or infrastructure error
+
+
+def parse_assignments(items: Sequence[str], option: str) -> dict[str, Any]:
+    """``["users=8", "load={ramp_s: 5}"]`` -> ``{"users": 8, "load": {"ramp_s": 5}}``:
+    each value is read as YAML (numbers, booleans, lists, mappings; else a string)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"{option} takes KEY=VALUE, got {item!r}")
+        try:
+            out[key] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{option} {key}: cannot read the value {value!r}: "
+                              f"{exc}") from None
+    return out
+
+
+def finish(result: RunResult, json_path: str | None) -> int:
+    """Write ``--json``, print the figures and the verdict; exit code 1 on a breach."""
+    from ..orchestrator import format_breach
+    from ..report.result import write_json
+
+    if json_path:
+        path = write_json(result, Path(json_path).parent)
+        if path != Path(json_path):
+            path.replace(json_path)
+    print_result(result)
+    if result.verdict is not None and not result.verdict.passed:
+        print(format_breach(result), file=sys.stderr)
+        return EXIT_BREACH
+    return EXIT_OK
+
+
+def print_result(result: RunResult) -> None:
+    from tabulate import tabulate
+
+    o = result.observed
+    h = result.hit_rates
+    rows = [
+        ["requests / errors", f"{result.metrics['requests']} / {result.metrics['errors']}"],
+        ["TTFT p50 / p95 / p99 ms", " / ".join(_f(o.get(f"ttft_ms.{p}")) for p in
+                                              ("p50", "p95", "p99"))],
+        ["ITL p50 / p99 ms", f"{_f(o.get('itl_ms.p50'))} / {_f(o.get('itl_ms.p99'))}"],
+        ["decode tok/s p10 / p50", f"{_f(o.get('decode_tps.p10'))} / "
+                                   f"{_f(o.get('decode_tps.p50'))}"],
+        ["output tok/s (all)", _f(result.metrics.get("output_tokens_per_s"))],
+        ["hit rate designed / request / server",
+         " / ".join("n/a" if v is None else f"{v:.1%}" for v in (h.designed, h.request,
+                                                                  h.server))],
+    ]
+    print(tabulate(rows, tablefmt="plain"))
+    if result.verdict is not None:
+        print()
+        print(result.verdict.table())
+
+
+def _f(v: Any) -> str:
+    return "n/a" if v is None else f"{v:.1f}"

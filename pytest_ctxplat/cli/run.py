@@ -1,0 +1,58 @@
+"""``ctxplat run WORKLOAD``: play a workload against a server (a URL, or a simulator it
+starts) and print the figures, writing the result JSON with ``--json``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from .common import finish, parse_assignments
+
+__all__ = ["add_parser", "run"]
+
+
+def add_parser(sub: Any) -> argparse.ArgumentParser:
+    p: argparse.ArgumentParser = sub.add_parser(
+        "run", help="play a workload against a server and report",
+        description=__doc__.split("\n\n")[0])
+    p.add_argument("workload", help="workload kind, definition name (./workloads, then "
+                   "the built-ins) or YAML file, e.g. chat or coding-agent")
+    p.add_argument("--url", help="server base URL (default: start the simulator)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="workload field override, repeatable (e.g. --set users=8)")
+    p.add_argument("--slo", action="append", default=[], metavar="KEY=VALUE",
+                   help="SLO objective, repeatable (e.g. --slo ttft_p95_ms=500)")
+    p.add_argument("--seed", type=int, default=0, help="Default: %(default)r")
+    p.add_argument("--model", default=None, help="model name to request")
+    p.add_argument("--name", default="run", help="run name (results file, token salt). "
+                   "Default: %(default)r")
+    p.add_argument("--sim-speedup", type=float, default=1.0,
+                   help="the started simulator runs this many times faster than model "
+                   "time. Default: %(default)r")
+    p.add_argument("--no-reset", action="store_true",
+                   help="do not POST /reset_prefix_cache before the run")
+    p.add_argument("--json", help="write the result JSON to this file")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..api import run_workload
+    from ..servers.base import ServerHandle
+    from ..servers.sim import start_sim
+
+    overrides = parse_assignments(args.set, "--set")
+    slo = parse_assignments(args.slo, "--slo") or None
+    sim = None
+    server: str | ServerHandle | None = args.url
+    if server is None:
+        sim = server = start_sim({"speedup": args.sim_speedup, "seed": args.seed})
+    try:
+        result = run_workload(server, args.workload, overrides=overrides, slo=slo,
+                              seed=args.seed, name=args.name, model=args.model,
+                              reset_cache=not args.no_reset,
+                              workload_dirs=[Path.cwd() / "workloads"])
+    finally:
+        if sim is not None:
+            sim.close()
+    return finish(result, args.json)

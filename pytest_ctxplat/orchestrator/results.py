@@ -1,0 +1,89 @@
+"""Assembling a :class:`~pytest_ctxplat.report.result.RunResult` from request records
+and two metric snapshots, and the failure message of a breached SLO."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from ..report import stats
+from ..report.records import RequestRecord
+from ..report.result import HitRates, RunResult, ServerMetrics
+from ..servers.scrape import MetricsSnapshot, server_delta
+from ..slo import SLOSpec, evaluate
+from ..workload.spec import WorkloadSpec
+
+__all__ = ["build_result", "format_breach"]
+
+
+def build_result(*, name: str, target: Mapping[str, Any], spec: WorkloadSpec, seed: int,
+                 started_at: str, wall_s: float, records: Sequence[RequestRecord],
+                 before: MetricsSnapshot | None, after: MetricsSnapshot | None,
+                 peaks: Mapping[str, float] | None = None,
+                 timeline: Sequence[Mapping[str, float]] = (), slo_spec: SLOSpec | None = None,
+                 notes: Mapping[str, str] | None = None, interrupted: bool = False,
+                 server_block_size: int = 1,
+                 designed_variants: Mapping[str, Sequence[int]] | None = None) -> RunResult:
+    """Assemble a :class:`RunResult` from request records and two ``/metrics`` snapshots
+    (either may be None when the server has no metrics). Used by HTTP runs and by the
+    in-process simulator alike. ``designed_variants`` (``Runner.designed_variants``) adds
+    designed hit rates for a TTL or capacity as ``hit_rate.designed_ttl_<s>s`` /
+    ``hit_rate.designed_cap_<tokens>`` observed metrics."""
+    records = tuple(records)
+    summary = stats.summarize(records, wall_s)
+    delta = server_delta(before, after, peaks) if before is not None and after is not None \
+        else None
+    rates, rate_notes = stats.hit_rates(records, delta)
+    if designed_variants:
+        rates.update(stats.designed_variant_rates(records, designed_variants))
+    rate_notes.update(notes or {})
+    good = stats.goodput(records, slo_spec.good_thresholds()) if slo_spec else None
+    observed = stats.observed_metrics(summary, rates, good)
+    missing = {}
+    if not any(r.ok for r in records):
+        missing = {k: "no successful requests" for k, v in observed.items() if v is None}
+    missing.update(rate_notes)
+    verdict = evaluate(slo_spec, observed, missing) if slo_spec is not None else None
+    server_metrics = None
+    if delta is not None:
+        server_metrics = ServerMetrics(prefix_hit_rate=delta.get("prefix_hit_rate"),
+                                       external_hit_rate=delta.get("external_hit_rate"),
+                                       figures={k: v for k, v in delta.items()
+                                                if k not in ("prefix_hit_rate",
+                                                             "external_hit_rate")})
+    target = dict(target)
+    target["server_block_size"] = server_block_size
+    errors = [f"{r.session_id}#{r.index}: {r.error}" for r in records if r.error][:10]
+    return RunResult(name=name, target=target, workload=spec.describe(), seed=seed,
+                     started_at=started_at, wall_s=wall_s, metrics=summary,
+                     hit_rates=HitRates(designed=rates["designed"], request=rates["request"],
+                                        server=rates["server"], notes=rate_notes),
+                     server=server_metrics, observed=observed, slo=slo_spec, verdict=verdict,
+                     records=records, timeline=tuple(timeline), interrupted=interrupted,
+                     errors_sample=tuple(errors))
+
+
+def format_breach(result: RunResult) -> str:
+    """The failure message of a breached SLO: the verdict table plus context."""
+    assert result.verdict is not None
+    lines = [f"SLO breached ({len(result.verdict.failed)} of {len(result.verdict.checks)} "
+             f"objectives) for {result.name}", "", result.verdict.table(), "",
+             _context_line(result)]
+    if result.errors_sample:
+        lines += ["first errors:", *("  " + e for e in result.errors_sample[:5])]
+    log_tail = result.target.get("log_tail")
+    if log_tail:
+        lines += ["server log tail:", log_tail]
+    return "\n".join(lines)
+
+
+def _context_line(result: RunResult) -> str:
+    m = result.metrics
+    h = result.hit_rates
+
+    def pct(v: float | None) -> str:
+        return "n/a" if v is None else f"{v:.1%}"
+
+    return (f"{m['requests']} requests ({m['errors']} errors) in {m['duration_s'] or 0:.1f} s "
+            f"against {result.target.get('launcher')} {result.target.get('url')}; hit rate "
+            f"designed {pct(h.designed)} / request {pct(h.request)} / server {pct(h.server)}")
