@@ -105,7 +105,7 @@ def _runner(url: str, n: int, concurrency: int, spread_s: float) -> dict[str, ob
     from pytest_ctxplat.api import run_sync
     from pytest_ctxplat.driver.http import ClientLimits, StreamClient
     from pytest_ctxplat.driver.runner import Runner, RunOptions
-    from pytest_ctxplat.workload.spec import load_workload
+    from pytest_ctxplat.workload import load_workload
 
     spec = load_workload("chat", {
         "users": concurrency, "turns": 1, "think_time_s": 0.0, "start_spread_s": spread_s,

@@ -61,7 +61,7 @@ def idle_sessions(users: int, spread_s: float, hold_s: float) -> dict[str, float
     from pytest_ctxplat.api import run_fast
     from pytest_ctxplat.driver.http import ClientLimits, StreamClient
     from pytest_ctxplat.driver.runner import Runner, RunOptions
-    from pytest_ctxplat.workload.spec import load_workload
+    from pytest_ctxplat.workload import load_workload
 
     spec = load_workload("chat", {"users": users, "turns": 2, "think_time_s": 3600.0,
                                   "start_spread_s": spread_s, "system_prompt_tokens": 256,

@@ -17,14 +17,14 @@ import statistics
 import time
 
 from pytest_ctxplat.api import simulate
-from pytest_ctxplat.sim.profile import load_profile
+from pytest_ctxplat.sim.hardware import load_hardware
 from pytest_ctxplat.workload.sessions import LongSessions
 
 
 def once(users: int, duration_s: float, profile: str, replicas: int, block_size: int
          ) -> tuple[float, object]:
     spec = LongSessions(users=users, duration_s=duration_s, block_size=block_size)
-    prof = load_profile(profile, {"replicas": replicas, "scheduler.block_size": block_size})
+    prof = load_hardware(profile, {"replicas": replicas, "scheduler.block_size": block_size})
     t0 = time.perf_counter()
     result = simulate(spec, prof, name="bench")
     return time.perf_counter() - t0, result

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from .errors import ConfigError, CtxplatError, SLOViolation
     from .report.result import RunResult
     from .slo import SLOSpec
-    from .workload.spec import load_workload
+    from .workload.loader import load_workload
 
 _LAZY = {
     "arun_workload": ("api", "arun_workload"),
@@ -37,7 +37,7 @@ _LAZY = {
     "SLOViolation": ("errors", "SLOViolation"),
     "RunResult": ("report.result", "RunResult"),
     "SLOSpec": ("slo", "SLOSpec"),
-    "load_workload": ("workload.spec", "load_workload"),
+    "load_workload": ("workload.loader", "load_workload"),
 }
 
 

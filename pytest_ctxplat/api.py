@@ -27,10 +27,11 @@ from .orchestrator import HttpTarget, InProcessTarget, format_breach, play
 from .report.result import RunResult
 from .servers.attach import AttachedServer
 from .servers.base import ServerHandle
-from .sim.profile import Profile, load_profile
+from .sim.hardware import HardwareProfile, load_hardware
 from .sim.virtual import run_virtual
 from .slo import SLOSpec, parse_slo
-from .workload.spec import WorkloadSpec, resolve_workload
+from .workload.loader import resolve_workload
+from .workload.spec import WorkloadSpec
 
 __all__ = ["arun_workload", "asimulate", "run_sync", "run_workload", "simulate",
            "write_html_report"]
@@ -115,7 +116,7 @@ async def arun_workload(
     reported in model time (``time_scale`` defaults to the simulator's ``speedup``).
     """
     handle: ServerHandle = AttachedServer(server) if isinstance(server, str) else server
-    spec = resolve_workload(workload, overrides, extra_dirs=workload_dirs, where=name)
+    spec = resolve_workload(workload, overrides, dirs=workload_dirs or (), where=name)
     target = HttpTarget(handle, model=model, reset_cache=reset_cache, time_scale=time_scale)
     result = await play(spec, target, slo=_slo(slo, name), seed=seed, name=name,
                         token_salt=token_salt, results_dir=results_dir,
@@ -125,7 +126,7 @@ async def arun_workload(
 
 async def asimulate(
     workload: str | WorkloadSpec,
-    profile: str | Profile,
+    profile: str | HardwareProfile,
     *,
     overrides: Mapping[str, Any] | None = None,
     profile_overrides: Mapping[str, Any] | None = None,
@@ -141,9 +142,9 @@ async def asimulate(
     hardware profile name, a profile YAML file or a profile object, with dotted
     ``profile_overrides``) in this process, on the running loop's clock: virtual time
     on a :class:`~pytest_ctxplat.sim.virtual.VirtualEventLoop` (:func:`simulate`)."""
-    spec = resolve_workload(workload, overrides, extra_dirs=workload_dirs, where=name)
-    prof = profile if isinstance(profile, Profile) else load_profile(profile,
-                                                                      profile_overrides)
+    spec = resolve_workload(workload, overrides, dirs=workload_dirs or (), where=name)
+    prof = profile if isinstance(profile, HardwareProfile) else load_hardware(
+        profile, profile_overrides)
     result = await play(spec, InProcessTarget(prof), slo=_slo(slo, name), seed=seed,
                         name=name, results_dir=results_dir, sample_every_s=sample_every_s)
     return _judged(result, check)

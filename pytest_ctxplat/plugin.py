@@ -8,38 +8,15 @@ from __future__ import annotations
 
 from collections.abc import Generator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from .settings import ItemSpec, Settings, item_key, settings_key
+from .settings import add_options, item_key, parse_markers, read_settings, settings_key
 
 if TYPE_CHECKING:
     from .report.result import RunResult
     from .servers.base import ServerHandle
-
-SERVER_CHOICES = ("sim", "url")
-
-
-_OPTIONS: list[tuple[str, Literal["string", "bool"], str, Any]] = [
-    # (name, ini type, help, default)
-    ("server", "string", "Server under test: 'sim' (embedded simulator, default), 'url' "
-     "(attach to --ctxplat-url) or a server profile name (fixtures/servers/NAME.yaml, e.g. "
-     "vllm-cpu); several, comma-separated, run each test once per profile.", "sim"),
-    ("url", "string", "Base URL of a running OpenAI-compatible server (implies "
-     "--ctxplat-server=url).", None),
-    ("api_key_env", "string", "Name of the environment variable holding the API key for "
-     "--ctxplat-url; the key is never written anywhere.", None),
-    ("results", "string", "Directory for result JSON files and server logs.", "ctxplat-results"),
-    ("seed", "string", "Seed for workloads and the simulator.", "0"),
-    ("sim_speedup", "string", "Simulator runs this many times faster than model time.", "1"),
-    ("reset_cache", "bool", "POST /reset_prefix_cache before each run so a warm cache from "
-     "an earlier test cannot inflate results.", True),
-    ("model", "string", "Model name to request (default: the first from /v1/models).", None),
-    ("html", "string", "At the end of the session, write one self-contained HTML report "
-     "(plots and SLO verdicts of every result JSON in the results directory) to this file.",
-     None),
-]
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
@@ -49,41 +26,7 @@ def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    group = parser.getgroup("ctxplat", "SLO performance tests of inference servers (ctxplat)")
-    for name, ini_type, help_text, default in _OPTIONS:
-        flag = "--ctxplat-" + name.replace("_", "-")
-        if ini_type == "bool":
-            group.addoption(flag, action="store_true", default=None,
-                            help=f"{help_text} Default: {default!r}.")
-            group.addoption("--ctxplat-no-" + name.replace("_", "-"), action="store_false",
-                            dest=f"ctxplat_{name}", help=f"Do not: {help_text}")
-        else:
-            group.addoption(flag, default=None, help=f"{help_text} Default: {default!r}.")
-        parser.addini(f"ctxplat_{name}", help_text, type=ini_type,
-                      default=default if default is not None else None)
-    parser.addini("ctxplat_workload_dirs", "Directories searched for workload YAML files.",
-                  type="paths", default=[])
-    parser.addini("ctxplat_profile_dirs", "Directories searched for server profile YAML "
-                  "files (after the rootdir's fixtures/servers).", type="paths", default=[])
-
-
-def _get(config: pytest.Config, name: str) -> Any:
-    value = config.getoption(f"ctxplat_{name}")
-    return value if value is not None else config.getini(f"ctxplat_{name}")
-
-
-def _number(config: pytest.Config, name: str, cast: type, lowest: float) -> Any:
-    raw = _get(config, name)
-    try:
-        value = cast(raw)
-    except (TypeError, ValueError):
-        raise pytest.UsageError(
-            f"--ctxplat-{name.replace('_', '-')}: expected a {cast.__name__}, got {raw!r}"
-        ) from None
-    if value < lowest:
-        raise pytest.UsageError(f"--ctxplat-{name.replace('_', '-')} must be >= {lowest}, "
-                                f"got {raw!r}")
-    return value
+    add_options(parser)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -106,42 +49,8 @@ def pytest_configure(config: pytest.Config) -> None:
         "servers(*profiles): run the test once per server profile (e.g. 'sim', 'vllm-cpu'); "
         "the terminal summary compares the profiles side by side.",
     )
-    url = _get(config, "url")
-    server = _get(config, "server")
-    if url and config.getoption("ctxplat_server") is None:
-        server = "url"
-    if server == "url" and not url:
-        raise pytest.UsageError("--ctxplat-server=url needs --ctxplat-url=URL "
-                                "(or the ctxplat_url ini option)")
-    servers = [n.strip() for n in str(server).split(",") if n.strip()] or ["sim"]
-    server = servers[0]
-    profile_dirs = [config.rootpath / "fixtures" / "servers",
-                    *(Path(p) for p in config.getini("ctxplat_profile_dirs"))]
-    if servers != ["sim"] and not _has_custom_launcher(config):
-        from .runtime import check_profiles
-
-        check_profiles(servers, profile_dirs, url, "--ctxplat-server")
-    if url and not str(url).startswith(("http://", "https://")):
-        raise pytest.UsageError(f"--ctxplat-url must start with http:// or https://, got {url!r}")
-    reset = config.getoption("ctxplat_reset_cache")
-    config.stash[settings_key] = Settings(
-        server=server,
-        url=url,
-        api_key_env=_get(config, "api_key_env"),
-        results=Path(config.rootpath, _get(config, "results")),
-        seed=_number(config, "seed", int, 0),
-        sim_speedup=_number(config, "sim_speedup", float, 0.001),
-        reset_cache=config.getini("ctxplat_reset_cache") if reset is None else reset,
-        workload_dirs=[Path(p) for p in config.getini("ctxplat_workload_dirs")],
-        model=_get(config, "model"),
-        servers=servers,
-        profile_dirs=profile_dirs,
-    )
+    config.stash[settings_key] = read_settings(config)
     config.pluginmanager.register(_Summary(), "ctxplat-summary")
-
-
-def _has_custom_launcher(config: pytest.Config) -> bool:
-    return bool(config.pluginmanager.hook.pytest_ctxplat_start_server.get_hookimpls())
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
@@ -157,33 +66,8 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config,
                                   items: list[pytest.Item]) -> None:
     """Parse every slo/workload marker now, before any server starts."""
-    from .errors import ConfigError
-    from .slo import parse_slo
-    from .workload.spec import load_workload, register_kind
-
-    for kinds in config.pluginmanager.hook.pytest_ctxplat_workload_kinds():
-        for cls in kinds:
-            register_kind(cls)
-    dirs = [*config.stash[settings_key].workload_dirs, config.rootpath / "workloads"]
     for item in items:
-        slo_m = item.get_closest_marker("slo")
-        wl_m = item.get_closest_marker("workload")
-        try:
-            slo = None
-            if slo_m is not None:
-                if slo_m.args:
-                    raise ConfigError(f"{item.nodeid}: slo() takes keyword arguments only")
-                slo = parse_slo(slo_m.kwargs, item.nodeid)
-            wl = None
-            if wl_m is not None:
-                if len(wl_m.args) != 1 or not isinstance(wl_m.args[0], str):
-                    raise ConfigError(f"{item.nodeid}: workload() takes one workload name, "
-                                      "then keyword overrides")
-                wl = load_workload(wl_m.args[0], wl_m.kwargs, extra_dirs=dirs,
-                                   where=item.nodeid)
-        except ConfigError as exc:
-            raise pytest.UsageError(str(exc)) from None
-        item.stash[item_key] = ItemSpec(slo=slo, workload=wl)
+        item.stash[item_key] = parse_markers(item)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -199,10 +83,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         if not names:
             raise pytest.UsageError(f"{metafunc.definition.nodeid}: servers() needs at least "
                                     "one profile name")
-        if not _has_custom_launcher(metafunc.config):
-            from .runtime import check_profiles
-
-            check_profiles(names, s.profile_dirs, s.url, metafunc.definition.nodeid)
+        s.check_servers(names, metafunc.definition.nodeid)
     elif len(s.servers) > 1:
         names = s.servers
     else:
@@ -217,8 +98,7 @@ def ctxplat_server(request: pytest.FixtureRequest) -> Generator[ServerHandle, No
     ``--ctxplat-server``."""
     from .runtime import start_server
 
-    config = request.config
-    handle = start_server(config, config.stash[settings_key], getattr(request, "param", None))
+    handle = start_server(request.config, getattr(request, "param", None))
     try:
         yield handle
     finally:
@@ -289,6 +169,15 @@ class _Summary:
 
             terminalreporter.write_sep("=", "ctxplat profile comparison")
             terminalreporter.write_line(profile_comparison(self.rows))
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_ctxplat_start_server(config: pytest.Config, name: str) -> ServerHandle | None:
+    """The built-in launchers: read profile ``name`` and start it with the launcher its
+    ``launcher`` key names (the same registry plugins add launchers to)."""
+    from .runtime import start_profile
+
+    return start_profile(config, name)
 
 
 @pytest.hookimpl(trylast=True)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import warnings
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -14,10 +13,10 @@ import pytest
 from .api import arun_workload
 from .errors import ConfigError, ServerError, SLOViolation
 from .orchestrator import format_breach
-from .servers.attach import AttachedServer
 from .servers.base import ServerHandle
-from .settings import Settings, item_key, settings_key
-from .workload.spec import load_workload, resolve_workload
+from .servers.launchers import LaunchContext
+from .settings import item_key, kind_registry, settings_key
+from .workload.loader import load_workload, resolve_workload
 
 if TYPE_CHECKING:
     from .report.result import RunResult
@@ -25,50 +24,34 @@ if TYPE_CHECKING:
 DEFAULT_WORKLOAD = "chat"
 
 
-def check_profiles(names: list[str], dirs: list[Path], url: str | None, where: str) -> None:
-    """Read every named server profile now (before any server starts); a bad name or
-    profile file is a usage error naming the file, line and key."""
-    from .servers.profiles import find_profile
-
-    for name in names:
-        if name == "url":
-            if not url:
-                raise pytest.UsageError(f"{where}: server 'url' needs --ctxplat-url=URL "
-                                        "(or the ctxplat_url ini option)")
-            continue
-        try:
-            find_profile(name, dirs)
-        except ConfigError as exc:
-            raise pytest.UsageError(f"{where}: {exc}") from None
-
-
-def start_server(config: pytest.Config, s: Settings, name: str | None = None) -> ServerHandle:
-    """Start or attach to server ``name`` (default: the session's ``--ctxplat-server``):
-    hook implementations first, then ``url`` and the server profiles (``sim`` built in)."""
+def start_server(config: pytest.Config, name: str | None = None) -> ServerHandle:
+    """Start or attach to server ``name`` (default: the session's ``--ctxplat-server``)
+    through the ``pytest_ctxplat_start_server`` hook (plugins first, the built-in
+    launchers last)."""
+    s = config.stash[settings_key]
     name = name or s.server
     handle = config.pluginmanager.hook.pytest_ctxplat_start_server(config=config, name=name)
-    if handle is not None:
-        return handle  # type: ignore[no-any-return]
-    if name == "url":
-        assert s.url is not None
-        if os.environ.get("PYTEST_XDIST_WORKER"):
-            warnings.warn(
-                "ctxplat: several xdist workers share one server at --ctxplat-url; their "
-                "loads overlap and /metrics deltas mix. Run SLO tests without -n.",
-                pytest.PytestWarning, stacklevel=1)
-        try:
-            return AttachedServer(s.url, api_key_env=s.api_key_env, model=s.model)
-        except ConfigError as exc:
-            raise pytest.UsageError(str(exc)) from None
-    from .servers.launch import start_profile
-    from .servers.profiles import find_profile
+    if handle is None:
+        raise pytest.UsageError(f"no launcher started server {name!r}")
+    return handle  # type: ignore[no-any-return]
 
+
+def start_profile(config: pytest.Config, name: str) -> ServerHandle:
+    """The built-in path: profile ``name`` started by the launcher its ``launcher`` key
+    names (built-in or a plugin's)."""
+    s = config.stash[settings_key]
+    if name == "url" and os.environ.get("PYTEST_XDIST_WORKER"):
+        warnings.warn(
+            "ctxplat: several xdist workers share one server at --ctxplat-url; their "
+            "loads overlap and /metrics deltas mix. Run SLO tests without -n.",
+            pytest.PytestWarning, stacklevel=1)
     try:
-        profile = find_profile(name, s.profile_dirs)
+        profile = s.profile(name)
+        ctx = LaunchContext(log_dir=s.results / "logs", rootdir=s.rootdir, seed=s.seed,
+                            sim_speedup=s.sim_speedup)
+        return s.launcher_registry().start(profile, ctx)
     except ConfigError as exc:
         raise pytest.UsageError(str(exc)) from None
-    return start_profile(profile, log_dir=s.results / "logs", rootdir=config.rootpath,
-                         seed=s.seed, sim_speedup=s.sim_speedup)
 
 
 def _properties(result: RunResult) -> list[tuple[str, Any]]:
@@ -108,13 +91,11 @@ async def run_item(item: pytest.Item, server: ServerHandle, workload: str | None
     spec = item.stash.get(item_key, None)
     marker_wl = spec.workload if spec else None
     try:
-        if workload is not None:
-            dirs = [*s.workload_dirs, config.rootpath / "workloads"]
-            wl = load_workload(workload, overrides, extra_dirs=dirs, where=item.nodeid)
-        elif marker_wl is not None:
-            wl = resolve_workload(marker_wl, overrides, where=item.nodeid)
+        if workload is not None or marker_wl is None:
+            wl = load_workload(workload or DEFAULT_WORKLOAD, overrides, dirs=s.workload_dirs,
+                               kinds=kind_registry(config), where=item.nodeid)
         else:
-            wl = load_workload(DEFAULT_WORKLOAD, overrides, where=item.nodeid)
+            wl = resolve_workload(marker_wl, overrides, where=item.nodeid)
     except (ConfigError, TypeError) as exc:
         raise ConfigError(f"{item.nodeid}: {exc}") from None
     if not server.alive():

@@ -1,20 +1,51 @@
-"""The pytest plugin's per-run state, kept in ``config.stash`` and ``item.stash``: the
-effective settings of the session and each test's parsed markers. Its own module so the
-plugin and the code it calls share it without importing each other."""
+"""The pytest plugin's options and per-run state.
+
+The options (``--ctxplat-*``, each with an ini twin), reading them into the session's
+:class:`Settings` (kept in ``config.stash``) with every check done at startup, and each
+test's parsed markers (:class:`ItemSpec`, in ``item.stash``). Its own module so the
+plugin and the code it calls share it without importing each other; it imports nothing
+heavy.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Literal
 
 import pytest
 
 if TYPE_CHECKING:
+    from .servers.launchers import LauncherRegistry
+    from .servers.profiles import ServerProfile
     from .slo import SLOSpec
+    from .workload.kinds import KindRegistry
     from .workload.spec import WorkloadSpec
 
-__all__ = ["ItemSpec", "Settings", "item_key", "settings_key"]
+__all__ = ["OPTIONS", "ItemSpec", "Settings", "add_options", "item_key", "read_settings",
+           "settings_key"]
+
+OPTIONS: list[tuple[str, Literal["string", "bool"], str, Any]] = [
+    # (name, ini type, help, default)
+    ("server", "string", "Server under test: 'sim' (embedded simulator, default), 'url' "
+     "(attach to --ctxplat-url) or a server profile name (fixtures/servers/NAME.yaml, e.g. "
+     "vllm-cpu); several, comma-separated, run each test once per profile.", "sim"),
+    ("url", "string", "Base URL of a running OpenAI-compatible server (implies "
+     "--ctxplat-server=url).", None),
+    ("api_key_env", "string", "Name of the environment variable holding the API key for "
+     "--ctxplat-url; the key is never written anywhere.", None),
+    ("results", "string", "Directory for result JSON files and server logs.", "ctxplat-results"),
+    ("seed", "string", "Seed for workloads and the simulator.", "0"),
+    ("sim_speedup", "string", "Simulator runs this many times faster than model time.", "1"),
+    ("reset_cache", "bool", "POST /reset_prefix_cache before each run so a warm cache from "
+     "an earlier test cannot inflate results.", True),
+    ("model", "string", "Model name to request (default: the first from /v1/models).", None),
+    ("html", "string", "At the end of the session, write one self-contained HTML report "
+     "(plots and SLO verdicts of every result JSON in the results directory) to this file.",
+     None),
+]
 
 
 @dataclasses.dataclass
@@ -30,8 +61,40 @@ class Settings:
     reset_cache: bool
     workload_dirs: list[Path]
     model: str | None
+    rootdir: Path
     servers: list[str] = dataclasses.field(default_factory=list)  # --ctxplat-server a,b
     profile_dirs: list[Path] = dataclasses.field(default_factory=list)
+    launchers: LauncherRegistry | None = None  # built-ins + plugins, at configure
+    kinds: KindRegistry | None = None  # built-ins + plugins, at collection
+
+    def launcher_registry(self) -> LauncherRegistry:
+        assert self.launchers is not None, "built in pytest_configure"
+        return self.launchers
+
+    def profile(self, name: str) -> ServerProfile:
+        """The server profile ``name`` (``url``: the one --ctxplat-url describes)."""
+        from .servers.profiles import find_profile, parse_profile
+
+        kinds = self.launcher_registry().kinds()
+        if name == "url":
+            if not self.url:
+                raise pytest.UsageError("server 'url' needs --ctxplat-url=URL (or the "
+                                        "ctxplat_url ini option)")
+            data = {"launcher": "url", "url": self.url, "api_key_env": self.api_key_env,
+                    "model": self.model}
+            return parse_profile(data, source="--ctxplat-url", name="url", launchers=kinds)
+        return find_profile(name, self.profile_dirs, kinds)
+
+    def check_servers(self, names: Iterable[str], where: str) -> None:
+        """Read every named server profile now, before any server starts: a bad name or
+        profile file is a usage error naming the file, line and key."""
+        from .errors import ConfigError
+
+        for name in names:
+            try:
+                self.profile(name)
+            except ConfigError as exc:
+                raise pytest.UsageError(f"{where}: {exc}") from None
 
 
 @dataclasses.dataclass
@@ -42,3 +105,140 @@ class ItemSpec:
 
 settings_key = pytest.StashKey[Settings]()
 item_key = pytest.StashKey[ItemSpec]()
+
+
+def add_options(parser: pytest.Parser) -> None:
+    group = parser.getgroup("ctxplat", "SLO performance tests of inference servers (ctxplat)")
+    for name, ini_type, help_text, default in OPTIONS:
+        flag = "--ctxplat-" + name.replace("_", "-")
+        if ini_type == "bool":
+            group.addoption(flag, action="store_true", default=None,
+                            help=f"{help_text} Default: {default!r}.")
+            group.addoption("--ctxplat-no-" + name.replace("_", "-"), action="store_false",
+                            dest=f"ctxplat_{name}", help=f"Do not: {help_text}")
+        else:
+            group.addoption(flag, default=None, help=f"{help_text} Default: {default!r}.")
+        parser.addini(f"ctxplat_{name}", help_text, type=ini_type,
+                      default=default if default is not None else None)
+    parser.addini("ctxplat_workload_dirs", "Directories searched for workload YAML files "
+                  "(before the rootdir's workloads/ and the built-ins).", type="paths",
+                  default=[])
+    parser.addini("ctxplat_profile_dirs", "Directories searched for server profile YAML "
+                  "files (after the rootdir's fixtures/servers, before the built-ins).",
+                  type="paths", default=[])
+
+
+def _get(config: pytest.Config, name: str) -> Any:
+    value = config.getoption(f"ctxplat_{name}")
+    return value if value is not None else config.getini(f"ctxplat_{name}")
+
+
+def _number(config: pytest.Config, name: str, cast: type, lowest: float) -> Any:
+    raw = _get(config, name)
+    try:
+        value = cast(raw)
+    except (TypeError, ValueError):
+        raise pytest.UsageError(
+            f"--ctxplat-{name.replace('_', '-')}: expected a {cast.__name__}, got {raw!r}"
+        ) from None
+    if value < lowest:
+        raise pytest.UsageError(f"--ctxplat-{name.replace('_', '-')} must be >= {lowest}, "
+                                f"got {raw!r}")
+    return value
+
+
+def _collect(hook: Any) -> list[tuple[str, Any]]:
+    """Each implementation's result of a hook without arguments, with its plugin's name."""
+    return [(impl.plugin_name, impl.function()) for impl in hook.get_hookimpls()]
+
+
+def read_settings(config: pytest.Config) -> Settings:
+    """The session's settings from options and ini values, every value checked; the
+    launchers registered by plugins; every named server profile read."""
+    from .servers.launchers import LauncherRegistry
+
+    url = _get(config, "url")
+    server = _get(config, "server")
+    if url and config.getoption("ctxplat_server") is None:
+        server = "url"
+    if server == "url" and not url:
+        raise pytest.UsageError("--ctxplat-server=url needs --ctxplat-url=URL "
+                                "(or the ctxplat_url ini option)")
+    if url and not str(url).startswith(("http://", "https://")):
+        raise pytest.UsageError(f"--ctxplat-url must start with http:// or https://, got {url!r}")
+    api_key_env = _get(config, "api_key_env")
+    if api_key_env and not os.environ.get(api_key_env):
+        raise pytest.UsageError(f"--ctxplat-api-key-env: the environment variable "
+                                f"{api_key_env} (the API key) is not set")
+    servers = [n.strip() for n in str(server).split(",") if n.strip()] or ["sim"]
+    launchers = LauncherRegistry.builtin()
+    for origin, found in _collect(config.pluginmanager.hook.pytest_ctxplat_launchers):
+        try:
+            launchers.add(found or {}, origin)
+        except Exception as exc:  # a ConfigError: name it as a usage error
+            raise pytest.UsageError(f"pytest_ctxplat_launchers: {exc}") from None
+    reset = config.getoption("ctxplat_reset_cache")
+    settings = Settings(
+        server=servers[0],
+        url=url,
+        api_key_env=api_key_env,
+        results=Path(config.rootpath, _get(config, "results")),
+        seed=_number(config, "seed", int, 0),
+        sim_speedup=_number(config, "sim_speedup", float, 0.001),
+        reset_cache=config.getini("ctxplat_reset_cache") if reset is None else reset,
+        workload_dirs=[*(Path(p) for p in config.getini("ctxplat_workload_dirs")),
+                       config.rootpath / "workloads"],
+        model=_get(config, "model"),
+        rootdir=config.rootpath,
+        servers=servers,
+        profile_dirs=[config.rootpath / "fixtures" / "servers",
+                      *(Path(p) for p in config.getini("ctxplat_profile_dirs"))],
+        launchers=launchers,
+    )
+    settings.check_servers(servers, "--ctxplat-server")
+    return settings
+
+
+def kind_registry(config: pytest.Config) -> KindRegistry:
+    """The session's workload kinds: the built-ins plus the plugins' (built once, after
+    collection has loaded every conftest)."""
+    from .workload.kinds import KindRegistry
+
+    s = config.stash[settings_key]
+    if s.kinds is None:
+        registry = KindRegistry.builtin()
+        for origin, found in _collect(config.pluginmanager.hook.pytest_ctxplat_workload_kinds):
+            registry.add(found or [], origin)
+        s.kinds = registry
+    return s.kinds
+
+
+def parse_markers(item: pytest.Item) -> ItemSpec:
+    """The test's ``slo`` and ``workload`` markers, parsed and checked now (at
+    collection, before any server starts); a bad one is a usage error naming the test
+    (and, for a workload file, its file and line)."""
+    slo_m = item.get_closest_marker("slo")
+    wl_m = item.get_closest_marker("workload")
+    if slo_m is None and wl_m is None:
+        return ItemSpec(slo=None, workload=None)
+    from .errors import ConfigError
+    from .slo import parse_slo
+    from .workload.loader import load_workload
+
+    s = item.config.stash[settings_key]
+    try:
+        slo = None
+        if slo_m is not None:
+            if slo_m.args:
+                raise ConfigError(f"{item.nodeid}: slo() takes keyword arguments only")
+            slo = parse_slo(slo_m.kwargs, item.nodeid)
+        wl = None
+        if wl_m is not None:
+            if len(wl_m.args) != 1 or not isinstance(wl_m.args[0], str):
+                raise ConfigError(f"{item.nodeid}: workload() takes one workload name, "
+                                  "then keyword overrides")
+            wl = load_workload(wl_m.args[0], wl_m.kwargs, dirs=s.workload_dirs,
+                               kinds=kind_registry(item.config), where=item.nodeid)
+    except ConfigError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    return ItemSpec(slo=slo, workload=wl)

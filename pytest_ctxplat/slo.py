@@ -15,7 +15,7 @@ from typing import Any
 
 from tabulate import tabulate
 
-from .errors import ConfigError
+from .config import FieldError, Validated, build, setting
 
 __all__ = ["HIT_SOURCES", "SLO_METRICS", "Check", "SLOSpec", "Verdict", "evaluate", "parse_slo"]
 
@@ -39,7 +39,7 @@ SLO_METRICS: dict[str, tuple[str, str, str]] = {
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class SLOSpec:
+class SLOSpec(Validated):
     """Objectives of one test. Every field is optional; unset ones are not judged.
 
     Latency targets are upper bounds in milliseconds; ``decode_tps_*`` (output tokens per
@@ -51,49 +51,27 @@ class SLOSpec:
     succeeded and met every ``good_*`` per-request threshold given.
     """
 
-    ttft_p50_ms: float | None = None
-    ttft_p90_ms: float | None = None
-    ttft_p95_ms: float | None = None
-    ttft_p99_ms: float | None = None
-    itl_p99_ms: float | None = None
-    e2e_p95_ms: float | None = None
-    decode_tps_p10: float | None = None
-    decode_tps_p50: float | None = None
-    output_tokens_per_request_min: int | None = None
-    cache_hit_rate_min: float | None = None
-    cache_hit_source: str = "request"
-    error_rate_max: float | None = None
-    goodput_min: float | None = None
-    good_ttft_ms: float | None = None
-    good_e2e_ms: float | None = None
-    good_decode_tps: float | None = None
+    ttft_p50_ms: float | None = setting(None, ge=0)
+    ttft_p90_ms: float | None = setting(None, ge=0)
+    ttft_p95_ms: float | None = setting(None, ge=0)
+    ttft_p99_ms: float | None = setting(None, ge=0)
+    itl_p99_ms: float | None = setting(None, ge=0)
+    e2e_p95_ms: float | None = setting(None, ge=0)
+    decode_tps_p10: float | None = setting(None, gt=0)
+    decode_tps_p50: float | None = setting(None, gt=0)
+    output_tokens_per_request_min: int | None = setting(None, ge=0)
+    cache_hit_rate_min: float | None = setting(None, ge=0, le=1)
+    cache_hit_source: str = setting("request", choices=HIT_SOURCES)
+    error_rate_max: float | None = setting(None, ge=0, le=1)
+    goodput_min: float | None = setting(None, ge=0, le=1)
+    good_ttft_ms: float | None = setting(None, ge=0)
+    good_e2e_ms: float | None = setting(None, ge=0)
+    good_decode_tps: float | None = setting(None, gt=0)
 
-    def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if value is None or f.name == "cache_hit_source":
-                continue
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ConfigError(f"{f.name} must be a number, got {value!r}")
-            if math.isnan(value) or value < 0:
-                raise ConfigError(f"{f.name} must be >= 0, got {value!r}")
-        for name in ("cache_hit_rate_min", "error_rate_max", "goodput_min"):
-            value = getattr(self, name)
-            if value is not None and value > 1:
-                raise ConfigError(f"{name} is a fraction in [0, 1], got {value!r}")
-        for name in ("decode_tps_p10", "decode_tps_p50", "good_decode_tps"):
-            if getattr(self, name) == 0:
-                raise ConfigError(f"{name} must be > 0 (omit it to not judge decode speed)")
-        if self.cache_hit_source not in HIT_SOURCES:
-            raise ConfigError(
-                f"cache_hit_source must be one of {', '.join(HIT_SOURCES)}, "
-                f"got {self.cache_hit_source!r}"
-            )
+    def validate(self) -> None:
         if self.goodput_min is not None and not self.good_thresholds():
-            raise ConfigError(
-                "goodput_min needs at least one per-request threshold: "
-                "good_ttft_ms, good_e2e_ms or good_decode_tps"
-            )
+            raise FieldError("goodput_min", "needs at least one per-request threshold: "
+                                            "good_ttft_ms, good_e2e_ms or good_decode_tps")
 
     def good_thresholds(self) -> dict[str, float]:
         return {
@@ -119,17 +97,9 @@ class SLOSpec:
 
 
 def parse_slo(values: Mapping[str, Any], where: str) -> SLOSpec:
-    """Build an SLOSpec from marker kwargs; errors name ``where`` and the valid keys."""
-    valid = SLOSpec.valid_keys()
-    unknown = [k for k in values if k not in valid]
-    if unknown:
-        raise ConfigError(
-            f"{where}: unknown SLO key {unknown[0]!r}; valid keys: {', '.join(valid)}"
-        )
-    try:
-        return SLOSpec(**values)
-    except ConfigError as exc:
-        raise ConfigError(f"{where}: {exc}") from None
+    """Build an SLOSpec from marker kwargs (or ``--slo`` values); errors name ``where``,
+    the key and what is valid."""
+    return build(SLOSpec, values, where)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -34,8 +34,8 @@ from typing import Any
 
 import yaml
 
+from pytest_ctxplat.catalog import ModelSpec, load_model
 from pytest_ctxplat.sim.calibration import SCHEMA, parse_calibration
-from pytest_ctxplat.sim.profile import ModelSpec, load_model
 
 PREFILL_TOKENS = (1024, 4096, 8192)
 DECODE_POINTS = ((1, 1024), (8, 1024), (32, 1024), (1, 4096), (32, 4096))

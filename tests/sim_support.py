@@ -11,7 +11,7 @@ from typing import Any
 
 from pytest_ctxplat.api import simulate
 from pytest_ctxplat.report.result import RunResult
-from pytest_ctxplat.sim.profile import Profile, load_profile
+from pytest_ctxplat.sim.hardware import HardwareProfile, load_hardware
 from pytest_ctxplat.workload.sessions import LongSessions
 
 BLOCK = 64
@@ -24,7 +24,7 @@ TIER_PROFILES = {
 }
 
 
-def tier_profile(kind: str, **extra: Any) -> Profile:
+def tier_profile(kind: str, **extra: Any) -> HardwareProfile:
     """One of the four tier configurations of finding (c), scaled down."""
     overrides: dict[str, Any] = {"scheduler.block_size": BLOCK, "tiers.0.capacity_tokens": HBM}
     if kind != "hbm":
@@ -32,7 +32,7 @@ def tier_profile(kind: str, **extra: Any) -> Profile:
     if kind in ("nvme", "slow"):
         overrides["tiers.2.capacity_tokens"] = BIG
     overrides.update(extra)
-    return load_profile(TIER_PROFILES[kind], overrides)
+    return load_hardware(TIER_PROFILES[kind], overrides)
 
 
 def agent_sessions(users: int, duration_s: float, **extra: Any) -> LongSessions:
@@ -52,7 +52,7 @@ def counters(result: RunResult) -> dict[str, float]:
     return out
 
 
-def run(spec: LongSessions, profile: Profile) -> RunResult:
+def run(spec: LongSessions, profile: HardwareProfile) -> RunResult:
     result = simulate(spec, profile)
     assert result.metrics["errors"] == 0, result.errors_sample
     return result

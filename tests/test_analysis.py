@@ -13,13 +13,8 @@ import pytest
 from analysis_support import close, lru_reference, random_trace, requests_of, ttl_reference
 from workload_support import FIXTURE_TRACES, SHARED_TRACES, needs_samples
 
-from pytest_ctxplat.analysis import (
-    analyze,
-    load_price_tables,
-    model_profile,
-    price_table,
-    simulate,
-)
+from pytest_ctxplat.analysis import analyze, load_price_tables, price_table, replay_cache
+from pytest_ctxplat.catalog import model_for_sizing
 from pytest_ctxplat.cli import main
 from pytest_ctxplat.errors import ConfigError
 from pytest_ctxplat.workload.traces import build_trace, read_trace
@@ -46,7 +41,7 @@ def test_engine_matches_brute_force_on_random_traces(chunk: int) -> None:
     for seed in range(chunk * 150, (chunk + 1) * 150):
         tr = random_trace(seed)
         reqs = requests_of(tr)
-        st = simulate(tr, ttls, lru_capacities=caps)
+        st = replay_cache(tr, ttls, lru_capacities=caps)
         for i, ttl in enumerate(st.ttls):
             want = ttl_reference(reqs, float(ttl), tr.block_size)
             got = _rates(st, i, tr.block_size)
@@ -65,7 +60,7 @@ def test_semantics_on_a_hand_made_trace() -> None:
     tr = build_trace("h", 4, [0.0, 50.0, 200.0, 200.0], [12, 12, 12, 10],
                      [[1, 2, 3], [1, 2, 4], [1, 9, 2], [1, 9, 2]],
                      last_block_partial=[False, False, False, True])
-    st = simulate(tr, [100.0, 150.0], lru_capacities=[2, 3, 4, 100])
+    st = replay_cache(tr, [100.0, 150.0], lru_capacities=[2, 3, 4, 100])
     # TTL 100: hits = 2 (request 2) + 3 (request 4: all cached at t=200, same time)
     assert st.ttl_hit_blocks.tolist() == [5, 6]  # TTL 150: request 3 hits 1 then 9 misses
     # token-weighted: the last request's last block covers 10 - 8 = 2 tokens
@@ -83,7 +78,7 @@ def test_semantics_on_a_hand_made_trace() -> None:
 @pytest.mark.parametrize("ttl", [60.0, 300.0, 3600.0])
 def test_weka_sessions_agree_with_a_plain_python_loop(ttl: float) -> None:
     tr = read_trace(SHARED / "weka")
-    st = simulate(tr, [ttl], lru_capacities=[5_000, 20_000])
+    st = replay_cache(tr, [ttl], lru_capacities=[5_000, 20_000])
     # independent: walk requests with a dict of last-use times and a set of live blocks
     last: dict[int, float] = {}
     hits = refs = misses = 0
@@ -126,7 +121,7 @@ def test_weka_sessions_agree_with_a_plain_python_loop(ttl: float) -> None:
 @needs_samples
 def test_mooncake_token_hit_rate_agrees_with_a_plain_python_loop() -> None:
     tr = read_trace(SHARED / "mooncake" / "conversation_trace.jsonl")
-    st = simulate(tr, [60.0], lru_capacities=[10_000])
+    st = replay_cache(tr, [60.0], lru_capacities=[10_000])
     lines = (SHARED / "mooncake" / "conversation_trace.jsonl").read_text().splitlines()
     last: dict[int, float] = {}
     hit_tok = tok = 0
@@ -174,13 +169,13 @@ def test_analysis_json_has_the_documented_shape(tmp_path: Path) -> None:
     assert (tmp_path / "plots" / "lru_curve.png").stat().st_size > 5000
 
 
-def test_model_profile_gb_and_custom_profiles() -> None:
-    p = model_profile("llama-3.1-8b")
+def test_model_for_sizing_gb_and_custom_shapes() -> None:
+    p = model_for_sizing("llama-3.1-8b")
     assert p.kv_bytes_per_token == 128 * 1024
-    assert model_profile("32x8x128x2").kv_bytes_per_token == 128 * 1024
-    assert model_profile("80x8x128").kv_bytes_per_token == 320 * 1024
+    assert model_for_sizing("32x8x128x2").kv_bytes_per_token == 128 * 1024
+    assert model_for_sizing("80x8x128").kv_bytes_per_token == 320 * 1024
     with pytest.raises(ConfigError, match=r"valid: llama-3\.1-8b"):
-        model_profile("gpt-9")
+        model_for_sizing("gpt-9")
     tr = read_trace(FIXTURES / "kvcache")
     a = analyze(tr, [300], model=p)
     row = a.ttl["300"]
@@ -190,7 +185,7 @@ def test_model_profile_gb_and_custom_profiles() -> None:
 
 def test_tier_sizing_scales_with_users_and_respects_the_target() -> None:
     tr = read_trace(FIXTURES / "kvcache")
-    m = model_profile("llama-3.1-8b")
+    m = model_for_sizing("llama-3.1-8b")
     a10 = analyze(tr, model=m, users=10, target_hit_rate=0.5).tiers
     a20 = analyze(tr, model=m, users=20, target_hit_rate=0.5).tiers
     assert a10 is not None and a20 is not None and a10.reachable
@@ -237,10 +232,12 @@ def test_cost_of_caching_policy_from_price_tables(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("tables:\n  x:\n    input: 1\n    output: 1\n    cache_read: -1\n"
                    "    cache_write: {300: 1}\n")
-    with pytest.raises(ConfigError, match=r"bad.yaml: tables.x.cache_read must be a price"):
+    with pytest.raises(ConfigError, match=r"bad.yaml:5: tables.x.cache_read: must be >= 0, "
+                                          r"got -1"):
         price_table(None, bad)
     bad.write_text("tables:\n  x:\n    input: 1\n    output: 1\n    cache_write: {300: 1}\n")
-    with pytest.raises(ConfigError, match="missing key 'cache_read'"):
+    with pytest.raises(ConfigError, match=r"bad.yaml:2: tables.x.cache_read: required key is "
+                                          r"missing"):
         price_table(None, bad)
     with pytest.raises(ConfigError, match="unknown price table 'nope'"):
         price_table("nope")
@@ -251,8 +248,8 @@ def test_analyze_a_workload_spec(capsys: pytest.CaptureFixture[str], tmp_path: P
     rc = main(["analyze", "chat", "--set", "users=3", "--duration", "120", "--json", str(out)])
     assert rc == 0, capsys.readouterr().err
     doc = json.loads(out.read_text())
+    from pytest_ctxplat.workload import load_workload
     from pytest_ctxplat.workload.plan import plan_workload
-    from pytest_ctxplat.workload.spec import load_workload
 
     plan = plan_workload(load_workload("chat", {"users": 3}), duration_s=120)
     assert doc["requests"] == len(plan)
@@ -266,7 +263,7 @@ def test_analyze_a_workload_spec(capsys: pytest.CaptureFixture[str], tmp_path: P
     [
         (["--ttl", "60,abc"], "--ttl takes seconds"),
         (["--ttl", "0"], "must be > 0"),
-        (["--model-profile", "nope"], "unknown model profile 'nope'"),
+        (["--model", "nope"], "unknown model 'nope'"),
         (["--target-hit-rate", "1.5"], "--target-hit-rate must be in (0, 1]"),
         (["--price-table", "nope"], "unknown price table"),
     ],
@@ -291,7 +288,7 @@ def test_analyze_refuses_mixed_sources_and_unknown_workloads(
 
 def test_engine_handles_empty_requests_and_single_instant() -> None:
     tr = build_trace("e", 4, [0.0, 0.0, 0.0], [0, 8, 8], [[], [1, 2], [1, 2]])
-    st = simulate(tr, [10.0])
+    st = replay_cache(tr, [10.0])
     assert st.block_refs == 4 and st.ttl_hit_blocks[0] == 2
     assert st.span_s == 0.0 and st.ttl_mean_blocks[0] == 2  # live set at the instant
     # capacity 1 keeps the head block (the tail is evicted first), so block 1 hits

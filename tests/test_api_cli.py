@@ -88,7 +88,7 @@ def test_cli_usage_error_exit_2() -> None:
                            "--set", "userz=3", "--url", "http://127.0.0.1:9"],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
-    assert "unknown key 'userz'" in proc.stderr
+    assert "ctxplat run: --set: userz: unknown key; valid: " in proc.stderr
 
 
 def test_cli_breach_exit_1(sim: SimServer) -> None:

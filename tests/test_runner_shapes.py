@@ -157,9 +157,14 @@ def test_designed_variants_and_chat_bodies() -> None:
     assert roles[:2] == ["system", "user"] and "assistant" in roles and "tool" in roles
 
 
-@pytest.mark.parametrize("bad", [{"timing": "fast"}, {"path": ""}, {"time_scale": 0}])
-def test_trace_spec_errors(bad) -> None:
+@pytest.mark.parametrize(("bad", "message"), [
+    ({"timing": "fast"}, "t::x: timing: must be one of original, think_time, got 'fast'"),
+    ({"path": ""}, "t::x: path: is required"),
+    ({"time_scale": 0}, "t::x: time_scale: must be > 0, got 0"),
+])
+def test_trace_spec_errors(bad: dict[str, object], message: str) -> None:
     from pytest_ctxplat.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="workload 'trace'"):
-        load_workload("trace", {"path": str(AGENT_TRACE), **bad})
+    with pytest.raises(ConfigError) as info:
+        load_workload("trace", {"path": str(AGENT_TRACE), **bad}, where="t::x")
+    assert str(info.value).startswith(message), str(info.value)

@@ -17,12 +17,13 @@ import yaml
 from process_support import processes_with_env
 from servers_support import LimitedServer
 
+from pytest_ctxplat.builtin import SERVERS, find_yaml, yaml_names
+from pytest_ctxplat.config import key_paths
 from pytest_ctxplat.errors import ConfigError, ServerStartError
 from pytest_ctxplat.report.compare import profile_comparison
 from pytest_ctxplat.servers.profiles import (
-    SCHEMA,
+    ServerProfile,
     available_profiles,
-    bundled_dir,
     find_profile,
     load_profile,
     parse_profile,
@@ -61,27 +62,31 @@ def test_every_bundled_profile_is_valid() -> None:
                      "vllm-h200-cpu-offload", "vllm-h200-lmcache-dram",
                      "vllm-h200-lmcache-disk"):
         assert required in names
-    for path in sorted(bundled_dir().glob("*.yaml")):
-        profile = load_profile(path)
-        assert profile.name == path.stem
-        assert profile.data["description"], path
+    for name in yaml_names(SERVERS):
+        profile = find_profile(name)
+        assert profile.name == name
+        assert profile.description, name
 
 
 @pytest.mark.parametrize(("text", "where", "message"), [
     ("launcher: vllm\nmodel: tiny\nkv:\n  prefix_caching: true\n  offlaod: {}\n",
-     ":5: kv.offlaod:", "unknown key; valid keys here: prefix_caching, offload"),
+     ":5: kv.offlaod:", "unknown key; valid: disk_store, kvbm, lmcache, offload, "
+     "prefix_caching, transfer_config"),
     ("launcher: vllm\nmodel: tiny\nengine:\n  max_model_len: big\n",
      ":4: engine.max_model_len:", "must be an integer, got 'big'"),
-    ("launcher: gpu\n", ":1: launcher:", "must be one of sim, vllm, vllm-cpu, url"),
+    ("launcher: gpu\n", ":1: launcher:", "unknown launcher 'gpu'; valid: sim, vllm, "
+     "vllm-cpu, url"),
     ("launcher: vllm\n", ":1: model:", "vLLM profiles need a model"),
-    ("launcher: vllm\nmodel: tiny\nkv:\n  disk_store: {}\n  kvbm:\n    cpu_cache_gb: 10\n",
-     ":5: kv.kvbm:", "only one KV connector per profile; also set: kv.disk_store"),
+    ("launcher: vllm\nmodel: tiny\nkv:\n  kvbm:\n    cpu_cache_gb: 10\n  disk_store: {}\n",
+     ":6: kv.disk_store:", "only one KV connector per profile; also set: kv.kvbm"),
+    ("launcher: vllm\nmodel: tiny\nenv:\n  A: 1\n  A: 2\n", ":5:", "duplicate key 'A' "
+     "(first at line 4)"),
     ("launcher: vllm-cpu\nmodel: tiny\nkv:\n  offload:\n    size_gib: 4\n",
      ":4: kv.offload:", "only runs on CUDA / XPU"),
     ("launcher: vllm\nmodel: tiny\nkv:\n  offload:\n    size_gib: 4\n    backend: nvme\n",
-     ":6: kv.offload.backend:", "must be native or lmcache"),
+     ":6: kv.offload.backend:", "must be one of native, lmcache, got 'nvme'"),
     ("launcher: vllm\nmodel: tiny\nengine:\n  gpu_memory_utilization: 1.5\n",
-     ":4: engine.gpu_memory_utilization:", "must be in (0, 1]"),
+     ":4: engine.gpu_memory_utilization:", "must be <= 1, got 1.5"),
     ("launcher: url\n", ":1: url:", "needs url: http://HOST:PORT"),
     ("launcher: vllm\nmodel: tiny\nprefix_caching: false\n", ":3: prefix_caching:",
      "unknown key"),
@@ -97,8 +102,8 @@ def test_bad_profile_names_file_line_and_key(tmp_path: Path, text: str, where: s
 
 def test_sim_settings_are_checked_against_the_simulator(tmp_path: Path) -> None:
     path = _write(tmp_path, "launcher: sim\nsim:\n  kv_capacity: 5\n")
-    with pytest.raises(ConfigError, match=r"prof.yaml:2: sim.*unknown simulator setting "
-                                          r"'kv_capacity'"):
+    with pytest.raises(ConfigError, match=r"prof.yaml:3: sim.kv_capacity: unknown key; "
+                                          r"valid: block_size,"):
         load_profile(path)
 
 
@@ -106,7 +111,7 @@ def test_lookup_order_and_unknown_name(tmp_path: Path) -> None:
     own = tmp_path / "own"
     own.mkdir()
     _write(own, "launcher: sim\ndescription: mine\n", "vllm-cpu.yaml")
-    assert find_profile("vllm-cpu", [own]).data["description"] == "mine"  # first dir wins
+    assert find_profile("vllm-cpu", [own]).description == "mine"  # first dir wins
     assert find_profile("vllm-cpu").launcher == "vllm-cpu"  # bundled
     assert find_profile("sim").launcher == "sim"  # built in, no file needed
     with pytest.raises(ConfigError, match=r"unknown server 'nope'; valid: sim, url, .*vllm-cpu"):
@@ -116,15 +121,9 @@ def test_lookup_order_and_unknown_name(tmp_path: Path) -> None:
 def test_schema_keys_are_documented() -> None:
     doc = (Path(__file__).parents[1] / "docs" / "reference" / "servers.md").read_text()
 
-    def keys(schema: dict, prefix: str = "") -> list[str]:
-        out = []
-        for key, (tp, _d, _h) in schema.items():
-            out.append(prefix + key)
-            if isinstance(tp, dict):
-                out += keys(tp, prefix + key + ".")
-        return out
-
-    missing = [k for k in keys(SCHEMA) if f"`{k}`" not in doc]
+    keys = key_paths(ServerProfile)
+    assert "kv.offload.size_gib" in keys and "engine.dtype" in keys
+    missing = [k for k in keys if f"`{k}`" not in doc]
     assert missing == []
 
 
@@ -418,7 +417,8 @@ def test_comparison_table_groups_by_test() -> None:
 
 
 def test_profile_mapping_round_trip() -> None:
-    data = yaml.safe_load((bundled_dir() / "vllm-cpu-disk.yaml").read_text())
-    profile = parse_profile(data, name="x")
-    assert profile.kv["disk_store"] == {"path": None}
+    item = find_yaml(SERVERS, "vllm-cpu-disk")
+    assert item is not None
+    profile = parse_profile(yaml.safe_load(item.read_text()), name="x")
+    assert profile.kv.disk_store is not None and profile.kv.disk_store.path is None
     assert profile.describe()["launcher"] == "vllm-cpu"

@@ -305,11 +305,11 @@ def test_main_rejects_bad_settings(tmp_path: Path, capsys: pytest.CaptureFixture
     from pytest_ctxplat.sim.server import main
 
     assert main(["--block-size", "0", "--port", "0"]) == 2
-    assert "block_size must be an integer >= 1" in capsys.readouterr().err
+    assert "command line: block_size: must be >= 1, got 0" in capsys.readouterr().err
     bad = tmp_path / "sim.yaml"
     bad.write_text("kv_blocks: 3\n")
     assert main(["--config", str(bad), "--port", "0"]) == 2
-    assert "unknown simulator setting 'kv_blocks'" in capsys.readouterr().err
+    assert "sim.yaml:1: kv_blocks: unknown key; valid: block_size," in capsys.readouterr().err
 
 
 def test_subprocess_serves_and_stops_on_sigterm(tmp_path: Path) -> None:

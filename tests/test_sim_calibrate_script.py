@@ -11,7 +11,8 @@ from types import ModuleType
 import pytest
 import yaml
 
-from pytest_ctxplat.sim.profile import load_model, load_profile
+from pytest_ctxplat.catalog import load_model
+from pytest_ctxplat.sim.hardware import load_hardware
 from pytest_ctxplat.sim.roofline import RooflineTimingModel
 from pytest_ctxplat.sim.timing import StepWork
 
@@ -55,12 +56,12 @@ def test_written_file_loads_into_a_profile_and_changes_timing(script: ModuleType
     assert data["date"].startswith("2026-11-23") and data["schema"] == "ctxplat-calibration/1"
     path = tmp_path / "cal.yaml"
     path.write_text(yaml.safe_dump(data))
-    profile = load_profile("h100-llama8b", {"calibration": str(path)})
+    profile = load_hardware("h100-llama8b", {"calibration": str(path)})
     cal = RooflineTimingModel(profile)
     work = StepWork(decode_seqs=1, decode_context_tokens=1024)
     assert cal.step_time(work) == pytest.approx(0.0075, rel=0.02)
     assert profile.accelerator.host_link_gbs == 52.0
-    with pytest.raises(Exception, match="must be a number > 0"):
+    with pytest.raises(Exception, match=r"matmul_tflops: must be > 0, got 0\.0"):
         script.build_calibration("x", 0.0, 3.0, 55.0, 52.0, {})
 
 

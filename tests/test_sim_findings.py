@@ -7,7 +7,7 @@ import pytest
 from sim_support import BLOCK, agent_sessions, counters, run, tier_profile
 
 from pytest_ctxplat.report.result import RunResult
-from pytest_ctxplat.sim.profile import load_profile
+from pytest_ctxplat.sim.hardware import load_hardware
 from pytest_ctxplat.workload.chat import ChatSessions
 from pytest_ctxplat.workload.sessions import LongSessions
 
@@ -23,7 +23,7 @@ def _figures(r: RunResult) -> dict[str, float]:
 def test_a_hit_rate_rises_and_refills_fall_as_ttl_grows() -> None:
     rows = []
     for ttl in (60.0, 300.0, 3600.0):
-        profile = load_profile("h100-llama8b-dram", {
+        profile = load_hardware("h100-llama8b-dram", {
             "scheduler.block_size": BLOCK, "tiers.0.capacity_tokens": 32_000,
             "tiers.1.capacity_tokens": 10_000_000, "tiers.1.ttl_s": ttl})
         # human gaps: 10 s to 10 min between turns
@@ -48,7 +48,7 @@ def test_a_hit_rate_rises_and_refills_fall_as_ttl_grows() -> None:
 # -- (b) non-linear value of the hit rate ----------------------------------------------
 def test_b_output_tps_vs_hit_rate_is_nonlinear_for_long_context() -> None:
     long_ctx = 32_768
-    profile = load_profile("h100-llama8b", {"scheduler.block_size": BLOCK})
+    profile = load_hardware("h100-llama8b", {"scheduler.block_size": BLOCK})
     points = []
     for target in (0.0, 0.1, 0.9, 1.0):
         shared = int(long_ctx * target) // BLOCK * BLOCK
@@ -119,7 +119,7 @@ def test_e_prefix_aware_routing_beats_round_robin() -> None:
     spec = agent_sessions(8, 600.0)
     figs = {}
     for router in ("round_robin", "prefix", "session"):
-        profile = load_profile("h100-llama8b", {"scheduler.block_size": BLOCK,
+        profile = load_hardware("h100-llama8b", {"scheduler.block_size": BLOCK,
                                                 "tiers.0.capacity_tokens": 200_000,
                                                 "replicas": 4, "router": router})
         r = run(spec, profile)

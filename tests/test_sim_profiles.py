@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pytest_ctxplat.catalog import load_model
 from pytest_ctxplat.errors import ConfigError
 from pytest_ctxplat.sim.calibration import (
     SCHEMA,
@@ -17,7 +18,7 @@ from pytest_ctxplat.sim.calibration import (
 )
 from pytest_ctxplat.sim.config import SimConfig
 from pytest_ctxplat.sim.engine import Engine
-from pytest_ctxplat.sim.profile import builtin_profiles, load_model, load_profile
+from pytest_ctxplat.sim.hardware import hardware_names, load_hardware
 from pytest_ctxplat.sim.roofline import RooflineTimingModel
 from pytest_ctxplat.sim.timing import StepWork
 
@@ -30,25 +31,25 @@ def test_kv_bytes_per_token_and_weights() -> None:
 
 
 def test_every_builtin_profile_loads() -> None:
-    names = builtin_profiles()
+    names = hardware_names()
     assert {"h100-llama8b", "h100-llama8b-dram", "h100-llama8b-nvme",
             "h100-llama8b-slowstore", "h200-llama70b-tp2", "b200-qwen3-32b"} <= set(names)
     for name in names:
-        p = load_profile(name)
+        p = load_hardware(name)
         assert p.tiers[0].name == "hbm" and p.hbm.capacity_tokens > 100_000
 
 
 def test_hbm_capacity_is_memory_minus_weights_times_utilisation() -> None:
-    p = load_profile("h100-llama8b")
+    p = load_hardware("h100-llama8b")
     assert p.hbm.capacity_tokens == int((80e9 * 0.9 - 16.06e9) / 131072)
-    tp2 = load_profile("h200-llama70b-tp2")
+    tp2 = load_hardware("h200-llama70b-tp2")
     assert tp2.hbm.capacity_tokens == int((2 * 141e9 * 0.9 - 141.2e9) / 327680)
     with pytest.raises(ConfigError, match="raise tp"):
-        load_profile("h200-llama70b-tp2", {"tp": 1})
+        load_hardware("h200-llama70b-tp2", {"tp": 1})
 
 
 def test_overrides_extends_and_errors(tmp_path: Path) -> None:
-    p = load_profile("h100-llama8b-nvme", {"tiers.2.capacity_tokens": 1_000_000,
+    p = load_hardware("h100-llama8b-nvme", {"tiers.2.capacity_tokens": 1_000_000,
                                            "tiers.1.ttl_s": 300, "write_policy": "stall"})
     assert [t.name for t in p.tiers] == ["hbm", "dram", "nvme"]
     assert p.tiers[2].capacity_tokens == 1_000_000 and p.tiers[1].ttl_s == 300.0
@@ -56,27 +57,29 @@ def test_overrides_extends_and_errors(tmp_path: Path) -> None:
     f = tmp_path / "mine.yaml"
     f.write_text(yaml.safe_dump({"extends": "h100-llama8b", "accelerator": "h200",
                                  "tiers": [{"name": "hbm", "capacity_tokens": 5000}]}))
-    mine = load_profile(str(f))
+    mine = load_hardware(str(f))
     assert mine.accelerator.key == "h200" and mine.hbm.capacity_tokens == 5000
-    with pytest.raises(ConfigError, match=r"unknown key 'tires'.*valid keys"):
-        load_profile("h100-llama8b", {"tires.0.x": 1})
-    with pytest.raises(ConfigError, match="write_policy must be one of drop, stall"):
-        load_profile("h100-llama8b", {"write_policy": "maybe"})
-    with pytest.raises(ConfigError, match=r"tiers\[1\]: missing read_gbs"):
-        load_profile("h100-llama8b", {"tiers": [{"name": "hbm"},
+    with pytest.raises(ConfigError, match=r"profile override: tires: unknown key; valid: "
+                                          r"accelerator, calibration"):
+        load_hardware("h100-llama8b", {"tires.0.x": 1})
+    with pytest.raises(ConfigError, match="profile override: write_policy: must be one of "
+                                          "drop, stall, got 'maybe'"):
+        load_hardware("h100-llama8b", {"write_policy": "maybe"})
+    with pytest.raises(ConfigError, match=r"profile override: tiers.1: missing read_gbs"):
+        load_hardware("h100-llama8b", {"tiers": [{"name": "hbm"},
                                                 {"name": "dram", "capacity_gb": 1}]})
     with pytest.raises(ConfigError, match="unknown simulator profile 'nope'"):
-        load_profile("nope")
+        load_hardware("nope")
     bad = tmp_path / "bad.yaml"
     bad.write_text("model: llama-3.1-8b\naccelerator: h100\ntiers: [{name: dram}]\n")
-    with pytest.raises(ConfigError, match=r"bad.yaml: tiers\[0\]: the first tier"):
-        load_profile(str(bad))
+    with pytest.raises(ConfigError, match=r"bad.yaml:3: tiers.0.name: the first tier"):
+        load_hardware(str(bad))
 
 
 def test_simconfig_profile_key_sets_geometry_and_timing() -> None:
     engine = Engine(SimConfig(profile="h100-llama8b-dram", speedup=5.0))
     assert engine.config.block_size == 16 and engine.config.speedup == 5.0
-    assert engine.config.kv_capacity_tokens == load_profile("h100-llama8b").hbm.capacity_tokens
+    assert engine.config.kv_capacity_tokens == load_hardware("h100-llama8b").hbm.capacity_tokens
     assert engine.config.model == "meta-llama/Llama-3.1-8B-Instruct"
     assert isinstance(engine.timing, RooflineTimingModel)
     assert [t.name for t in engine.tiers.tiers] == ["dram"]
@@ -86,7 +89,7 @@ def test_simconfig_profile_key_sets_geometry_and_timing() -> None:
 
 # -- (d) roofline sanity figures --------------------------------------------------------
 def test_d_decode_step_llama8b_h100_batch1() -> None:
-    model = RooflineTimingModel(load_profile("h100-llama8b"))
+    model = RooflineTimingModel(load_hardware("h100-llama8b"))
     cost = model.cost(StepWork(decode_seqs=1, decode_context_tokens=1024))
     naive = 16.06e9 / 3.35e12  # 4.8 ms: weights over peak bandwidth
     assert cost.bound == "memory"
@@ -98,7 +101,7 @@ def test_d_decode_step_llama8b_h100_batch1() -> None:
 
 
 def test_d_prefill_is_compute_bound_and_attention_counts_cached_context() -> None:
-    model = RooflineTimingModel(load_profile("h100-llama8b"))
+    model = RooflineTimingModel(load_hardware("h100-llama8b"))
     plain = model.cost(StepWork(prefill_tokens=8192, prefill_attention_pairs=8192 * 8192.5))
     assert plain.bound == "compute"
     tokens_per_s = 8192 / plain.total_s
@@ -113,12 +116,12 @@ def test_d_prefill_is_compute_bound_and_attention_counts_cached_context() -> Non
 
 
 def test_d_decode_reads_kv_of_every_running_sequence_and_tp_splits() -> None:
-    one = RooflineTimingModel(load_profile("h100-llama8b"))
+    one = RooflineTimingModel(load_hardware("h100-llama8b"))
     small = one.step_time(StepWork(decode_seqs=32, decode_context_tokens=32 * 1000))
     big = one.step_time(StepWork(decode_seqs=32, decode_context_tokens=32 * 50_000))
     extra_bytes = 32 * 49_000 * 131072
     assert big - small == pytest.approx(extra_bytes / (3.35e12 * 0.8), rel=0.01)
-    tp4 = RooflineTimingModel(load_profile("h100-llama70b-tp4"))
+    tp4 = RooflineTimingModel(load_hardware("h100-llama70b-tp4"))
     cost = tp4.cost(StepWork(decode_seqs=1, decode_context_tokens=1000))
     assert cost.memory_s == pytest.approx(141.2e9 / (4 * 3.35e12 * 0.8), rel=0.01)
     assert cost.comm_s == pytest.approx(160 * 1e-5, rel=0.05)  # 2 all-reduces x 80 layers
@@ -136,7 +139,7 @@ def _cal(tmp_path: Path, **models: object) -> Path:
 
 def test_calibration_without_model_points_uses_matmul_and_copy(tmp_path: Path) -> None:
     cal = load_calibration(_cal(tmp_path))
-    base = load_profile("h100-llama8b")
+    base = load_hardware("h100-llama8b")
     acc = apply_calibration(base.accelerator, base.model, cal)
     assert acc.compute_efficiency == pytest.approx(798 / 989 * 0.75)
     assert acc.bandwidth_efficiency == pytest.approx(3.0 / 3.35)
@@ -150,7 +153,7 @@ def test_calibration_fits_decode_overhead_and_bandwidth(tmp_path: Path) -> None:
               for b, c in ((1, 1024), (16, 4096), (64, 8192))]
     prefill = [{"tokens": 4096, "seconds": prefill_flops(m, 4096) / 500e12}]
     path = _cal(tmp_path, **{"llama-3.1-8b": {"prefill": prefill, "decode": decode}})
-    profile = load_profile("h100-llama8b", {"calibration": str(path)})
+    profile = load_hardware("h100-llama8b", {"calibration": str(path)})
     acc = profile.accelerator
     assert acc.bandwidth_efficiency == pytest.approx(2.5 / 3.35, rel=1e-6)
     assert acc.step_overhead_s == pytest.approx(0.002, rel=1e-6)
@@ -159,7 +162,7 @@ def test_calibration_fits_decode_overhead_and_bandwidth(tmp_path: Path) -> None:
     t = RooflineTimingModel(profile).step_time(StepWork(decode_seqs=1,
                                                         decode_context_tokens=1025))
     assert t == pytest.approx(decode[0]["seconds"], rel=0.01)
-    uncal = RooflineTimingModel(load_profile("h100-llama8b")).step_time(
+    uncal = RooflineTimingModel(load_hardware("h100-llama8b")).step_time(
         StepWork(decode_seqs=1, decode_context_tokens=1025))
     assert uncal != pytest.approx(t, rel=0.01)
 
@@ -167,11 +170,12 @@ def test_calibration_fits_decode_overhead_and_bandwidth(tmp_path: Path) -> None:
 def test_calibration_errors_name_file_and_key(tmp_path: Path) -> None:
     f = tmp_path / "c.yaml"
     f.write_text("schema: other\n")
-    with pytest.raises(ConfigError, match=r"c\.yaml: schema must be 'ctxplat-calibration/1'"):
+    with pytest.raises(ConfigError, match=r"c\.yaml:1: schema: must be one of "
+                                          r"ctxplat-calibration/1, got 'other'"):
         load_calibration(f)
     f.write_text(f"schema: {SCHEMA}\nmatmul_tflops: 800\nhbm_copy_tbs: 3\nh2d_gbs: 50\n")
-    with pytest.raises(ConfigError, match="d2h_gbs must be a number > 0"):
+    with pytest.raises(ConfigError, match=r"c\.yaml:1: d2h_gbs: required key is missing"):
         load_calibration(f)
     g = _cal(tmp_path, **{"llama-3.1-8b": {"decode": [{"batch": 1, "seconds": 0.01}]}})
-    with pytest.raises(ConfigError, match=r"models.llama-3.1-8b.decode\[0\]: context"):
+    with pytest.raises(ConfigError, match=r"models.llama-3.1-8b.decode.0.context: required"):
         load_calibration(g)

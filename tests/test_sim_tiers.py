@@ -8,8 +8,8 @@ import pytest
 from pytest_ctxplat.servers.scrape import parse_metrics
 from pytest_ctxplat.sim.config import SimConfig
 from pytest_ctxplat.sim.engine import Engine
+from pytest_ctxplat.sim.hardware import TierSpec, load_hardware
 from pytest_ctxplat.sim.metrics import SimMetrics
-from pytest_ctxplat.sim.profile import TierSpec, load_profile
 from pytest_ctxplat.sim.tiers import TierChain
 from pytest_ctxplat.sim.timing import StepWork
 from pytest_ctxplat.sim.virtual import run_virtual
@@ -64,7 +64,7 @@ def _prompt(n: int, seed: int) -> list[int]:
 
 
 def test_lower_tier_hit_costs_its_load_time_and_is_counted() -> None:
-    profile = load_profile("h100-llama8b-dram", {
+    profile = load_hardware("h100-llama8b-dram", {
         "tiers.0.capacity_tokens": 4096, "tiers.1.read_gbs": 1.0,
         "tiers.1.latency_s": 0.01})
     a, b = _prompt(3000, 1), _prompt(3000, 2)
@@ -110,7 +110,7 @@ def test_lower_tier_hit_costs_its_load_time_and_is_counted() -> None:
 
 
 def test_without_tiers_no_external_metrics_and_refills_counted() -> None:
-    profile = load_profile("h100-llama8b", {"tiers.0.capacity_tokens": 4096})
+    profile = load_hardware("h100-llama8b", {"tiers.0.capacity_tokens": 4096})
     a, b = _prompt(3000, 1), _prompt(3000, 2)
 
     async def scenario() -> Engine:

@@ -14,7 +14,7 @@ from pytest_ctxplat.api import simulate
 from pytest_ctxplat.cli import main as cli_main
 from pytest_ctxplat.servers.scrape import parse_metrics
 from pytest_ctxplat.sim.config import SimConfig
-from pytest_ctxplat.sim.profile import load_profile
+from pytest_ctxplat.sim.hardware import load_hardware
 from pytest_ctxplat.sim.server import serve_in_thread
 from pytest_ctxplat.sim.virtual import VirtualTimeDeadlock, run_virtual
 from pytest_ctxplat.workload.chat import ChatSessions
@@ -55,7 +55,7 @@ def _chat(block_size: int) -> ChatSessions:
 
 
 def test_fast_path_matches_token_path() -> None:
-    profile = load_profile("h100-llama8b-dram")
+    profile = load_hardware("h100-llama8b-dram")
     fast = simulate(_chat(16), profile)
     slow = simulate(_chat(32), profile)  # block sizes differ: token ids are hashed
     assert fast.target["diagnostics"]["fast_path_requests"] == 24
@@ -118,7 +118,7 @@ def test_decode_bursts_do_not_change_results(monkeypatch: pytest.MonkeyPatch) ->
     spec = LongSessions(users=12, duration_s=120.0, think_min_s=0.0, think_max_s=10.0,
                              initial_tokens=3000, turn_tokens_min=200, turn_tokens_max=800,
                              max_context_tokens=12_000, output_tokens=40, start_spread_s=5.0)
-    profile = load_profile("h100-llama8b-dram", {
+    profile = load_hardware("h100-llama8b-dram", {
         "tiers.0.capacity_tokens": 60_000, "replicas": 2,
         "disaggregation": {"prefill_replicas": 1, "decode_replicas": 2}})
     with_bursts = simulate(spec, profile)

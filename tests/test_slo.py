@@ -21,10 +21,11 @@ def test_every_issue_key_is_supported() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"ttft_p95": 100}, r"unknown SLO key 'ttft_p95'; valid keys: .*ttft_p95_ms"),
-        ({"ttft_p95_ms": -1}, "must be >= 0"),
-        ({"cache_hit_rate_min": 1.2}, r"fraction in \[0, 1\]"),
-        ({"error_rate_max": 2}, r"fraction in \[0, 1\]"),
+        ({"ttft_p95": 100}, r"ttft_p95: unknown key; valid: .*ttft_p95_ms"),
+        ({"ttft_p95_ms": -1}, "ttft_p95_ms: must be >= 0"),
+        ({"cache_hit_rate_min": 1.2}, r"cache_hit_rate_min: must be <= 1, got 1.2"),
+        ({"error_rate_max": 2}, r"error_rate_max: must be <= 1, got 2"),
+        ({"output_tokens_per_request_min": 1.5}, "must be an integer, got 1.5"),
         ({"ttft_p95_ms": "fast"}, "must be a number"),
         ({"ttft_p95_ms": True}, "must be a number"),
         ({"cache_hit_rate_min": 0.5, "cache_hit_source": "gpu"}, "designed, request, server"),

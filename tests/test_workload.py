@@ -61,26 +61,33 @@ def test_recycle_needs_a_bound() -> None:
 
 
 def test_unknown_key_names_valid_keys() -> None:
-    with pytest.raises(ConfigError, match=r"unknown key 'user'.*users"):
+    with pytest.raises(ConfigError, match=r"^t::x: user: unknown key; valid: .*users"):
         load_workload("chat", {"user": 3}, where="t::x")
 
 
 def test_yaml_errors_name_file_and_line(tmp_path) -> None:
     p = tmp_path / "bad.yaml"
     p.write_text("kind: chat\nusers: 2\nturnz: 3\n")
-    with pytest.raises(ConfigError, match=r"bad.yaml:3: unknown key 'turnz'"):
+    with pytest.raises(ConfigError, match=r"bad.yaml:3: turnz: unknown key; valid: "):
         load_workload(str(p))
     p.write_text("kind: chat\nusers: two\n")
-    with pytest.raises(ConfigError, match=r"bad.yaml:2: users must be an integer"):
+    with pytest.raises(ConfigError, match=r"bad.yaml:2: users: must be an integer, got 'two'"):
         load_workload(str(p))
     p.write_text("kind: nope\n")
-    with pytest.raises(ConfigError, match=r"bad.yaml:1: kind must be one of chat"):
+    with pytest.raises(ConfigError, match=r"bad.yaml:1: kind: unknown kind 'nope'; valid: "
+                                          r"chat, coding_agent"):
         load_workload(str(p))
+    p.write_text("kind: chat\nusers: 2\nusers: 3\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml:3: invalid YAML: duplicate key 'users' "
+                                          r"\(first at line 2\)"):
+        load_workload(str(p))
+    with pytest.raises(ConfigError, match=r"^file not found: .*missing.yaml"):
+        load_workload(str(tmp_path / "missing.yaml"))
 
 
 def test_definition_found_by_name_in_dir(tmp_path) -> None:
     (tmp_path / "mine.yaml").write_text("kind: chat\nusers: 7\n")
-    wl = load_workload("mine", {"turns": 2}, extra_dirs=[tmp_path])
+    wl = load_workload("mine", {"turns": 2}, dirs=[tmp_path])
     assert (wl.users, wl.turns) == (7, 2)
 
 

@@ -263,26 +263,34 @@ def test_load_shape_stages_ramp_and_budget() -> None:
 
 
 @pytest.mark.parametrize(("load", "match"), [
-    ({"arrival": "poisson"}, "needs rate_per_s"),
-    ({"arrival": "burst", "rate_per_s": 1}, "arrival must be one of closed, poisson, gamma"),
-    ({"rate_per_s": 2}, "rate_per_s needs arrival"),
-    ({"stages": [{"users": 2}]}, "duration_s"),
-    ({"input_tpm": 0}, "input_tpm must be > 0"),
-    ({"rampp_s": 3}, "unknown key 'rampp_s'.*ramp_s"),
+    ({"arrival": "poisson"}, "load.rate_per_s: arrival 'poisson' needs rate_per_s > 0"),
+    ({"arrival": "burst", "rate_per_s": 1},
+     "load.arrival: must be one of closed, poisson, gamma, got 'burst'"),
+    ({"rate_per_s": 2}, "load.rate_per_s: needs arrival: poisson or gamma"),
+    ({"stages": [{"users": 2}]}, "load.stages.0.duration_s: required key is missing"),
+    ({"input_tpm": 0}, "load.input_tpm: must be > 0, got 0"),
+    ({"rampp_s": 3}, "load.rampp_s: unknown key; valid: .*ramp_s"),
 ])
 def test_load_errors_name_the_key(load, match) -> None:
-    with pytest.raises(ConfigError, match=match):
+    with pytest.raises(ConfigError, match=f"^t.py::x: {match}"):
         load_workload("coding_agent", {"load": load}, where="t.py::x")
 
 
 def test_yaml_load_errors_point_at_the_nested_line(tmp_path) -> None:
     p = tmp_path / "w.yaml"
     p.write_text("kind: coding_swarm\nusers: 4\nload:\n  arrival: poisson\n  rate_pr_s: 2\n")
-    with pytest.raises(ConfigError, match=r"w.yaml:5: load: unknown key 'rate_pr_s'"):
+    with pytest.raises(ConfigError, match=r"w.yaml:5: load.rate_pr_s: unknown key; valid: "):
         load_workload(str(p))
     p.write_text("kind: coding_swarm\nload:\n  ramp_s: 2\n  arrival: sometimes\n")
-    with pytest.raises(ConfigError, match=r"w.yaml:4: load: arrival must be one of"):
+    with pytest.raises(ConfigError, match=r"w.yaml:4: load.arrival: must be one of"):
         load_workload(str(p))
+    # a marker's override is named by its own source, a file's value by its line
+    p.write_text("kind: coding_swarm\nusers: -4\n")
+    with pytest.raises(ConfigError, match=r"w.yaml:2: users: must be > 0, got -4"):
+        load_workload(str(p), {"max_requests": 3}, where="t.py::x")
+    p.write_text("kind: coding_swarm\nusers: 4\n")
+    with pytest.raises(ConfigError, match=r"^t.py::x: users: must be > 0, got -4"):
+        load_workload(str(p), {"users": -4}, where="t.py::x")
     p.write_text("kind: coding_swarm\nload:\n  arrival: poisson\n  rate_per_s: 2\n")
     wl = load_workload(str(p), {"load": {"max_concurrency": 5}})  # marker merges key by key
     assert (wl.load.arrival, wl.load.rate_per_s, wl.load.max_concurrency) == ("poisson", 2.0, 5)

@@ -7,26 +7,23 @@ working sets, tier sizing and the cost of a caching policy.
 """
 
 from .analyze import DEFAULT_TTLS, Analysis, TierPlan, analyze, ttl_key
-from .engine import CacheStats, simulate
 from .pricing import PriceTable, cost_of_policy, load_price_tables, price_table
-from .profiles import MODEL_PROFILES, ModelProfile, model_profile
-from .sources import load_sources, trace_from_workload
+from .replay import CacheStats, replay_cache
+from .sources import designed_analysis, load_sources, trace_from_workload
 
 __all__ = [
     "DEFAULT_TTLS",
-    "MODEL_PROFILES",
     "Analysis",
     "CacheStats",
-    "ModelProfile",
     "PriceTable",
     "TierPlan",
     "analyze",
     "cost_of_policy",
+    "designed_analysis",
     "load_price_tables",
     "load_sources",
-    "model_profile",
     "price_table",
-    "simulate",
+    "replay_cache",
     "trace_from_workload",
     "ttl_key",
 ]

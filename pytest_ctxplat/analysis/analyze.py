@@ -13,10 +13,10 @@ from typing import Any
 
 import numpy as np
 
+from ..catalog import ModelSpec
 from ..workload.traces import Trace
-from .engine import CacheStats, lru_grid, simulate
 from .pricing import PriceTable, cost_of_policy
-from .profiles import ModelProfile
+from .replay import CacheStats, lru_grid, replay_cache
 
 __all__ = ["DEFAULT_TTLS", "Analysis", "TierPlan", "analyze", "ttl_key"]
 
@@ -71,7 +71,7 @@ class Analysis:
     input_tokens: int
     output_tokens: int
     sessions: int
-    model: ModelProfile | None
+    model: ModelSpec | None
     lru_points: list[dict[str, float]]
     ttl: dict[str, dict[str, float]]
     ttl_curve: list[dict[str, float]]
@@ -117,7 +117,7 @@ class Analysis:
             "ttl": self.ttl,
             "lru": self.lru_points,
             "ttl_curve": self.ttl_curve,
-            "model_profile": self.model.to_dict() if self.model else None,
+            "model": self.model.to_dict() if self.model else None,
             "tiers": self.tiers.to_dict() if self.tiers else None,
             "cost": self.cost,
         }
@@ -133,7 +133,7 @@ def analyze(
     ttls: Sequence[float] = DEFAULT_TTLS,
     *,
     lru_points: int = 10,
-    model: ModelProfile | None = None,
+    model: ModelSpec | None = None,
     users: int | None = None,
     target_hit_rate: float | None = None,
     hbm_ttl_s: float = 30.0,
@@ -156,7 +156,7 @@ def analyze(
     if lru_points < 2:
         raise ValueError(f"lru_points must be >= 2, got {lru_points}")
     all_ttls = sorted({*ttls, *TTL_GRID, hbm_ttl_s, dram_ttl_s})
-    st = simulate(trace, all_ttls, lru_capacities=lru_grid(trace.num_blocks))
+    st = replay_cache(trace, all_ttls, lru_capacities=lru_grid(trace.num_blocks))
     bs = st.block_size
     idx = {float(t): i for i, t in enumerate(st.ttls)}
 
@@ -198,7 +198,7 @@ def analyze(
                     lru, ttl_out, curve, tiers, cost, list(sources), list(trace.formats))
 
 
-def _lru_points(st: CacheStats, points: int, model: ModelProfile | None) -> list[dict[str, float]]:
+def _lru_points(st: CacheStats, points: int, model: ModelSpec | None) -> list[dict[str, float]]:
     caps = st.lru_capacity_blocks
     rates = st.lru_hit_blocks / st.block_refs if st.block_refs else np.zeros(len(caps))
     # from the first capacity reaching 1% of the best rate to the first reaching it
@@ -221,7 +221,7 @@ def _lru_points(st: CacheStats, points: int, model: ModelProfile | None) -> list
 
 
 def _tiers(st: CacheStats, users: int, target: float | None, hbm_ttl: float,
-           dram_ttl: float, model: ModelProfile | None, n_sessions: int) -> TierPlan:
+           dram_ttl: float, model: ModelSpec | None, n_sessions: int) -> TierPlan:
     rates = st.ttl_hit_blocks / st.block_refs if st.block_refs else np.zeros(len(st.ttls))
     inf_rate = _rate(st.infinite_hit_blocks, st.block_refs)
     goal = target if target is not None else 0.95 * inf_rate

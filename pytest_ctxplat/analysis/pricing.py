@@ -9,26 +9,36 @@ output at ``output``. The baseline without caching pays every input token at ``i
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from ..builtin import DATA
+from ..config import FieldError, Source, Validated, build, read_resource, read_yaml, setting
 from ..errors import ConfigError
 
 __all__ = ["PriceTable", "cost_of_policy", "load_price_tables", "price_table"]
 
 
-@dataclass(frozen=True)
-class PriceTable:
-    name: str
-    input: float
-    output: float
-    cache_read: float
-    cache_write: dict[float, float]
+@dataclass(frozen=True, kw_only=True)
+class PriceTable(Validated):
+    """USD per million tokens; ``cache_write`` maps a TTL (seconds) to its write price."""
+
+    name: str = setting("", internal=True)
+    input: float = setting(ge=0, doc="uncached input tokens")
+    output: float = setting(ge=0, doc="output tokens")
+    cache_read: float = setting(ge=0, doc="input tokens served from the cache")
+    cache_write: dict[float, float] = setting(non_empty=True, doc="TTL seconds -> price of "
+                                              "writing a token with that TTL")
+
+    def validate(self) -> None:
+        for ttl, price in self.cache_write.items():
+            if not ttl > 0:
+                raise FieldError(f"cache_write.{ttl:g}", "a TTL must be > 0 seconds")
+            if not (price >= 0 and math.isfinite(price)):
+                raise FieldError(f"cache_write.{ttl:g}", f"must be a price >= 0, got {price}")
 
     def write_price(self, ttl_s: float) -> float | None:
         """Write price for a cache with this TTL: the smallest listed TTL >= it."""
@@ -41,66 +51,31 @@ class PriceTable:
                 "cache_write": {f"{k:g}": v for k, v in sorted(self.cache_write.items())}}
 
 
-def _price(v: Any, where: str) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 or not math.isfinite(v):
-        raise ConfigError(f"{where} must be a price >= 0 (USD per million tokens), got {v!r}")
-    return float(v)
+@dataclass(frozen=True, kw_only=True)
+class PriceFile(Validated):
+    """A price file: named tables and the default one."""
+
+    tables: dict[str, PriceTable] = setting(non_empty=True)
+    default: str | None = None
+
+    def validate(self) -> None:
+        if self.default is not None and self.default not in self.tables:
+            raise FieldError("default", f"{self.default!r} is not a table here",
+                             ", ".join(self.tables))
 
 
-def _parse(doc: Any, source: str) -> tuple[dict[str, PriceTable], str | None]:
-    if not isinstance(doc, dict) or not isinstance(doc.get("tables"), dict):
-        raise ConfigError(f"{source}: a price file is a mapping with a 'tables' mapping")
-    unknown = set(doc) - {"tables", "default"}
-    if unknown:
-        raise ConfigError(f"{source}: unknown key {sorted(unknown)[0]!r}; valid: tables, default")
-    out: dict[str, PriceTable] = {}
-    for name, t in doc["tables"].items():
-        w = f"{source}: tables.{name}"
-        if not isinstance(t, dict):
-            raise ConfigError(f"{w} must be a mapping")
-        valid = {"input", "output", "cache_read", "cache_write"}
-        extra = set(t) - valid
-        missing = valid - set(t)
-        if extra or missing:
-            bad = sorted(extra)[0] if extra else sorted(missing)[0]
-            what = "unknown key" if extra else "missing key"
-            raise ConfigError(f"{w}: {what} {bad!r}; a table has {', '.join(sorted(valid))}")
-        cw = t["cache_write"]
-        if not isinstance(cw, dict) or not cw:
-            raise ConfigError(f"{w}.cache_write must map TTL seconds to a price, e.g. "
-                              "{300: 3.75, 3600: 6.0}")
-        writes: dict[float, float] = {}
-        for k, v in cw.items():
-            try:
-                ttl = float(k)
-            except (TypeError, ValueError):
-                raise ConfigError(f"{w}.cache_write: TTL {k!r} must be seconds") from None
-            if ttl <= 0:
-                raise ConfigError(f"{w}.cache_write: TTL {k!r} must be > 0 seconds")
-            writes[ttl] = _price(v, f"{w}.cache_write.{k}")
-        out[str(name)] = PriceTable(str(name), _price(t["input"], f"{w}.input"),
-                                    _price(t["output"], f"{w}.output"),
-                                    _price(t["cache_read"], f"{w}.cache_read"), writes)
-    default = doc.get("default")
-    if default is not None and default not in out:
-        raise ConfigError(f"{source}: default {default!r} is not one of {', '.join(out)}")
-    return out, default
+def _parse(data: Any, src: Source) -> tuple[dict[str, PriceTable], str | None]:
+    doc = build(PriceFile, data, src)
+    return ({name: dataclasses.replace(t, name=name) for name, t in doc.tables.items()},
+            doc.default)
 
 
 def load_price_tables(path: str | Path | None = None) -> tuple[dict[str, PriceTable], str]:
     """Built-in tables, then those of ``path`` (same names replace built-ins).
     Returns the tables and the default table name."""
-    text = resources.files(__package__).joinpath("pricing/providers.yaml").read_text()
-    tables, default = _parse(yaml.safe_load(text), "built-in pricing/providers.yaml")
+    tables, default = _parse(*read_resource(DATA, "pricing.yaml"))
     if path is not None:
-        p = Path(path)
-        try:
-            doc = yaml.safe_load(p.read_text())
-        except OSError as exc:
-            raise ConfigError(f"{p}: cannot read the price file: {exc.strerror}") from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{p}: invalid YAML: {exc}") from None
-        extra, user_default = _parse(doc, str(p))
+        extra, user_default = _parse(*read_yaml(path))
         tables.update(extra)
         default = user_default or (next(iter(extra)) if len(extra) == 1 else default)
     assert default is not None

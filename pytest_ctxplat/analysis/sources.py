@@ -34,8 +34,8 @@ def trace_from_workload(
     decode_tps: float = 50.0,
 ) -> Trace:
     """The requests workload ``name`` would send, as a :class:`Trace`."""
+    from ..workload.loader import load_workload
     from ..workload.plan import plan_workload
-    from ..workload.spec import load_workload
 
     spec = load_workload(name, overrides, where=f"analyze {name}")
     bound = duration_s

@@ -43,9 +43,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                    help="trace files/folders, or one workload name or YAML file")
     p.add_argument("--ttl", type=_ttls, default=[60.0, 300.0, 3600.0],
                    help="cache TTLs in seconds, comma separated. Default: 60,300,3600")
-    p.add_argument("--model-profile", default="llama-3.1-8b",
-                   help="model for GB figures (name or LAYERSxKV_HEADSxHEAD_DIM[xBYTES]). "
-                   "Default: llama-3.1-8b")
+    p.add_argument("--model", "--model-profile", dest="model", default="llama-3.1-8b",
+                   help="model for GB figures (a built-in name or "
+                   "LAYERSxKV_HEADSxHEAD_DIM[xBYTES]). Default: llama-3.1-8b")
     p.add_argument("--users", type=int, default=100,
                    help="concurrent users for tier sizing. Default: 100")
     p.add_argument("--target-hit-rate", type=float, default=None,
@@ -75,8 +75,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from ..analysis.analyze import analyze
     from ..analysis.pricing import price_table
-    from ..analysis.profiles import model_profile
     from ..analysis.sources import load_sources
+    from ..catalog import model_for_sizing
 
     if args.users <= 0:
         raise ConfigError(f"--users must be > 0, got {args.users}")
@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--hbm-ttl and --dram-ttl must satisfy 0 < hbm-ttl <= dram-ttl")
     if args.lru_points < 2:
         raise ConfigError(f"--lru-points must be >= 2, got {args.lru_points}")
-    model = model_profile(args.model_profile)
+    model = model_for_sizing(args.model)
     prices = price_table(args.price_table, args.pricing)
     trace = load_sources(args.sources, fmt=args.fmt, seed=args.seed,
                          duration_s=args.duration, overrides=parse_assignments(args.set, "--set"))
@@ -127,7 +127,7 @@ def _jsonable(v: Any) -> Any:
 def format_analysis(doc: dict[str, Any]) -> str:
     from tabulate import tabulate
 
-    gb = doc.get("model_profile") is not None
+    gb = doc.get("model") is not None
     lines = [
         f"{doc['name']}: {doc['requests']:,} requests, {doc['sessions']} sessions, "
         f"{doc['distinct_blocks']:,} distinct blocks of {doc['block_size']} tokens, "

@@ -13,9 +13,11 @@ from ..errors import ConfigError
 
 if TYPE_CHECKING:
     from ..report.result import RunResult
+    from ..slo import SLOSpec
+    from ..workload.spec import WorkloadSpec
 
 __all__ = ["EXIT_BREACH", "EXIT_OK", "EXIT_SERVER", "EXIT_USAGE", "finish",
-           "parse_assignments", "print_result"]
+           "parse_assignments", "print_result", "workload_and_slo"]
 
 EXIT_OK = 0  # passed (or nothing to judge)
 EXIT_BREACH = 1  # an SLO was breached
@@ -38,6 +40,19 @@ def parse_assignments(items: Sequence[str], option: str) -> dict[str, Any]:
             raise ConfigError(f"{option} {key}: cannot read the value {value!r}: "
                               f"{exc}") from None
     return out
+
+
+def workload_and_slo(args: Any) -> tuple[WorkloadSpec, SLOSpec | None]:
+    """``args.workload`` with its ``--set`` overrides (definitions are looked up in the
+    working directory's ``workloads/``, then the built-ins) and the ``--slo`` objectives;
+    errors name the option."""
+    from ..slo import parse_slo
+    from ..workload.loader import load_workload
+
+    spec = load_workload(args.workload, parse_assignments(args.set, "--set"),
+                         dirs=[Path.cwd() / "workloads"], where="--set")
+    slo = parse_assignments(args.slo, "--slo")
+    return spec, parse_slo(slo, "--slo") if slo else None
 
 
 def finish(result: RunResult, json_path: str | None) -> int:

@@ -4,10 +4,9 @@ starts) and print the figures, writing the result JSON with ``--json``."""
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
-from .common import finish, parse_assignments
+from .common import finish, workload_and_slo
 
 __all__ = ["add_parser", "run"]
 
@@ -41,17 +40,14 @@ def run(args: argparse.Namespace) -> int:
     from ..servers.base import ServerHandle
     from ..servers.sim import start_sim
 
-    overrides = parse_assignments(args.set, "--set")
-    slo = parse_assignments(args.slo, "--slo") or None
+    spec, slo = workload_and_slo(args)
     sim = None
     server: str | ServerHandle | None = args.url
     if server is None:
         sim = server = start_sim({"speedup": args.sim_speedup, "seed": args.seed})
     try:
-        result = run_workload(server, args.workload, overrides=overrides, slo=slo,
-                              seed=args.seed, name=args.name, model=args.model,
-                              reset_cache=not args.no_reset,
-                              workload_dirs=[Path.cwd() / "workloads"])
+        result = run_workload(server, spec, slo=slo, seed=args.seed, name=args.name,
+                              model=args.model, reset_cache=not args.no_reset)
     finally:
         if sim is not None:
             sim.close()

@@ -10,11 +10,10 @@ profile keys, e.g. ``tiers.1.capacity_gb=64``), ``--slo KEY=VALUE``, ``--seed``,
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from .common import EXIT_OK, finish, parse_assignments
+from .common import EXIT_OK, finish, parse_assignments, workload_and_slo
 
 __all__ = ["add_parser", "run"]
 
@@ -43,19 +42,18 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from ..api import simulate
-    from ..sim.profile import builtin_profiles, load_profile
+    from ..sim.hardware import hardware_names, load_hardware
 
     if args.list_profiles:
-        for name in builtin_profiles():
-            d = load_profile(name).describe()
+        for name in hardware_names():
+            d = load_hardware(name).describe()
             tiers = " + ".join(f"{t['name']} {t['capacity_tokens']:,} tok" for t in d["tiers"])
             print(f"{name:26} {d['model']} on {d['tp']} x {d['accelerator']}: {tiers}")
         return EXIT_OK
     if not args.workload:
         raise ConfigError("give a WORKLOAD (a kind such as chat, or a YAML file)")
-    result = simulate(args.workload, args.profile,
-                      overrides=parse_assignments(args.set, "--set"),
+    spec, slo = workload_and_slo(args)
+    result = simulate(spec, args.profile,
                       profile_overrides=parse_assignments(args.profile_set, "--profile-set"),
-                      slo=parse_assignments(args.slo, "--slo") or None, seed=args.seed,
-                      name=args.name, workload_dirs=[Path.cwd() / "workloads"])
+                      slo=slo, seed=args.seed, name=args.name)
     return finish(result, args.json)

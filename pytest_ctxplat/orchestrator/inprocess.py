@@ -28,8 +28,8 @@ from ..sim.cache import block_hashes, mix64
 from ..sim.cluster import Cluster
 from ..sim.config import SimConfig
 from ..sim.engine import Engine, RequestError
+from ..sim.hardware import HardwareProfile
 from ..sim.metrics import SimMetrics
-from ..sim.profile import Profile
 from ..sim.request import Request, RequestState
 from ..sim.virtual import VirtualClock
 from ..workload.spec import WorkloadSpec
@@ -172,7 +172,7 @@ class InProcessTarget:
     clock. Times are model time; metrics come from the same renderer as the HTTP
     simulator's ``/metrics``."""
 
-    def __init__(self, profile: Profile) -> None:
+    def __init__(self, profile: HardwareProfile) -> None:
         self.profile = profile
         self._cluster: Cluster | None = None
         self._metrics: SimMetrics | None = None

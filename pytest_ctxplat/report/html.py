@@ -144,7 +144,7 @@ def _analysis_section(doc: dict[str, Any], images: _Images, idx: int) -> str:
     from . import plots
 
     name = str(doc.get("name") or f"analysis {idx}")
-    gb = doc.get("model_profile") is not None
+    gb = doc.get("model") is not None
     rows = []
     for ttl, s in (doc.get("ttl") or {}).items():
         row = [_e(ttl), _pct(s.get("block_hit_rate")), _pct(s.get("token_hit_rate")),

@@ -171,7 +171,7 @@ def ttl_curves(analysis: Mapping[str, Any]) -> bytes:
     ax.set_xlabel("TTL (s)")
     ax.set_ylabel("hit rate")
     ax2 = ax.twinx()
-    gb = analysis.get("model_profile") is not None and curve and "peak_working_set_gb" in curve[0]
+    gb = analysis.get("model") is not None and curve and "peak_working_set_gb" in curve[0]
     key, unit = ("_gb", "GB") if gb else ("_tokens", "tokens")
     ax2.plot(xs, [p["peak_working_set" + key] for p in curve], color="tab:red",
              label=f"peak working set ({unit})")

@@ -1,9 +1,10 @@
 """Server backends: the embedded simulator, attach-by-URL, and launched servers (vLLM),
-all described by server profiles (``fixtures/servers/*.yaml``)."""
+all described by server profiles (``fixtures/servers/*.yaml``) and started through a
+:class:`~pytest_ctxplat.servers.launchers.LauncherRegistry`."""
 
 from .attach import AttachedServer
 from .base import ServerHandle, ServerInfo
-from .launch import start_profile
+from .launchers import LaunchContext, Launcher, LauncherRegistry
 from .probe import Capabilities, probe_capabilities
 from .process import ManagedProcess, kill_all
 from .profiles import ServerProfile, available_profiles, find_profile, load_profile
@@ -13,6 +14,9 @@ from .vllm import VllmServer, build_launch, start_vllm
 __all__ = [
     "AttachedServer",
     "Capabilities",
+    "LaunchContext",
+    "Launcher",
+    "LauncherRegistry",
     "ManagedProcess",
     "ServerHandle",
     "ServerInfo",
@@ -25,7 +29,6 @@ __all__ = [
     "kill_all",
     "load_profile",
     "probe_capabilities",
-    "start_profile",
     "start_sim",
     "start_vllm",
 ]

@@ -24,6 +24,7 @@ from typing import Any
 
 import httpx
 
+from .. import tinymodel
 from ..errors import ConfigError, ServerStartError
 from .base import ServerInfo
 from .probe import Capabilities
@@ -85,10 +86,9 @@ def resolve_model(model: str, *, python: str | None = None) -> str:
     preset, shape = _tiny_preset(model)
     out = cache_dir() / "models" / f"tiny-{preset}"
     if importlib.util.find_spec("tokenizers") is not None or python is None:
-        from ..tinymodel import make_tiny_model
-
-        return str(make_tiny_model(out, force=False, **shape))
-    script = Path(__file__).resolve().parents[1] / "tinymodel.py"
+        return str(tinymodel.make_tiny_model(out, force=False, **shape))
+    # the vLLM interpreter need not have this package: run the module's file as a script
+    script = Path(tinymodel.__file__)
     args = [python, str(script), str(out)]
     for key, value in shape.items():
         args += ["--" + key.replace("_", "-"), str(value)]
@@ -98,16 +98,13 @@ def resolve_model(model: str, *, python: str | None = None) -> str:
     return str(out)
 
 
-def project_root() -> Path:
-    return Path(__file__).resolve().parents[2]
-
-
 def find_vllm_python(profile: ServerProfile, rootdir: Path | None = None) -> str:
     """The interpreter that runs vLLM: the profile's ``python``, ``$CTXPLAT_VLLM_PYTHON``,
-    ``.venv-vllm/bin/python`` in the rootdir or the project, else this interpreter when
-    it can import vllm. Raises :class:`ServerStartError` saying how to install one."""
+    ``.venv-vllm/bin/python`` in the rootdir or the working directory, else this
+    interpreter when it can import vllm. Raises :class:`ServerStartError` saying how to
+    install one."""
     root = rootdir or Path.cwd()
-    configured = profile.data.get("python") or os.environ.get("CTXPLAT_VLLM_PYTHON")
+    configured = profile.python or os.environ.get("CTXPLAT_VLLM_PYTHON")
     if configured:
         path = Path(configured).expanduser()
         if not path.is_absolute():
@@ -116,7 +113,7 @@ def find_vllm_python(profile: ServerProfile, rootdir: Path | None = None) -> str
             raise ServerStartError(f"profile {profile.name!r} ({profile.source}): python "
                                    f"{path} does not exist")
         return str(path)
-    for base in (root, project_root()):
+    for base in dict.fromkeys((root, Path.cwd())):
         candidate = base / ".venv-vllm" / "bin" / "python"
         if candidate.exists():
             return str(candidate)
@@ -150,32 +147,32 @@ def build_launch(profile: ServerProfile, *, python: str, model: str, port: int,
     cpu = profile.launcher == "vllm-cpu"
     e, kv = profile.engine, profile.kv
     argv = [python, "-m", ENTRYPOINT, "--model", model, "--host", host, "--port", str(port)]
-    if profile.data.get("served_model_name"):
-        argv += ["--served-model-name", profile.data["served_model_name"]]
-    dtype = e["dtype"]
+    if profile.served_model_name:
+        argv += ["--served-model-name", profile.served_model_name]
+    dtype = e.dtype
     if cpu and dtype == "auto":
         dtype = "bfloat16"
     argv += ["--dtype", dtype]
-    load_format = e["load_format"]
+    load_format = e.load_format
     if load_format == "auto" and is_tiny(profile.model):
         load_format = "dummy"
     if load_format != "auto":
         argv += ["--load-format", load_format]
-    if e["enforce_eager"] or cpu:
+    if e.enforce_eager or cpu:
         argv.append("--enforce-eager")
-    for key, flag in (("max_model_len", "--max-model-len"),
-                      ("max_num_seqs", "--max-num-seqs"),
-                      ("max_num_batched_tokens", "--max-num-batched-tokens"),
-                      ("block_size", "--block-size")):
-        if e[key] is not None:
-            argv += [flag, str(e[key])]
-    if not cpu and e["gpu_memory_utilization"] is not None:
-        argv += ["--gpu-memory-utilization", _num(e["gpu_memory_utilization"])]
-    if e["tensor_parallel_size"] > 1:
-        argv += ["--tensor-parallel-size", str(e["tensor_parallel_size"])]
-    argv.append("--enable-prefix-caching" if kv["prefix_caching"]
+    for value, flag in ((e.max_model_len, "--max-model-len"),
+                        (e.max_num_seqs, "--max-num-seqs"),
+                        (e.max_num_batched_tokens, "--max-num-batched-tokens"),
+                        (e.block_size, "--block-size")):
+        if value is not None:
+            argv += [flag, str(value)]
+    if not cpu and e.gpu_memory_utilization is not None:
+        argv += ["--gpu-memory-utilization", _num(e.gpu_memory_utilization)]
+    if e.tensor_parallel_size > 1:
+        argv += ["--tensor-parallel-size", str(e.tensor_parallel_size)]
+    argv.append("--enable-prefix-caching" if kv.prefix_caching
                 else "--no-enable-prefix-caching")
-    if e["prompt_tokens_details"]:
+    if e.prompt_tokens_details:
         argv.append("--enable-prompt-tokens-details")
     env: dict[str, str] = {
         "VLLM_SERVER_DEV_MODE": "1",  # serves POST /reset_prefix_cache
@@ -183,44 +180,44 @@ def build_launch(profile: ServerProfile, *, python: str, model: str, port: int,
         "TMPDIR": str(workdir / "tmp"),
     }
     if cpu:
-        env["VLLM_CPU_KVCACHE_SPACE"] = _num(e["cpu_kvcache_space_gib"])
+        env["VLLM_CPU_KVCACHE_SPACE"] = _num(e.cpu_kvcache_space_gib)
     if is_tiny(profile.model) or Path(model).is_dir():
         env["HF_HUB_OFFLINE"] = "1"
-    offload = kv.get("offload")
+    offload = kv.offload
     if offload is not None:
-        argv += ["--kv-offloading-size", _num(offload["size_gib"]),
-                 "--kv-offloading-backend", offload["backend"]]
+        argv += ["--kv-offloading-size", _num(offload.size_gib),
+                 "--kv-offloading-backend", offload.backend]
     transfer: dict[str, Any] | None = None
-    lm = kv.get("lmcache")
+    lm = kv.lmcache
     if lm is not None:
-        env["LMCACHE_LOCAL_CPU"] = "True" if lm["cpu"] else "False"
-        env["LMCACHE_MAX_LOCAL_CPU_SIZE"] = _num(lm["cpu_size_gib"])
-        env["LMCACHE_CHUNK_SIZE"] = str(lm["chunk_size"])
-        if lm["disk_path"]:
-            env["LMCACHE_LOCAL_DISK"] = "file://" + str(_path(lm["disk_path"])).rstrip("/") + "/"
-            if lm["disk_size_gib"]:
-                env["LMCACHE_MAX_LOCAL_DISK_SIZE"] = _num(lm["disk_size_gib"])
+        env["LMCACHE_LOCAL_CPU"] = "True" if lm.cpu else "False"
+        env["LMCACHE_MAX_LOCAL_CPU_SIZE"] = _num(lm.cpu_size_gib)
+        env["LMCACHE_CHUNK_SIZE"] = str(lm.chunk_size)
+        if lm.disk_path:
+            env["LMCACHE_LOCAL_DISK"] = "file://" + str(_path(lm.disk_path)).rstrip("/") + "/"
+            if lm.disk_size_gib:
+                env["LMCACHE_MAX_LOCAL_DISK_SIZE"] = _num(lm.disk_size_gib)
         if offload is None:
             transfer = {"kv_connector": "LMCacheConnectorV1", "kv_role": "kv_both"}
-    kvbm = kv.get("kvbm")
+    kvbm = kv.kvbm
     if kvbm is not None:
-        if kvbm["cpu_cache_gb"] is not None:
-            env["DYN_KVBM_CPU_CACHE_GB"] = _num(kvbm["cpu_cache_gb"])
-        if kvbm["disk_cache_gb"] is not None:
-            env["DYN_KVBM_DISK_CACHE_GB"] = _num(kvbm["disk_cache_gb"])
+        if kvbm.cpu_cache_gb is not None:
+            env["DYN_KVBM_CPU_CACHE_GB"] = _num(kvbm.cpu_cache_gb)
+        if kvbm.disk_cache_gb is not None:
+            env["DYN_KVBM_DISK_CACHE_GB"] = _num(kvbm.disk_cache_gb)
         transfer = {"kv_connector": "DynamoConnector", "kv_role": "kv_both",
                     "kv_connector_module_path": "kvbm.vllm_integration.connector"}
-    store = kv.get("disk_store")
+    store = kv.disk_store
     if store is not None:
-        path = _path(store["path"]) if store["path"] else workdir / "kv-store"
+        path = _path(store.path) if store.path else workdir / "kv-store"
         transfer = {"kv_connector": "ExampleConnector", "kv_role": "kv_both",
                     "kv_connector_extra_config": {"shared_storage_path": str(path)}}
-    if kv.get("transfer_config") is not None:
-        transfer = dict(kv["transfer_config"])
+    if kv.transfer_config is not None:
+        transfer = dict(kv.transfer_config)
     if transfer is not None:
         argv += ["--kv-transfer-config", json.dumps(transfer, separators=(",", ":"))]
-    argv += list(profile.data.get("extra_args") or [])
-    env.update({k: str(v) for k, v in (profile.data.get("env") or {}).items()})
+    argv += list(profile.extra_args)
+    env.update({k: str(v) for k, v in profile.env.items()})
     return LaunchPlan(argv=argv, env=env)
 
 
@@ -245,7 +242,7 @@ class VllmServer:
         self.server_id = uuid.uuid4().hex
         self.port = free_port()
         default_timeout = 300.0 if profile.launcher == "vllm-cpu" else 900.0
-        self.ready_timeout_s = float(ready_timeout_s or profile.data.get("ready_timeout_s")
+        self.ready_timeout_s = float(ready_timeout_s or profile.ready_timeout_s
                                      or default_timeout)
         self.plan = build_launch(profile, python=self.python, model=self.model_path,
                                  port=self.port, workdir=self.workdir)
@@ -254,8 +251,7 @@ class VllmServer:
         self._url = f"http://127.0.0.1:{self.port}"
         self.served_model: str | None = None
         self.capabilities: Capabilities | None = None  # filled by the capability probe
-        value = profile.data.get("reset_cache")
-        self.reset_cache: bool | None = None if value is None else bool(value)
+        self.reset_cache: bool | None = profile.reset_cache
         settings = profile.describe()
         settings["argv"] = self.plan.argv[1:]  # env values stay out: they may hold secrets
         self.info = ServerInfo(launcher=profile.launcher, url=self._url, profile=profile.name,
@@ -278,7 +274,7 @@ class VllmServer:
         argv = [sys.executable, "-m", "pytest_ctxplat.servers.watchdog", str(os.getpid()),
                 "--", *self.plan.argv]
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        own_env = set(self.profile.data.get("env") or {})  # may hold secrets: names only
+        own_env = set(self.profile.env)  # may hold secrets: names only
         shown = {k: "***" if k in own_env else v for k, v in self.plan.env.items()}
         with open(self.log_path, "a", encoding="utf-8") as fh:
             fh.write(f"\n=== ctxplat: starting profile {self.profile.name} "

@@ -6,8 +6,8 @@ It knows requests, blocks, tiers and time, never the client, the workload, SLOs 
 reports: workloads are played against it by :mod:`pytest_ctxplat.orchestrator` (over
 HTTP, or in process on a virtual clock: :func:`pytest_ctxplat.simulate`).
 
-Names are imported on first use, so ``import pytest_ctxplat.sim.profile`` (or the
-analysis) does not load the HTTP server.
+Names are imported on first use, so ``import pytest_ctxplat.sim.hardware`` does not
+load the HTTP server.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from .cluster import Cluster, Router
     from .config import SimConfig
     from .engine import Engine, EngineStats, KvLink, RequestError
-    from .profile import Profile, builtin_profiles, load_profile
+    from .hardware import HardwareProfile, hardware_names, load_hardware
     from .request import EngineStoppedError, Request, TokenEvent
     from .roofline import RooflineTimingModel
     from .server import SimServerHandle, main, serve_in_thread
@@ -33,7 +33,7 @@ _LAZY = {
     "create_app": "app", "PrefixCache": "cache", "block_hashes": "cache",
     "Cluster": "cluster", "Router": "cluster", "SimConfig": "config", "Engine": "engine",
     "EngineStats": "engine", "KvLink": "engine", "RequestError": "engine",
-    "Profile": "profile", "builtin_profiles": "profile", "load_profile": "profile",
+    "HardwareProfile": "hardware", "hardware_names": "hardware", "load_hardware": "hardware",
     "EngineStoppedError": "request", "Request": "request", "TokenEvent": "request",
     "RooflineTimingModel": "roofline", "SimServerHandle": "server", "main": "server",
     "serve_in_thread": "server", "Clock": "timing", "LinearTimingModel": "timing",
@@ -47,10 +47,10 @@ __all__ = [
     "Engine",
     "EngineStats",
     "EngineStoppedError",
+    "HardwareProfile",
     "KvLink",
     "LinearTimingModel",
     "PrefixCache",
-    "Profile",
     "RealClock",
     "Request",
     "RequestError",
@@ -64,9 +64,9 @@ __all__ = [
     "VirtualClock",
     "VirtualEventLoop",
     "block_hashes",
-    "builtin_profiles",
     "create_app",
-    "load_profile",
+    "hardware_names",
+    "load_hardware",
     "main",
     "run_virtual",
     "serve_in_thread",

@@ -31,91 +31,68 @@ from __future__ import annotations
 
 import dataclasses
 import statistics
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
+from pytest_ctxplat.catalog import AcceleratorSpec, ModelSpec
+from pytest_ctxplat.config import Source, Validated, build, read_yaml, setting
 
-from pytest_ctxplat.errors import ConfigError
-from pytest_ctxplat.sim.profile import AcceleratorSpec, ModelSpec
-
-__all__ = ["MODEL_MATMUL_FRACTION", "SCHEMA", "Calibration", "apply_calibration",
-           "load_calibration", "parse_calibration"]
+__all__ = ["MODEL_MATMUL_FRACTION", "SCHEMA", "Calibration", "DecodePoint", "ModelPoints",
+           "PrefillPoint", "apply_calibration", "load_calibration", "parse_calibration"]
 
 SCHEMA = "ctxplat-calibration/1"
 MODEL_MATMUL_FRACTION = 0.75
 
 
 @dataclass(frozen=True, kw_only=True)
-class Calibration:
-    device: str
-    date: str
-    matmul_tflops: float
-    hbm_copy_tbs: float
-    h2d_gbs: float
-    d2h_gbs: float
-    models: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+class PrefillPoint(Validated):
+    tokens: int = setting(gt=0, doc="new tokens prefilled")
+    context: int = setting(0, ge=0, doc="tokens already in the KV cache")
+    seconds: float = setting(gt=0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DecodePoint(Validated):
+    batch: int = setting(gt=0, doc="sequences decoding together")
+    context: int = setting(ge=0, doc="context of each sequence")
+    seconds: float = setting(gt=0, doc="one step")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelPoints(Validated):
+    prefill: tuple[PrefillPoint, ...] = ()
+    decode: tuple[DecodePoint, ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True)
+class Calibration(Validated):
+    schema: str = setting(choices=(SCHEMA,), doc=f"always {SCHEMA}")
+    device: str = "unknown"
+    date: str = "unknown"
+    matmul_tflops: float = setting(gt=0)
+    hbm_copy_tbs: float = setting(gt=0)
+    h2d_gbs: float = setting(gt=0)
+    d2h_gbs: float = setting(gt=0)
+    models: dict[str, ModelPoints] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"schema": SCHEMA, **dataclasses.asdict(self)}
+        return dataclasses.asdict(self)
 
 
-def _pos(d: Mapping[str, Any], key: str, where: str) -> float:
-    v = d.get(key)
-    if isinstance(v, bool) or not isinstance(v, int | float) or v <= 0:
-        raise ConfigError(f"{where}: {key} must be a number > 0, got {v!r}")
-    return float(v)
-
-
-def parse_calibration(data: Any, where: str) -> Calibration:
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"{where}: a calibration file must hold one mapping")
-    if data.get("schema") != SCHEMA:
-        raise ConfigError(f"{where}: schema must be {SCHEMA!r}, got {data.get('schema')!r}")
-    valid = ("schema", "device", "date", "matmul_tflops", "hbm_copy_tbs", "h2d_gbs",
-             "d2h_gbs", "models")
-    for key in data:
-        if key not in valid:
-            raise ConfigError(f"{where}: unknown key {key!r}; valid keys: {', '.join(valid)}")
-    models = data.get("models") or {}
-    if not isinstance(models, Mapping):
-        raise ConfigError(f"{where}: models must be a mapping of model key -> points")
-    for name, m in models.items():
-        if not isinstance(m, Mapping):
-            raise ConfigError(f"{where}: models.{name} must be a mapping")
-        for kind, keys in (("prefill", ("tokens", "seconds")),
-                           ("decode", ("batch", "context", "seconds"))):
-            points = m.get(kind, [])
-            if not isinstance(points, list):
-                raise ConfigError(f"{where}: models.{name}.{kind} must be a list")
-            for i, p in enumerate(points):
-                if not isinstance(p, Mapping):
-                    raise ConfigError(f"{where}: models.{name}.{kind}[{i}] must be a mapping")
-                for k in keys:
-                    _pos(p, k, f"{where}: models.{name}.{kind}[{i}]")
-    return Calibration(device=str(data.get("device", "unknown")),
-                       date=str(data.get("date", "unknown")),
-                       matmul_tflops=_pos(data, "matmul_tflops", where),
-                       hbm_copy_tbs=_pos(data, "hbm_copy_tbs", where),
-                       h2d_gbs=_pos(data, "h2d_gbs", where),
-                       d2h_gbs=_pos(data, "d2h_gbs", where), models=dict(models))
+def parse_calibration(data: Any, source: Source | str) -> Calibration:
+    return build(Calibration, data, source)
 
 
 def load_calibration(path: str | Path) -> Calibration:
-    p = Path(path)
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{p}: cannot read calibration: {exc}") from None
-    return parse_calibration(data, str(p))
+    return parse_calibration(*read_yaml(path))
 
 
 def prefill_flops(model: ModelSpec, tokens: int, context: int = 0) -> float:
     """Roofline FLOPs of one prefill of ``tokens`` new tokens after ``context``."""
+    params, _hidden, heads = model.dense_shape()
     pairs = tokens * (context + (tokens + 1) / 2)
-    return 2.0 * model.params * tokens + 4.0 * model.layers * model.heads * model.head_dim * pairs
+    return 2.0 * params * tokens + 4.0 * model.layers * heads * model.head_dim * pairs
 
 
 def decode_bytes(model: ModelSpec, batch: int, context: int) -> float:
@@ -128,18 +105,18 @@ def apply_calibration(accel: AcceleratorSpec, model: ModelSpec, cal: Calibration
     """``accel`` with efficiency factors, step overhead and host link from ``cal``."""
     peak_flops = accel.bf16_tflops * 1e12
     peak_bw = accel.hbm_tbs * 1e12
-    points = cal.models.get(model.key, {})
-    prefill = points.get("prefill", [])
+    points = cal.models.get(model.key, ModelPoints())
+    prefill = points.prefill
     if prefill:
         compute = statistics.median(
-            prefill_flops(model, int(p["tokens"]), int(p.get("context", 0))) / p["seconds"]
-            for p in prefill) / peak_flops
+            prefill_flops(model, p.tokens, p.context) / p.seconds for p in prefill
+        ) / peak_flops
     else:
         compute = cal.matmul_tflops * 1e12 / peak_flops * MODEL_MATMUL_FRACTION
     overhead = accel.step_overhead_s
-    decode = points.get("decode", [])
-    xs = [decode_bytes(model, int(p["batch"]), int(p["context"])) for p in decode]
-    ys = [float(p["seconds"]) for p in decode]
+    decode = points.decode
+    xs = [decode_bytes(model, p.batch, p.context) for p in decode]
+    ys = [p.seconds for p in decode]
     if len(decode) >= 2 and len(set(xs)) >= 2:
         slope, intercept = statistics.linear_regression(xs, ys)
         if slope > 0:

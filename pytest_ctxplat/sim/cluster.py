@@ -23,7 +23,7 @@ from collections.abc import Sequence
 
 from pytest_ctxplat.sim.config import SimConfig
 from pytest_ctxplat.sim.engine import Engine, KvLink
-from pytest_ctxplat.sim.profile import Profile
+from pytest_ctxplat.sim.hardware import HardwareProfile
 from pytest_ctxplat.sim.timing import Clock
 
 __all__ = ["Cluster", "Router"]
@@ -91,7 +91,8 @@ def _cached_prefix(engine: Engine, hashes: Sequence[int]) -> int:
 class Cluster:
     """The engines of one profile: replicas behind a router, or prefill/decode pools."""
 
-    def __init__(self, config: SimConfig, profile: Profile, clock: Clock | None = None) -> None:
+    def __init__(self, config: SimConfig, profile: HardwareProfile,
+                 clock: Clock | None = None) -> None:
         self.profile = profile
         d = profile.disaggregation
         if d is None:

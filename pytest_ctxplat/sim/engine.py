@@ -41,7 +41,7 @@ from pytest_ctxplat.errors import CtxplatError
 from pytest_ctxplat.sim.burst import decode_burst
 from pytest_ctxplat.sim.cache import PrefixCache, block_hashes, mix64, token_array
 from pytest_ctxplat.sim.config import SimConfig
-from pytest_ctxplat.sim.profile import Profile, load_profile
+from pytest_ctxplat.sim.hardware import HardwareProfile, load_hardware
 from pytest_ctxplat.sim.request import EngineStoppedError, Request, RequestState, TokenEvent
 from pytest_ctxplat.sim.tiers import TierChain
 from pytest_ctxplat.sim.timing import Clock, LinearTimingModel, RealClock, StepWork, TimingModel
@@ -107,7 +107,7 @@ class EngineStats:
     busy_s: float = 0.0
 
 
-def effective_config(config: SimConfig, profile: Profile) -> SimConfig:
+def effective_config(config: SimConfig, profile: HardwareProfile) -> SimConfig:
     """``config`` with the block size, KV capacity and limits of ``profile``."""
     model = config.model if config.model != "ctxplat-sim" else profile.model.name
     return config.replace(
@@ -129,11 +129,11 @@ class Engine:
         config: SimConfig,
         clock: Clock | None = None,
         timing: TimingModel | None = None,
-        profile: Profile | None = None,
+        profile: HardwareProfile | None = None,
         name: str = "0",
     ) -> None:
         if profile is None and config.profile is not None:
-            profile = load_profile(config.profile, config.profile_overrides)
+            profile = load_hardware(config.profile, config.profile_overrides)
         self.profile = profile
         self.name = name
         if profile is not None:

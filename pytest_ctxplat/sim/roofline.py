@@ -1,4 +1,4 @@
-"""A roofline step-time model built from a :class:`~pytest_ctxplat.sim.profile.Profile`.
+"""A roofline step-time model built from a :class:`~pytest_ctxplat.sim.hardware.HardwareProfile`.
 
 One engine step is one forward pass over every scheduled token (prefill chunks and
 decodes together, as vLLM batches them). Its time is::
@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pytest_ctxplat.sim.profile import Profile
+from pytest_ctxplat.sim.hardware import HardwareProfile
 from pytest_ctxplat.sim.timing import StepWork
 
 __all__ = ["RooflineTimingModel", "StepCost"]
@@ -51,21 +51,22 @@ class StepCost:
 class RooflineTimingModel:
     """Step times of ``profile``'s model on ``profile.tp`` accelerators."""
 
-    def __init__(self, profile: Profile) -> None:
+    def __init__(self, profile: HardwareProfile) -> None:
         m, a = profile.model, profile.accelerator
+        params, hidden, heads = m.dense_shape()
         tp = profile.tp
         self.profile = profile
         self.flops_per_s = tp * a.bf16_tflops * 1e12 * a.compute_efficiency
         self.bytes_per_s = tp * a.hbm_tbs * 1e12 * a.bandwidth_efficiency
         self.weight_bytes = m.weight_bytes
         self.kv_bytes = m.kv_bytes_per_token
-        self.flops_per_token = 2.0 * m.params
-        self.flops_per_pair = 4.0 * m.layers * m.heads * m.head_dim
+        self.flops_per_token = 2.0 * params
+        self.flops_per_pair = 4.0 * m.layers * heads * m.head_dim
         self.overhead_s = a.step_overhead_s
         self.tp = tp
         # all-reduce: 2 per layer, ring algorithm
         self.ar_count = 2 * m.layers
-        self.ar_bytes_per_token = m.hidden_size * m.dtype_bytes
+        self.ar_bytes_per_token = hidden * m.dtype_bytes
         self.ar_s_per_byte = 2 * (tp - 1) / tp / (a.interconnect_gbs * 1e9) if tp > 1 else 0.0
         self.ar_latency_s = a.allreduce_latency_s if tp > 1 else 0.0
 

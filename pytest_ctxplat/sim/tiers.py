@@ -25,7 +25,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from pytest_ctxplat.sim.profile import TierSpec
+from pytest_ctxplat.sim.hardware import TierSpec
 
 __all__ = ["LostBlocks", "TierChain", "TierCounters", "TierStore"]
 

@@ -1,6 +1,8 @@
 """Workload model: specs, session plans, load shapes, prompt synthesis, planning."""
 
+from .kinds import BUILTIN_KINDS, KindRegistry
 from .load import LoadShape, Stage
+from .loader import available_workloads, load_workload, resolve_workload
 from .model import (
     BlockIdAllocator,
     DesignedCache,
@@ -12,12 +14,14 @@ from .model import (
     TimedRequest,
 )
 from .plan import Plan, plan_workload
-from .spec import WorkloadContext, WorkloadSpec, available_workloads, load_workload, register_kind
+from .spec import WorkloadContext, WorkloadSpec
 from .tokens import TokenSpace
 
 __all__ = [
+    "BUILTIN_KINDS",
     "BlockIdAllocator",
     "DesignedCache",
+    "KindRegistry",
     "LoadShape",
     "MessageLog",
     "Plan",
@@ -33,5 +37,5 @@ __all__ = [
     "available_workloads",
     "load_workload",
     "plan_workload",
-    "register_kind",
+    "resolve_workload",
 ]

@@ -33,63 +33,51 @@ from collections.abc import Generator, Iterator
 import numpy as np
 import numpy.typing as npt
 
-from ..errors import ConfigError
+from ..config import FieldError, setting
 from .model import RequestPlan, SessionPlan, SessionStream, SpawnStep, Step
-from .spec import WorkloadContext, WorkloadSpec, register_kind
+from .spec import WorkloadContext, WorkloadSpec
 
 __all__ = ["CodingAgent", "CodingSwarm"]
 
 
-@register_kind
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class CodingAgent(WorkloadSpec):
     """Agentic coding sessions: shared prefix, tool loops, human turns, compaction."""
 
     kind = "coding_agent"
-    users: int = 8
-    output_tokens: int = 256
-    output_sigma: float = 0.8
-    system_prompt_tokens: int = 1300
-    tool_tokens: int = 7600
-    initial_context_tokens: int = 8000
-    user_tokens: int = 200
-    human_turns: int = 5
-    tool_steps_mean: float = 8.0
-    tool_result_tokens: int = 1200
-    tool_result_sigma: float = 1.0
-    tool_latency_s: float = 6.0
-    think_time_median_s: float = 240.0
-    think_time_sigma: float = 2.2
-    think_time_max_s: float = 14400.0
-    context_limit_tokens: int = 110_000
-    summary_tokens: int = 4000
-    start_spread_s: float = 10.0
-    recycle: bool = False
+    users: int = setting(8, gt=0, doc="concurrent agents (users)")
+    output_tokens: int = setting(256, gt=0, doc="median output tokens per request")
+    output_sigma: float = setting(0.8, ge=0, doc="log-normal sigma of output tokens")
+    system_prompt_tokens: int = setting(1300, ge=0, doc="system prompt (shared by all)")
+    tool_tokens: int = setting(7600, ge=0, doc="tool definitions (shared by all)")
+    initial_context_tokens: int = setting(8000, ge=0, doc="the session's task and files")
+    user_tokens: int = setting(200, ge=0, doc="tokens of each human message")
+    human_turns: int = setting(5, gt=0, doc="human turns per session")
+    tool_steps_mean: float = setting(8.0, ge=0, doc="mean tool calls per human turn")
+    tool_result_tokens: int = setting(1200, ge=0, doc="median tokens of a tool result")
+    tool_result_sigma: float = setting(1.0, ge=0, doc="log-normal sigma of tool results")
+    tool_latency_s: float = setting(6.0, ge=0, doc="median tool latency")
+    think_time_median_s: float = setting(240.0, ge=0, doc="median human think time")
+    think_time_sigma: float = setting(2.2, ge=0, doc="log-normal sigma of think time")
+    think_time_max_s: float = setting(14400.0, ge=0, doc="longest think time")
+    context_limit_tokens: int = setting(110_000, gt=0, doc="compact above this context")
+    summary_tokens: int = setting(4000, ge=0, doc="context size after a compaction")
+    start_spread_s: float = setting(10.0, ge=0, doc="agents start uniformly over this long")
+    recycle: bool = setting(False, doc="start a new session after the last turn")
 
     def validate(self) -> None:
-        super().validate()
-        k = self.kind
-        for name in ("system_prompt_tokens", "tool_tokens", "initial_context_tokens",
-                     "user_tokens", "tool_result_tokens", "summary_tokens"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"workload {k!r}: {name} must be >= 0")
-        for name in ("output_sigma", "tool_result_sigma", "think_time_sigma", "tool_steps_mean",
-                     "tool_latency_s", "think_time_median_s", "start_spread_s"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"workload {k!r}: {name} must be >= 0")
-        if self.human_turns <= 0:
-            raise ConfigError(f"workload {k!r}: human_turns must be > 0")
         if self.think_time_max_s < self.think_time_median_s:
-            raise ConfigError(f"workload {k!r}: think_time_max_s must be >= think_time_median_s")
+            raise FieldError("think_time_max_s", "must be >= think_time_median_s "
+                                                 f"({self.think_time_median_s:g})")
         floor = self.shared_tokens + self.summary_tokens + self.user_tokens + self.block_size
         if self.context_limit_tokens <= floor:
-            raise ConfigError(
-                f"workload {k!r}: context_limit_tokens ({self.context_limit_tokens}) must be "
-                f"above the context right after a compaction ({floor} tokens: shared prefix "
-                "+ summary + a user message + a block)")
+            raise FieldError(
+                "context_limit_tokens", f"must be above the context right after a compaction "
+                f"({floor} tokens: shared prefix + summary + a user message + a block), got "
+                f"{self.context_limit_tokens}")
         if self.recycle and self.bound_s is None and self.max_requests is None:
-            raise ConfigError(
-                f"workload {k!r}: recycle=true needs a bound: set duration_s or max_requests")
+            raise FieldError("recycle", "recycle: true needs a bound: set duration_s or "
+                                        "max_requests")
 
     @property
     def shared_tokens(self) -> int:
@@ -191,30 +179,19 @@ class CodingAgent(WorkloadSpec):
         return None
 
 
-@register_kind
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class CodingSwarm(CodingAgent):
     """Many orchestrators, each a coding agent that spawns subagents."""
 
     kind = "coding_swarm"
-    users: int = 32
-    spawn_probability: float = 0.2
-    subagents_max: int = 4
-    subagent_task_tokens: int = 1500
-    subagent_tool_steps_mean: float = 6.0
-    subagent_result_tokens: int = 800
-    persistent_subagents: bool = False
-
-    def validate(self) -> None:
-        super().validate()
-        if not 0 <= self.spawn_probability <= 1:
-            raise ConfigError("workload 'coding_swarm': spawn_probability must be in [0, 1]")
-        if self.subagents_max <= 0:
-            raise ConfigError("workload 'coding_swarm': subagents_max must be > 0")
-        for name in ("subagent_task_tokens", "subagent_result_tokens",
-                     "subagent_tool_steps_mean"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"workload 'coding_swarm': {name} must be >= 0")
+    users: int = setting(32, gt=0, doc="concurrent orchestrators (users)")
+    spawn_probability: float = setting(0.2, ge=0, le=1, doc="chance that a step spawns "
+                                       "subagents instead of calling a tool")
+    subagents_max: int = setting(4, gt=0, doc="most subagents spawned at once")
+    subagent_task_tokens: int = setting(1500, ge=0, doc="task a subagent starts with")
+    subagent_tool_steps_mean: float = setting(6.0, ge=0, doc="mean tool calls of a subagent")
+    subagent_result_tokens: int = setting(800, ge=0, doc="result appended to the parent")
+    persistent_subagents: bool = setting(False, doc="subagents keep their context")
 
     def _spawner(self, sid: str, ctx: WorkloadContext, rng: random.Random
                  ) -> Generator[tuple[SpawnStep, int] | None, None, None]:

@@ -15,14 +15,13 @@ from collections.abc import Iterator
 import numpy as np
 import numpy.typing as npt
 
-from ..errors import ConfigError
+from ..config import FieldError, setting
 from .model import RequestPlan, SessionPlan, SessionStream
-from .spec import WorkloadContext, WorkloadSpec, register_kind
+from .spec import WorkloadContext, WorkloadSpec
 
 __all__ = ["ChatSessions"]
 
 
-@register_kind
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ChatSessions(WorkloadSpec):
     """Multi-turn chat sessions sharing one system prompt.
@@ -32,29 +31,20 @@ class ChatSessions(WorkloadSpec):
     """
 
     kind = "chat"
-    turns: int = 5
-    think_time_s: float = 2.0
-    system_prompt_tokens: int = 1024
-    user_tokens: int = 128
-    start_spread_s: float = 1.0
-    recycle: bool = False
+    turns: int = setting(5, gt=0, doc="turns per session")
+    think_time_s: float = setting(2.0, ge=0, doc="pause before each later turn")
+    system_prompt_tokens: int = setting(1024, ge=0, doc="system prompt shared by all users")
+    user_tokens: int = setting(128, ge=0, doc="tokens of each user message")
+    start_spread_s: float = setting(1.0, ge=0, doc="users start uniformly over this long")
+    recycle: bool = setting(False, doc="start a new session after the last turn")
 
     def validate(self) -> None:
-        super().validate()
-        if self.turns <= 0:
-            raise ConfigError(f"workload 'chat': turns must be > 0, got {self.turns}")
-        for name in ("think_time_s", "start_spread_s"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"workload 'chat': {name} must be >= 0")
-        for name in ("system_prompt_tokens", "user_tokens"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"workload 'chat': {name} must be >= 0")
         if self.system_prompt_tokens + self.user_tokens == 0:
-            raise ConfigError("workload 'chat': the first prompt would be empty")
+            raise FieldError("user_tokens", "the first prompt would be empty "
+                                            "(system_prompt_tokens + user_tokens = 0)")
         if self.recycle and self.duration_s is None and self.max_requests is None:
-            raise ConfigError(
-                "workload 'chat': recycle=true needs a bound: set duration_s or max_requests"
-            )
+            raise FieldError("recycle", "recycle: true needs a bound: set duration_s or "
+                                        "max_requests")
 
     def user_sessions(self, user: int, ctx: WorkloadContext) -> Iterator[SessionPlan]:
         shared = _shared_prefix(self, ctx)

@@ -21,7 +21,7 @@ import dataclasses
 import math
 import random
 
-from ..errors import ConfigError
+from ..config import FieldError, Validated, setting
 
 __all__ = ["ARRIVALS", "LoadShape", "Stage", "TokenBudget"]
 
@@ -29,59 +29,49 @@ ARRIVALS = ("closed", "poisson", "gamma")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class Stage:
+class Stage(Validated):
     """``users`` active users for ``duration_s`` seconds, reached over ``ramp_s``."""
 
-    users: int
-    duration_s: float
-    ramp_s: float = 0.0
+    users: int = setting(ge=0, doc="active users at the end of the stage's ramp")
+    duration_s: float = setting(gt=0, doc="length of the stage")
+    ramp_s: float = setting(0.0, ge=0, doc="linear ramp from the previous stage's users")
 
-    def __post_init__(self) -> None:
-        if self.users < 0:
-            raise ConfigError(f"stage users must be >= 0, got {self.users}")
-        if self.duration_s <= 0:
-            raise ConfigError(f"stage duration_s must be > 0, got {self.duration_s}")
-        if not 0 <= self.ramp_s <= self.duration_s:
-            raise ConfigError(f"stage ramp_s must be in [0, duration_s], got {self.ramp_s}")
+    def validate(self) -> None:
+        if self.ramp_s > self.duration_s:
+            raise FieldError("ramp_s", f"must be <= duration_s ({self.duration_s:g}), "
+                                       f"got {self.ramp_s:g}")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class LoadShape:
+class LoadShape(Validated):
     """The ``load:`` mapping of a workload (see the module docstring)."""
 
-    arrival: str = "closed"
-    ramp_s: float = 0.0
+    arrival: str = setting("closed", choices=ARRIVALS, doc="closed loop, or open-loop "
+                           "session arrivals")
+    ramp_s: float = setting(0.0, ge=0, doc="start the closed-loop users over this long")
     stages: tuple[Stage, ...] = ()
-    rate_per_s: float | None = None
-    gamma_shape: float = 1.0
-    max_concurrency: int | None = None
-    input_tpm: int | None = None
-    output_tpm: int | None = None
-    backoff_s: float = 1.0
-    backoff_max_s: float = 60.0
+    rate_per_s: float | None = setting(None, gt=0, doc="open loop: mean session arrivals "
+                                       "per second")
+    gamma_shape: float = setting(1.0, gt=0, doc="gamma arrivals: below 1 is burstier")
+    max_concurrency: int | None = setting(None, gt=0, doc="open loop: most sessions alive")
+    input_tpm: int | None = setting(None, gt=0, doc="per-user input tokens per minute")
+    output_tpm: int | None = setting(None, gt=0, doc="per-user output tokens per minute")
+    backoff_s: float = setting(1.0, gt=0, doc="first backoff when over budget")
+    backoff_max_s: float = setting(60.0, gt=0, doc="longest backoff")
 
-    def __post_init__(self) -> None:
-        if self.arrival not in ARRIVALS:
-            raise ConfigError(f"arrival must be one of {', '.join(ARRIVALS)}, "
-                              f"got {self.arrival!r}")
+    def validate(self) -> None:
         if self.arrival == "closed":
             if self.rate_per_s is not None:
-                raise ConfigError("rate_per_s needs arrival: poisson or gamma")
+                raise FieldError("rate_per_s", "needs arrival: poisson or gamma")
         else:
-            if self.rate_per_s is None or self.rate_per_s <= 0:
-                raise ConfigError(f"arrival {self.arrival!r} needs rate_per_s > 0")
+            if self.rate_per_s is None:
+                raise FieldError("rate_per_s", f"arrival {self.arrival!r} needs "
+                                               "rate_per_s > 0")
             if self.stages:
-                raise ConfigError("stages apply to closed-loop users (arrival: closed)")
-        if self.ramp_s < 0:
-            raise ConfigError(f"ramp_s must be >= 0, got {self.ramp_s}")
-        if self.gamma_shape <= 0:
-            raise ConfigError(f"gamma_shape must be > 0, got {self.gamma_shape}")
-        for name in ("max_concurrency", "input_tpm", "output_tpm"):
-            v = getattr(self, name)
-            if v is not None and v <= 0:
-                raise ConfigError(f"{name} must be > 0 or null, got {v}")
-        if self.backoff_s <= 0 or self.backoff_max_s < self.backoff_s:
-            raise ConfigError("need 0 < backoff_s <= backoff_max_s")
+                raise FieldError("stages", "stages apply to closed-loop users "
+                                           "(arrival: closed)")
+        if self.backoff_max_s < self.backoff_s:
+            raise FieldError("backoff_max_s", f"must be >= backoff_s ({self.backoff_s:g})")
 
     @property
     def open_loop(self) -> bool:

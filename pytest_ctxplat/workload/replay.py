@@ -36,9 +36,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
+from .. import builtin
+from ..config import FieldError, setting
 from ..errors import ConfigError
 from .model import RequestPlan, SessionPlan, SpawnStep, Step, TimedRequest
-from .spec import WorkloadContext, WorkloadSpec, register_kind
+from .spec import WorkloadContext, WorkloadSpec
 
 if TYPE_CHECKING:
     from .traces import Trace
@@ -49,49 +51,39 @@ TIMINGS = ("original", "think_time")
 
 
 def resolve_trace_path(path: str) -> Path:
-    """``path`` as given, else relative to the project checkout (for bundled fixtures)."""
+    """``path`` as given (absolute, or relative to the working directory), else one of
+    the sample traces shipped with the package (``agent-session-small.json``, also
+    written ``fixtures/traces/agent-session-small.json``)."""
     p = Path(path).expanduser()
     if p.is_absolute() or p.exists():
         return p
-    bundled = Path(__file__).resolve().parents[2] / path
-    return bundled if bundled.exists() else p
+    shipped = builtin.trace_path(path)
+    return shipped if shipped is not None else p
 
 
-@register_kind
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class TraceReplay(WorkloadSpec):
     """Replay a trace file or folder (see the module docstring)."""
 
     kind = "trace"
-    path: str = ""
-    timing: str = "original"
-    time_scale: float = 1.0
-    max_idle_s: float | None = None
-    warm_prefix_tokens: int = 0
-    first_requests: int | None = None
-    use_trace_output: bool = True
-    wait_for_previous: bool = True
+    path: str = setting("", path=True, doc="kv-cache-tester JSON file or folder, or "
+                        "Mooncake JSONL file")
+    timing: str = setting("original", choices=TIMINGS, doc="when requests are sent")
+    time_scale: float = setting(1.0, gt=0, doc="multiplies every time")
+    max_idle_s: float | None = setting(None, ge=0, doc="cap on each idle gap")
+    warm_prefix_tokens: int = setting(0, ge=0, doc="leading tokens common to all sessions")
+    first_requests: int | None = setting(None, gt=0, doc="replay only the first N")
+    use_trace_output: bool = setting(True, doc="output tokens as recorded")
+    wait_for_previous: bool = setting(True, doc="wait for the request a request builds on")
 
     def validate(self) -> None:
-        super().validate()
         if not self.path:
-            raise ConfigError("workload 'trace': path is required (a kv-cache-tester JSON "
-                              "file or folder, or a Mooncake JSONL file)")
+            raise FieldError("path", "is required (a kv-cache-tester JSON file or folder, "
+                                     "or a Mooncake JSONL file)")
         if not resolve_trace_path(self.path).exists():
-            raise ConfigError(f"workload 'trace': path {self.path!r} does not exist (a "
-                              "relative path is tried from the working directory, then "
-                              "from the project checkout)")
-        if self.timing not in TIMINGS:
-            raise ConfigError(f"workload 'trace': timing must be one of {', '.join(TIMINGS)}, "
-                              f"got {self.timing!r}")
-        if self.time_scale <= 0:
-            raise ConfigError("workload 'trace': time_scale must be > 0")
-        if self.max_idle_s is not None and self.max_idle_s < 0:
-            raise ConfigError("workload 'trace': max_idle_s must be >= 0 or null")
-        if self.warm_prefix_tokens < 0:
-            raise ConfigError("workload 'trace': warm_prefix_tokens must be >= 0")
-        if self.first_requests is not None and self.first_requests <= 0:
-            raise ConfigError("workload 'trace': first_requests must be > 0 or null")
+            raise FieldError("path", f"{self.path!r} does not exist (a relative path is "
+                                     "tried from the working directory, then from the "
+                                     "definition's folder, then among the shipped samples)")
 
     # -- the trace ----------------------------------------------------------------------
     def trace(self) -> Trace:

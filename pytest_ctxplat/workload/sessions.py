@@ -16,38 +16,38 @@ import dataclasses
 import random
 from collections.abc import Iterator
 
-from ..errors import ConfigError
+from ..config import FieldError, setting
 from .model import RequestPlan, SessionPlan, SessionStream
-from .spec import WorkloadContext, WorkloadSpec, register_kind
+from .spec import WorkloadContext, WorkloadSpec
 
 __all__ = ["LongSessions"]
 
 
-@register_kind
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class LongSessions(WorkloadSpec):
     """Long, growing contexts with human-scale gaps (see the module docstring)."""
 
     kind = "long_sessions"
-    block_size: int = 16
-    output_tokens: int = 300
-    shared_prefix_tokens: int = 8192
-    initial_tokens: int = 12_000
-    turn_tokens_min: int = 1000
-    turn_tokens_max: int = 4000
-    max_context_tokens: int = 100_000
-    think_min_s: float = 10.0
-    think_max_s: float = 150.0
-    start_spread_s: float = 60.0
+    block_size: int = setting(16, gt=0, doc="tokens per block of the request plan")
+    output_tokens: int = setting(300, gt=0, doc="output tokens per request")
+    shared_prefix_tokens: int = setting(8192, ge=0, doc="prefix shared by every user")
+    initial_tokens: int = setting(12_000, ge=0, doc="a session's own first context")
+    turn_tokens_min: int = setting(1000, gt=0, doc="fewest tokens a turn adds")
+    turn_tokens_max: int = setting(4000, gt=0, doc="most tokens a turn adds")
+    max_context_tokens: int = setting(100_000, gt=0, doc="a session ends before this")
+    think_min_s: float = setting(10.0, ge=0, doc="shortest pause between turns")
+    think_max_s: float = setting(150.0, ge=0, doc="longest pause between turns")
+    start_spread_s: float = setting(60.0, ge=0, doc="users start uniformly over this long")
 
     def validate(self) -> None:
-        super().validate()
-        if not 0 <= self.think_min_s <= self.think_max_s:
-            raise ConfigError("long_sessions: need 0 <= think_min_s <= think_max_s")
-        if not 0 < self.turn_tokens_min <= self.turn_tokens_max:
-            raise ConfigError("long_sessions: need 0 < turn_tokens_min <= turn_tokens_max")
+        if self.think_min_s > self.think_max_s:
+            raise FieldError("think_max_s", f"must be >= think_min_s ({self.think_min_s:g})")
+        if self.turn_tokens_min > self.turn_tokens_max:
+            raise FieldError("turn_tokens_max", "must be >= turn_tokens_min "
+                                                f"({self.turn_tokens_min})")
         if self.shared_prefix_tokens + self.initial_tokens >= self.max_context_tokens:
-            raise ConfigError("long_sessions: the first prompt must fit max_context_tokens")
+            raise FieldError("max_context_tokens", "the first prompt (shared_prefix_tokens "
+                             "+ initial_tokens) must fit below it")
 
     def user_sessions(self, user: int, ctx: WorkloadContext) -> Iterator[SessionPlan]:
         # the random-stream and shared-prefix keys keep their first name, so seeded runs

@@ -23,49 +23,34 @@ from collections.abc import Iterator
 import numpy as np
 import numpy.typing as npt
 
-from ..errors import ConfigError
+from ..config import FieldError, setting
 from .model import SessionPlan, SessionStream
-from .spec import WorkloadContext, WorkloadSpec, register_kind
+from .spec import WorkloadContext, WorkloadSpec
 
 __all__ = ["GrowingWorkingSet", "SinglePrompt", "TargetCacheRate"]
 
 SELECTIONS = ("round_robin", "random")
 
 
-@register_kind
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class TargetCacheRate(WorkloadSpec):
     """Requests = a cached prefix from a working set + a unique suffix."""
 
     kind = "target_cache_rate"
-    working_set_tokens: int = 200_000
-    prompt_tokens: int = 8192
-    cache_rate: float = 0.75
-    selection: str = "round_robin"
-    requests_per_user: int | None = None
-    think_time_s: float = 0.0
+    working_set_tokens: int = setting(200_000, gt=0, doc="tokens of cached prefixes cycled "
+                                      "through")
+    prompt_tokens: int = setting(8192, ge=2, doc="tokens per request")
+    cache_rate: float = setting(0.75, ge=0, le=1, doc="share of each prompt from the set")
+    selection: str = setting("round_robin", choices=SELECTIONS, doc="how the next prefix "
+                             "is chosen")
+    requests_per_user: int | None = setting(None, gt=0, doc="requests each user sends")
+    think_time_s: float = setting(0.0, ge=0, doc="pause between a user's requests")
 
     def validate(self) -> None:
-        super().validate()
-        k = self.kind
-        if not 0 <= self.cache_rate <= 1:
-            raise ConfigError(f"workload {k!r}: cache_rate must be in [0, 1], got "
-                              f"{self.cache_rate}")
-        if self.prompt_tokens < 2:
-            raise ConfigError(f"workload {k!r}: prompt_tokens must be >= 2")
-        if self.working_set_tokens <= 0:
-            raise ConfigError(f"workload {k!r}: working_set_tokens must be > 0")
-        if self.selection not in SELECTIONS:
-            raise ConfigError(f"workload {k!r}: selection must be one of "
-                              f"{', '.join(SELECTIONS)}, got {self.selection!r}")
-        if self.requests_per_user is not None and self.requests_per_user <= 0:
-            raise ConfigError(f"workload {k!r}: requests_per_user must be > 0 or null")
-        if self.think_time_s < 0:
-            raise ConfigError(f"workload {k!r}: think_time_s must be >= 0")
         if (self.requests_per_user is None and self.bound_s is None
                 and self.max_requests is None):
-            raise ConfigError(f"workload {k!r}: set requests_per_user, duration_s or "
-                              "max_requests (the working set cycles forever)")
+            raise FieldError("requests_per_user", "set requests_per_user, duration_s or "
+                             "max_requests (the working set cycles forever)")
 
     @property
     def prefix_blocks(self) -> int:
@@ -101,25 +86,22 @@ class TargetCacheRate(WorkloadSpec):
             k += 1
 
 
-@register_kind
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class GrowingWorkingSet(TargetCacheRate):
     """A working set that grows with every request, up to a maximum."""
 
     kind = "growing_working_set"
-    working_set_tokens: int = 50_000
-    max_working_set_tokens: int = 2_000_000
-    growth_tokens_per_request: int = 4096
-    selection: str = "random"
+    working_set_tokens: int = setting(50_000, gt=0, doc="the working set at the start")
+    max_working_set_tokens: int = setting(2_000_000, gt=0, doc="the largest working set")
+    growth_tokens_per_request: int = setting(4096, ge=0, doc="growth per request sent")
+    selection: str = setting("random", choices=SELECTIONS, doc="how the next prefix is "
+                             "chosen")
 
     def validate(self) -> None:
         super().validate()
         if self.max_working_set_tokens < self.working_set_tokens:
-            raise ConfigError("workload 'growing_working_set': max_working_set_tokens must "
-                              "be >= working_set_tokens")
-        if self.growth_tokens_per_request < 0:
-            raise ConfigError("workload 'growing_working_set': growth_tokens_per_request "
-                              "must be >= 0")
+            raise FieldError("max_working_set_tokens", "must be >= working_set_tokens "
+                                                       f"({self.working_set_tokens})")
 
     def set_size(self, request_index: int) -> int:
         tokens = min(self.max_working_set_tokens,
@@ -128,24 +110,20 @@ class GrowingWorkingSet(TargetCacheRate):
         return max(1, tokens // per)
 
 
-@register_kind
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class SinglePrompt(WorkloadSpec):
     """Each prompt twice (cold, then warm) at doubling context sizes."""
 
     kind = "single_prompt"
-    users: int = 1
-    min_tokens: int = 1024
-    max_tokens: int = 65536
-    repeats: int = 1
-    gap_s: float = 0.0
+    users: int = setting(1, gt=0, doc="users, each sending the whole ladder")
+    min_tokens: int = setting(1024, ge=2, doc="the smallest prompt")
+    max_tokens: int = setting(65536, ge=2, doc="the largest prompt (sizes double)")
+    repeats: int = setting(1, gt=0, doc="times each size is sent (cold, then warm)")
+    gap_s: float = setting(0.0, ge=0, doc="pause before each request")
 
     def validate(self) -> None:
-        super().validate()
-        if not 2 <= self.min_tokens <= self.max_tokens:
-            raise ConfigError("workload 'single_prompt': need 2 <= min_tokens <= max_tokens")
-        if self.repeats <= 0 or self.gap_s < 0:
-            raise ConfigError("workload 'single_prompt': need repeats > 0 and gap_s >= 0")
+        if self.min_tokens > self.max_tokens:
+            raise FieldError("max_tokens", f"must be >= min_tokens ({self.min_tokens})")
 
     def sizes(self) -> list[int]:
         out = []

@@ -1,4 +1,4 @@
-"""Exact prefix-cache simulation of a trace under TTL and LRU policies, in one pass.
+"""Exact prefix-cache replay of a trace under TTL and LRU policies, in one pass.
 
 Semantics (documented in ``docs/reference/analysis.md``, checked against a brute-force
 reference in the tests):
@@ -37,7 +37,7 @@ import numpy.typing as npt
 
 from ..workload.traces import Trace
 
-__all__ = ["CacheStats", "lru_grid", "simulate"]
+__all__ = ["CacheStats", "lru_grid", "replay_cache"]
 
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
@@ -102,7 +102,7 @@ def lru_grid(distinct_blocks: int, points: int = 256) -> I64:
     return g
 
 
-def simulate(
+def replay_cache(
     trace: Trace,
     ttls: Sequence[float],
     *,
