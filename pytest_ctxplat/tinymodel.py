@@ -24,7 +24,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["SPECIAL_TOKENS", "TinyModelSpec", "main", "make_tiny_model"]
+__all__ = ["SPECIAL_TOKENS", "TinyModelError", "TinyModelSpec", "main", "make_tiny_model"]
 
 SPECIAL_TOKENS = ("<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>",
                   "<|end_header_id|>", "<|eot_id|>", "<|pad|>")
@@ -36,6 +36,16 @@ CHAT_TEMPLATE = (
 )
 MARKER = "ctxplat-tiny-model.json"
 _CPU_HEAD_DIMS = (32, 64, 80, 96, 112)
+
+
+try:  # as part of the package; run as a script (in vLLM's own venv) it may be absent
+    from pytest_ctxplat.errors import ConfigError as _Base
+except ImportError:  # pragma: no cover - the script case
+    _Base = ValueError  # type: ignore[misc, assignment]
+
+
+class TinyModelError(_Base):
+    """A shape the tiny model cannot have, or a tokenizer that came out wrong."""
 
 
 class TinyModelSpec:
@@ -55,21 +65,21 @@ class TinyModelSpec:
         for name, value in self.to_dict().items():
             if isinstance(value, bool) or not isinstance(value, int) or value < (
                     0 if name == "seed" else 1):
-                raise ValueError(f"make-tiny-model: {name} must be a positive integer, "
+                raise TinyModelError(f"make-tiny-model: {name} must be a positive integer, "
                                  f"got {value!r}")
         if hidden_size % num_heads:
-            raise ValueError(f"make-tiny-model: hidden_size {hidden_size} is not a multiple "
+            raise TinyModelError(f"make-tiny-model: hidden_size {hidden_size} is not a multiple "
                              f"of num_heads {num_heads}")
         if num_heads % num_kv_heads:
-            raise ValueError(f"make-tiny-model: num_heads {num_heads} is not a multiple of "
+            raise TinyModelError(f"make-tiny-model: num_heads {num_heads} is not a multiple of "
                              f"num_kv_heads {num_kv_heads}")
         head_dim = hidden_size // num_heads
         if head_dim not in _CPU_HEAD_DIMS and head_dim < 128:
-            raise ValueError(f"make-tiny-model: head_dim {head_dim} (hidden_size / num_heads) "
+            raise TinyModelError(f"make-tiny-model: head_dim {head_dim} (hidden_size / num_heads) "
                              "is not supported by vLLM's CPU attention; use 32, 64, 80, 96, "
                              "112 or >= 128")
         if vocab_size < 512:
-            raise ValueError(f"make-tiny-model: vocab_size must be >= 512, got {vocab_size}")
+            raise TinyModelError(f"make-tiny-model: vocab_size must be >= 512, got {vocab_size}")
 
     @property
     def head_dim(self) -> int:
@@ -152,7 +162,7 @@ def _train_tokenizer(spec: TinyModelSpec) -> Any:
     if size < spec.vocab_size:  # the corpus ran out of merges: fill up with plain tokens
         tok.add_tokens([f"<|filler_{i}|>" for i in range(spec.vocab_size - size)])
     if tok.get_vocab_size() != spec.vocab_size or size < n_base:
-        raise RuntimeError(f"tokenizer has {tok.get_vocab_size()} tokens, wanted "
+        raise TinyModelError(f"tokenizer has {tok.get_vocab_size()} tokens, wanted "
                            f"{spec.vocab_size}")
     bos = SPECIAL_TOKENS[0]
     tok.post_processor = processors.TemplateProcessing(
@@ -224,7 +234,7 @@ def run(args: argparse.Namespace) -> int:
     shape = {k: getattr(args, k) for k in TinyModelSpec().to_dict()}
     try:
         path = make_tiny_model(args.directory, force=args.force, **shape)
-    except ValueError as exc:
+    except TinyModelError as exc:
         print(f"ctxplat make-tiny-model: {exc}", file=sys.stderr)
         return 2
     except ImportError:

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pytest_ctxplat.errors import ConfigError
+from pytest_ctxplat.errors import ConfigError, SimulatorError
 from pytest_ctxplat.sim.cache import PrefixCache, block_hashes
 from pytest_ctxplat.sim.config import SimConfig
 
@@ -156,7 +156,7 @@ def test_double_free_is_an_error() -> None:
     blocks = cache.allocate(1)
     assert blocks is not None
     cache.free(blocks)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(SimulatorError, match="freed more often than allocated"):
         cache.free(blocks)
 
 

@@ -111,79 +111,93 @@ def replay_cache(
     """Run the TTL caches (one per value in ``ttls``) and the LRU stack over ``trace``.
 
     ``lru_capacities`` are in blocks (default: :func:`lru_grid`)."""
-    n_req = len(trace)
-    bs = trace.block_size
-    t = trace.arrival_s
     ttl_arr = np.asarray(sorted(set(float(x) for x in ttls)), np.float64)
     if (ttl_arr < 0).any() or np.isnan(ttl_arr).any():
         raise ValueError(f"TTLs must be >= 0 seconds, got {list(ttls)}")
-    D = trace.num_blocks
     caps = np.asarray(
         sorted(set(int(c) for c in lru_capacities)) if lru_capacities is not None
-        else lru_grid(D), np.int64)
+        else lru_grid(trace.num_blocks), np.int64)
     if len(caps) and caps[0] < 1:
         raise ValueError("LRU capacities must be >= 1 block")
+    state = _Replay(trace, caps)
+    for r in range(len(trace)):
+        state.request(r)
+    return state.stats(ttl_arr)
 
-    last_req = np.full(D, -1, np.int64)
-    last_pos = np.zeros(D, np.int64)
-    stamp = np.full(D, -1, np.int64)
-    masks: dict[int, npt.NDArray[np.bool_]] = {}
-    fen = _Fenwick(max(n_req, 1))
-    owned_total = 0
-    n_distinct = np.zeros(n_req, np.int64)
-    lru_hits = np.zeros(len(caps), np.int64)
-    lru_tok = np.zeros(len(caps), np.int64)
-    token_refs = 0
-    partial_tok = np.full(n_req, bs, np.int64)  # tokens of each request's last kept block
-    # run records: request, previous request (-1 unseen), length, running max gap
-    run_r: list[I64] = []
-    run_p: list[I64] = []
-    run_len: list[I64] = []
-    run_cmg: list[F64] = []
-    offs = trace.block_offsets
-    ids_all = trace.block_ids
-    partial = trace.last_block_partial
-    inp = trace.input_tokens
-    ar = np.arange(int(trace.blocks_per_request.max(initial=0)) + 1, dtype=np.int64)
 
-    for r in range(n_req):
-        ids = ids_all[offs[r] : offs[r + 1]]
+class _Replay:
+    """The state of one pass over a trace (see the module docstring)."""
+
+    def __init__(self, trace: Trace, caps: I64) -> None:
+        n_req = len(trace)
+        d = trace.num_blocks
+        self.trace = trace
+        self.caps = caps
+        self.bs = trace.block_size
+        self.last_req = np.full(d, -1, np.int64)
+        self.last_pos = np.zeros(d, np.int64)
+        self.stamp = np.full(d, -1, np.int64)
+        self.masks: dict[int, npt.NDArray[np.bool_]] = {}
+        self.fen = _Fenwick(max(n_req, 1))
+        self.owned_total = 0
+        self.n_distinct = np.zeros(n_req, np.int64)
+        self.lru_hits = np.zeros(len(caps), np.int64)
+        self.lru_tok = np.zeros(len(caps), np.int64)
+        self.token_refs = 0
+        self.partial_tok = np.full(n_req, self.bs, np.int64)  # tokens of the last block
+        # run records: request, previous request (-1 unseen), length, running max gap
+        self.run_r: list[I64] = []
+        self.run_p: list[I64] = []
+        self.run_len: list[I64] = []
+        self.run_cmg: list[F64] = []
+        self.ar = np.arange(int(trace.blocks_per_request.max(initial=0)) + 1, dtype=np.int64)
+
+    def _distinct(self, r: int) -> tuple[I64, int]:
+        """Request ``r``'s distinct block ids (first occurrence order) and the tokens of
+        its last kept block."""
+        tr, bs, ar = self.trace, self.bs, self.ar
+        ids = tr.block_ids[tr.block_offsets[r]: tr.block_offsets[r + 1]]
         n = len(ids)
-        if n == 0:
-            continue
-        last_tokens = bs
-        if partial[r]:
-            last_tokens = int(inp[r]) - (n - 1) * bs
-        # distinct ids, first occurrence order
-        stamp[ids[::-1]] = ar[:n][::-1]
-        if (stamp[ids] != ar[:n]).any():
-            keep = np.flatnonzero(stamp[ids] == ar[:n])
+        last_tokens = int(tr.input_tokens[r]) - (n - 1) * bs if tr.last_block_partial[r] \
+            else bs
+        self.stamp[ids[::-1]] = ar[:n][::-1]
+        if (self.stamp[ids] != ar[:n]).any():
+            keep = np.flatnonzero(self.stamp[ids] == ar[:n])
             if keep[-1] != n - 1:
                 last_tokens = bs
             ids = ids[keep]
-            n = len(ids)
-        n_distinct[r] = n
-        partial_tok[r] = last_tokens
-        token_refs += (n - 1) * bs + last_tokens
+        return ids, last_tokens
 
-        P = last_req[ids]
-        if n > 1:
-            brk = np.flatnonzero(P[1:] != P[:-1]) + 1
-            starts = np.concatenate(([0], brk))
-        else:
-            starts = np.zeros(1, np.int64)
-        pv = P[starts]
+    def request(self, r: int) -> None:
+        """Account request ``r`` (arrival order)."""
+        if self.trace.block_offsets[r] == self.trace.block_offsets[r + 1]:
+            return
+        ids, last_tokens = self._distinct(r)
+        n = len(ids)
+        self.n_distinct[r] = n
+        self.partial_tok[r] = last_tokens
+        self.token_refs += (n - 1) * self.bs + last_tokens
+        prev = self.last_req[ids]
+        starts = np.concatenate(([0], np.flatnonzero(prev[1:] != prev[:-1]) + 1)) if n > 1 \
+            else np.zeros(1, np.int64)
+        pv = prev[starts]
         lens = np.diff(np.append(starts, n))
+        t = self.trace.arrival_s
         gap = np.where(pv >= 0, t[r] - t[np.maximum(pv, 0)], np.inf)
-        run_r.append(np.full(len(starts), r, np.int64))
-        run_p.append(pv)
-        run_len.append(lens)
-        run_cmg.append(np.maximum.accumulate(gap))
+        self.run_r.append(np.full(len(starts), r, np.int64))
+        self.run_p.append(pv)
+        self.run_len.append(lens)
+        self.run_cmg.append(np.maximum.accumulate(gap))
+        pos = self.last_pos[ids]
+        touched = self._lru(n, last_tokens, pv, starts, lens, pos)
+        self._update(r, ids, n, pv, starts, lens, pos, touched)
 
-        # --- LRU stack depths (before this request's updates)
+    def _lru(self, n: int, last_tokens: int, pv: I64, starts: I64, lens: I64, pos: I64
+             ) -> dict[int, tuple[int, I64]]:
+        """LRU hits of this request from its blocks' stack depths (before its updates);
+        returns the earlier requests it takes blocks from."""
         depth = np.empty(n, np.float64)
-        pos = last_pos[ids]
-        seen_p: dict[int, tuple[int, I64]] = {}
+        seen: dict[int, tuple[int, I64]] = {}
         for k in range(len(starts)):
             p = int(pv[k])
             a = int(starts[k])
@@ -191,84 +205,83 @@ def replay_cache(
             if p < 0:
                 depth[a:b] = np.inf
                 continue
-            got = seen_p.get(p)
+            got = seen.get(p)
             if got is None:
-                got = (owned_total - fen.prefix(p), np.cumsum(masks[p], dtype=np.int64))
-                seen_p[p] = got
+                got = (self.owned_total - self.fen.prefix(p),
+                       np.cumsum(self.masks[p], dtype=np.int64))
+                seen[p] = got
             above, csum = got
-            pp = pos[a:b]
             # owned positions before pp in request p = csum[pp] - 1 (pp itself is owned)
-            depth[a:b] = 1 + above + csum[pp] - 1
-        cmd = np.maximum.accumulate(depth)
-        cnt = np.searchsorted(cmd, caps, side="right")
-        lru_hits += cnt
-        lru_tok += cnt * bs
-        if last_tokens != bs:
-            lru_tok -= (cnt == n) * (bs - last_tokens)
+            depth[a:b] = 1 + above + csum[pos[a:b]] - 1
+        cnt = np.searchsorted(np.maximum.accumulate(depth), self.caps, side="right")
+        self.lru_hits += cnt
+        self.lru_tok += cnt * self.bs
+        if last_tokens != self.bs:
+            self.lru_tok -= (cnt == n) * (self.bs - last_tokens)
+        return seen
 
-        # --- updates
+    def _update(self, r: int, ids: I64, n: int, pv: I64, starts: I64, lens: I64, pos: I64,
+                touched: dict[int, tuple[int, I64]]) -> None:
+        """Move this request's blocks to it (top of the stack)."""
         for k in range(len(starts)):
             p = int(pv[k])
             if p < 0:
                 continue
             a = int(starts[k])
             b = a + int(lens[k])
-            masks[p][pos[a:b]] = False
-            fen.add(p, -(b - a))
-            owned_total -= b - a
-        for p in seen_p:
-            if not masks[p].any():
-                del masks[p]
-        masks[r] = np.ones(n, np.bool_)
-        fen.add(r, n)
-        owned_total += n
-        last_req[ids] = r
-        last_pos[ids] = ar[:n]
+            self.masks[p][pos[a:b]] = False
+            self.fen.add(p, -(b - a))
+            self.owned_total -= b - a
+        for p in touched:
+            if not self.masks[p].any():
+                del self.masks[p]
+        self.masks[r] = np.ones(n, np.bool_)
+        self.fen.add(r, n)
+        self.owned_total += n
+        self.last_req[ids] = r
+        self.last_pos[ids] = self.ar[:n]
 
-    if run_r:
-        rr = np.concatenate(run_r)
-        rp = np.concatenate(run_p)
-        rl = np.concatenate(run_len)
-        rc = np.concatenate(run_cmg)
-    else:
-        rr = rp = rl = np.zeros(0, np.int64)
-        rc = np.zeros(0, np.float64)
-    del run_r, run_p, run_len, run_cmg
-    seen = rp >= 0
-    gap = np.where(seen, t[rr] - t[np.maximum(rp, 0)], np.inf)
-    cnt_last: I64 = np.bincount(last_req[last_req >= 0], minlength=n_req).astype(np.int64)
-    t_first = float(t[0]) if n_req else 0.0
-    t_last = float(t[-1]) if n_req else 0.0
-    span = t_last - t_first
-    session_time = _session_time(trace)
-    # partial-token correction for runs ending at a request's last block
-    last_run = np.ones(len(rr), np.bool_)
-    if len(rr) > 1:
-        last_run[:-1] = rr[1:] != rr[:-1]
-    short: I64 = (bs - partial_tok[rr]) * last_run.astype(np.int64)
-
-    m = len(ttl_arr)
-    hit_b = np.zeros(m, np.int64)
-    hit_t = np.zeros(m, np.int64)
-    peak = np.zeros(m, np.int64)
-    mean = np.zeros(m, np.float64)
-    occ = np.zeros(m, np.float64)
-    cum_n = np.concatenate(([0], np.cumsum(n_distinct)))
-    for i, T in enumerate(ttl_arr):
-        hb, ht, pk, mn, oc = _ttl_stats(T, t, rr, rp, rl, rc, gap, seen, short, bs,
-                                        n_distinct, cum_n, cnt_last, t_last, span)
-        hit_b[i], hit_t[i], peak[i], mean[i], occ[i] = hb, ht, pk, mn, oc
-    inf_ok = rc < np.inf
-    inf_b = int(rl[inf_ok].sum())
-    inf_t = int((rl[inf_ok] * bs - short[inf_ok]).sum())
-    return CacheStats(
-        requests=n_req, block_size=bs, distinct_blocks=D, block_refs=int(n_distinct.sum()),
-        token_refs=int(token_refs), span_s=span, session_time_s=session_time,
-        ttls=ttl_arr, ttl_hit_blocks=hit_b, ttl_hit_tokens=hit_t, ttl_peak_blocks=peak,
-        ttl_mean_blocks=mean, ttl_occupancy_block_s=occ, infinite_hit_blocks=inf_b,
-        infinite_hit_tokens=inf_t, lru_capacity_blocks=caps, lru_hit_blocks=lru_hits,
-        lru_hit_tokens=lru_tok,
-    )
+    def stats(self, ttl_arr: F64) -> CacheStats:
+        """The figures, from the run records (vectorised, for every TTL)."""
+        trace, bs, t = self.trace, self.bs, self.trace.arrival_s
+        n_req = len(trace)
+        if self.run_r:
+            rr, rp = np.concatenate(self.run_r), np.concatenate(self.run_p)
+            rl, rc = np.concatenate(self.run_len), np.concatenate(self.run_cmg)
+        else:
+            rr = rp = rl = np.zeros(0, np.int64)
+            rc = np.zeros(0, np.float64)
+        seen = rp >= 0
+        gap = np.where(seen, t[rr] - t[np.maximum(rp, 0)], np.inf)
+        last_req = self.last_req
+        cnt_last: I64 = np.bincount(last_req[last_req >= 0], minlength=n_req).astype(np.int64)
+        t_last = float(t[-1]) if n_req else 0.0
+        span = t_last - (float(t[0]) if n_req else 0.0)
+        # partial-token correction for runs ending at a request's last block
+        last_run = np.ones(len(rr), np.bool_)
+        if len(rr) > 1:
+            last_run[:-1] = rr[1:] != rr[:-1]
+        short: I64 = (bs - self.partial_tok[rr]) * last_run.astype(np.int64)
+        m = len(ttl_arr)
+        hit_b, hit_t, peak = (np.zeros(m, np.int64) for _ in range(3))
+        mean, occ = np.zeros(m, np.float64), np.zeros(m, np.float64)
+        cum_n = np.concatenate(([0], np.cumsum(self.n_distinct)))
+        for i, ttl in enumerate(ttl_arr):
+            hit_b[i], hit_t[i], peak[i], mean[i], occ[i] = _ttl_stats(
+                ttl, t, rr, rp, rl, rc, gap, seen, short, bs, self.n_distinct, cum_n,
+                cnt_last, t_last, span)
+        inf_ok = rc < np.inf
+        return CacheStats(
+            requests=n_req, block_size=bs, distinct_blocks=trace.num_blocks,
+            block_refs=int(self.n_distinct.sum()), token_refs=int(self.token_refs),
+            span_s=span, session_time_s=_session_time(trace), ttls=ttl_arr,
+            ttl_hit_blocks=hit_b, ttl_hit_tokens=hit_t, ttl_peak_blocks=peak,
+            ttl_mean_blocks=mean, ttl_occupancy_block_s=occ,
+            infinite_hit_blocks=int(rl[inf_ok].sum()),
+            infinite_hit_tokens=int((rl[inf_ok] * bs - short[inf_ok]).sum()),
+            lru_capacity_blocks=self.caps, lru_hit_blocks=self.lru_hits,
+            lru_hit_tokens=self.lru_tok,
+        )
 
 
 def _ttl_stats(

@@ -65,6 +65,10 @@ def finish(result: RunResult, json_path: str | None) -> int:
         if path != Path(json_path):
             path.replace(json_path)
     print_result(result)
+    if not result.metrics["requests"]:
+        print("ctxplat: note: no request was sent before the run's bound (duration_s, "
+              "max_requests or the load stages) ended; a workload's users may start "
+              "later (start_spread_s, load.ramp_s)", file=sys.stderr)
     if result.verdict is not None and not result.verdict.passed:
         print(format_breach(result), file=sys.stderr)
         return EXIT_BREACH

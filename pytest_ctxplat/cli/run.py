@@ -14,7 +14,8 @@ __all__ = ["add_parser", "run"]
 def add_parser(sub: Any) -> argparse.ArgumentParser:
     p: argparse.ArgumentParser = sub.add_parser(
         "run", help="play a workload against a server and report",
-        description=__doc__.split("\n\n")[0])
+        description="Play a workload against a server (a URL, or a simulator it starts), "
+        "print the figures and judge the --slo objectives.")
     p.add_argument("workload", help="workload kind, definition name (./workloads, then "
                    "the built-ins) or YAML file, e.g. chat or coding-agent")
     p.add_argument("--url", help="server base URL (default: start the simulator)")

@@ -20,11 +20,14 @@ __all__ = ["add_parser", "run"]
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
     p: argparse.ArgumentParser = sub.add_parser(
-        "simulate", help="play a workload against a simulator profile in virtual time",
-        description=__doc__.split("\n\n")[0])
+        "simulate", help="play a workload against a simulated deployment in virtual time",
+        description="Play a workload against a simulated deployment (a hardware "
+        "profile) in virtual time, driver and simulator in one process; print the "
+        "figures of ctxplat run.")
     p.add_argument("workload", nargs="?", help="workload kind or YAML definition")
     p.add_argument("--profile", default="h100-llama8b",
-                   help="built-in profile name or profile YAML file. Default: %(default)r")
+                   help="hardware profile: a built-in name (see --list-profiles) or a "
+                   "YAML file. Default: %(default)r")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="workload field override, repeatable (e.g. --set users=200)")
     p.add_argument("--profile-set", action="append", default=[], metavar="KEY=VALUE",
@@ -36,7 +39,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--name", default="simulate",
                    help="run name (results file, token salt). Default: %(default)r")
     p.add_argument("--json", help="write the result JSON to this file")
-    p.add_argument("--list-profiles", action="store_true", help="list built-in profiles")
+    p.add_argument("--list-profiles", action="store_true",
+                   help="list the built-in hardware profiles")
     return p
 
 

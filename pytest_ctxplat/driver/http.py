@@ -7,7 +7,8 @@ gaps between token chunks, end, output and cached tokens, HTTP status and error.
 
 It uses aiohttp directly: on a small machine a plain httpx stream reaches a few hundred
 requests per second where a minimal aiohttp client reaches thousands, and the client must
-not be what limits a load test. Control-plane calls elsewhere may use httpx.
+not be what limits a load test. Control-plane calls (probe, reset, /metrics) go through
+httpx in the orchestrator and the server backends: one library per job.
 
 Token chunks are not parsed as JSON one by one: the first one of a stream is, and
 becomes a :class:`~pytest_ctxplat.driver.sse.TokenTemplate`; the token chunks of each
@@ -25,10 +26,8 @@ from array import array
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
 
 import aiohttp
-import orjson
 from yarl import URL
 
 from pytest_ctxplat.driver.sse import (
@@ -39,7 +38,7 @@ from pytest_ctxplat.driver.sse import (
     interpret_payload,
     split_region,
 )
-from pytest_ctxplat.errors import ConfigError, ServerError
+from pytest_ctxplat.errors import ConfigError, DriverError
 from pytest_ctxplat.report.records import RequestRecord
 
 __all__ = ["ClientLimits", "StreamClient"]
@@ -207,7 +206,7 @@ class StreamClient:
     def _require_session(self) -> aiohttp.ClientSession:
         session = self._session
         if session is None:
-            raise RuntimeError("StreamClient is not open: use 'async with StreamClient(...)'")
+            raise DriverError("StreamClient is not open: use 'async with StreamClient(...)'")
         return session
 
     # -- the hot path ------------------------------------------------------------------
@@ -225,6 +224,9 @@ class StreamClient:
         ``[DONE]``, or at the end of the body). Never raises except for cancellation;
         failures set ``error`` and ``end_s`` and keep the partial measurements.
         """
+        # hot path: one function on purpose. Locals hold bound methods and the loop reads
+        # each received buffer once; splitting it into calls costs measurable client CPU
+        # per request (docs/performance.md, benchmarks/bench_client_overhead.py).
         session = self._require_session()
         url = self._url(path)
         record.start_s = start = now()
@@ -332,39 +334,6 @@ class StreamClient:
                 return  # [DONE] was seen: a failure while draining does not matter
             record.end_s = now()
             record.error = _redact(_describe(exc, self.limits), self._secrets)
-
-    # -- control-plane helpers ------------------------------------------------------
-
-    async def get_json(self, path: str) -> tuple[int, Any]:
-        """GET ``path``; return ``(status, parsed JSON or None)``.
-
-        Raises :class:`~pytest_ctxplat.errors.ServerError` when no answer came back.
-        """
-        return await self._call("GET", path, None)
-
-    async def post_json(self, path: str, payload: Any) -> tuple[int, Any]:
-        """POST ``payload`` as JSON to ``path``; return ``(status, parsed JSON or None)``.
-
-        Raises :class:`~pytest_ctxplat.errors.ServerError` when no answer came back.
-        """
-        return await self._call("POST", path, orjson.dumps(payload))
-
-    async def _call(self, method: str, path: str, body: bytes | None) -> tuple[int, Any]:
-        session = self._require_session()
-        headers = {"Content-Type": "application/json"} if body is not None else None
-        try:
-            async with session.request(method, self._url(path), data=body, headers=headers) as resp:
-                raw = await resp.read()
-                status = resp.status
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            message = _redact(_describe(exc, self.limits), self._secrets)
-            raise ServerError(f"{method} {self.base_url}{path} failed: {message}") from None
-        if not raw:
-            return status, None
-        try:
-            return status, orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            return status, None
 
 
 _ZEROS = memoryview(bytes(8 * 1024))

@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import ConfigError
+from ..errors import ConfigError, DriverError
 from ..report.records import RequestRecord
 
 __all__ = ["StreamsResult", "WorkerReport", "new_event_loop", "run_streams", "split_evenly",
@@ -271,7 +271,7 @@ def run_streams(
     requests (the remainders go to the first ones). With ``rate`` (requests/s) the
     requests arrive as a Poisson process instead (each worker ``rate / workers``,
     seeded by ``seed``), at most ``concurrency`` in flight. Raises
-    :class:`~pytest_ctxplat.errors.ConfigError` for bad arguments and ``RuntimeError``
+    :class:`~pytest_ctxplat.errors.ConfigError` for bad arguments and ``DriverError``
     when a worker fails or exceeds ``timeout_s``.
     """
     for name, value, least in (("requests", requests, 1), ("concurrency", concurrency, 1),
@@ -288,20 +288,31 @@ def run_streams(
                           f"({concurrency}): each worker holds at least one stream")
     hdrs = dict(headers or {})
     if workers == 1:
-        loop = new_event_loop()
-        try:
-            cpu0 = time.process_time()
-            t0 = time.monotonic()
-            with tuned_gc():
-                records = loop.run_until_complete(stream_closed_loop(
-                    url, path, body, requests=requests, concurrency=concurrency,
-                    headers=hdrs, rate=rate, seed=seed))
-            wall = time.monotonic() - t0
-            report = WorkerReport(0, records, time.process_time() - cpu0, wall)
-        finally:
-            loop.close()
-        return _merge([report], t0, wall)
+        return _in_process(url, path, body, requests, concurrency, hdrs, rate, seed)
+    return _in_workers(url, path, body, requests, concurrency, workers, hdrs,
+                       start_method, timeout_s, rate, seed)
 
+
+def _in_process(url: str, path: str, body: bytes, requests: int, concurrency: int,
+                headers: dict[str, str], rate: float | None, seed: int) -> StreamsResult:
+    loop = new_event_loop()
+    try:
+        cpu0 = time.process_time()
+        t0 = time.monotonic()
+        with tuned_gc():
+            records = loop.run_until_complete(stream_closed_loop(
+                url, path, body, requests=requests, concurrency=concurrency,
+                headers=headers, rate=rate, seed=seed))
+        wall = time.monotonic() - t0
+        report = WorkerReport(0, records, time.process_time() - cpu0, wall)
+    finally:
+        loop.close()
+    return _merge([report], t0, wall)
+
+
+def _in_workers(url: str, path: str, body: bytes, requests: int, concurrency: int,
+                workers: int, headers: dict[str, str], start_method: str | None,
+                timeout_s: float | None, rate: float | None, seed: int) -> StreamsResult:
     ctx: Any = mp.get_context(start_method or "spawn")
     shares = zip(split_evenly(concurrency, workers), split_evenly(requests, workers), strict=True)
     procs = []
@@ -310,7 +321,7 @@ def run_streams(
         for i, (conc, reqs) in enumerate(shares):
             parent, child = ctx.Pipe()
             args = {"url": url, "path": path, "body": body, "requests": reqs,
-                    "concurrency": conc, "headers": hdrs, "worker": i, "seed": seed,
+                    "concurrency": conc, "headers": headers, "worker": i, "seed": seed,
                     "rate": None if rate is None else rate * reqs / requests}
             proc = ctx.Process(target=_worker_main, args=(args, child), daemon=True,
                                name=f"ctxplat-worker-{i}")
@@ -322,7 +333,7 @@ def run_streams(
         for i, conn in enumerate(conns):
             kind, payload = _receive(conn, deadline, i)
             if kind != "ready":
-                raise RuntimeError(f"worker {i} failed to start: {payload}")
+                raise DriverError(f"worker {i} failed to start: {payload}")
         t0 = time.monotonic() + 0.05
         for conn in conns:
             conn.send(t0)
@@ -330,7 +341,7 @@ def run_streams(
         for i, conn in enumerate(conns):
             kind, payload = _receive(conn, deadline, i)
             if kind != "done":
-                raise RuntimeError(f"worker {i} failed: {payload}")
+                raise DriverError(f"worker {i} failed: {payload}")
             reports.append(payload)
         wall = max(r.wall_s for r in reports)
         return _merge(reports, t0, wall)
@@ -347,11 +358,11 @@ def run_streams(
 def _receive(conn: Any, deadline: float | None, worker: int) -> tuple[str, Any]:
     wait = None if deadline is None else max(0.0, deadline - time.monotonic())
     if not conn.poll(wait):
-        raise RuntimeError(f"worker {worker} did not answer in time")
+        raise DriverError(f"worker {worker} did not answer in time")
     try:
         msg: tuple[str, Any] = conn.recv()
     except EOFError:
-        raise RuntimeError(f"worker {worker} died without a report") from None
+        raise DriverError(f"worker {worker} died without a report") from None
     return msg
 
 

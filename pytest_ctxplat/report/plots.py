@@ -12,6 +12,8 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ..errors import ExtraMissing
+
 __all__ = [
     "PlotsUnavailable",
     "hit_rates_over_time",
@@ -22,8 +24,8 @@ __all__ = [
 ]
 
 
-class PlotsUnavailable(RuntimeError):
-    """matplotlib is not installed."""
+class PlotsUnavailable(ExtraMissing):
+    """matplotlib (the ``plots`` extra) is not installed."""
 
 
 def _plt() -> Any:

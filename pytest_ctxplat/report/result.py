@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 
 from ..slo import SLOSpec, Verdict
+from ..version import __version__
 from .records import RequestRecord
 
 __all__ = ["SCHEMA_VERSION", "RunResult", "machine_info", "result_path", "write_json"]
@@ -87,7 +88,6 @@ class RunResult:
         return self.verdict is None or self.verdict.passed
 
     def to_dict(self, *, records: bool = True) -> dict[str, Any]:
-        from .. import __version__
 
         return {
             "schema_version": SCHEMA_VERSION,

@@ -29,7 +29,7 @@ from ..errors import ConfigError, ServerStartError
 from .base import ServerInfo
 from .probe import Capabilities
 from .process import ManagedProcess
-from .profiles import ServerProfile
+from .profiles import KvSettings, ServerProfile
 
 __all__ = ["TINY_PRESETS", "LaunchPlan", "VllmServer", "build_launch", "find_vllm_python",
            "resolve_model", "start_vllm"]
@@ -183,6 +183,16 @@ def build_launch(profile: ServerProfile, *, python: str, model: str, port: int,
         env["VLLM_CPU_KVCACHE_SPACE"] = _num(e.cpu_kvcache_space_gib)
     if is_tiny(profile.model) or Path(model).is_dir():
         env["HF_HUB_OFFLINE"] = "1"
+    argv += _kv_tiers(kv, env, workdir)
+    argv += list(profile.extra_args)
+    env.update({k: str(v) for k, v in profile.env.items()})
+    return LaunchPlan(argv=argv, env=env)
+
+
+def _kv_tiers(kv: KvSettings, env: dict[str, str], workdir: Path) -> list[str]:
+    """The flags of the KV tiers below HBM (offload, one connector); adds their
+    environment variables to ``env``."""
+    argv: list[str] = []
     offload = kv.offload
     if offload is not None:
         argv += ["--kv-offloading-size", _num(offload.size_gib),
@@ -216,9 +226,7 @@ def build_launch(profile: ServerProfile, *, python: str, model: str, port: int,
         transfer = dict(kv.transfer_config)
     if transfer is not None:
         argv += ["--kv-transfer-config", json.dumps(transfer, separators=(",", ":"))]
-    argv += list(profile.extra_args)
-    env.update({k: str(v) for k, v in profile.env.items()})
-    return LaunchPlan(argv=argv, env=env)
+    return argv
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from pytest_ctxplat.errors import RequestError, SimulatorError
+
 __all__ = ["CacheCounters", "PrefixCache", "block_hashes", "mix64", "token_array"]
 
 U64 = np.uint64
@@ -45,7 +47,7 @@ def token_array(tokens: Sequence[int] | npt.NDArray[np.integer]) -> npt.NDArray[
     """Token ids as a one-dimensional int64 array (no copy when already one)."""
     arr = np.asarray(tokens, dtype=np.int64)
     if arr.ndim != 1:
-        raise ValueError("token ids must be a one-dimensional sequence")
+        raise RequestError("token ids must be a one-dimensional sequence")
     return arr
 
 
@@ -89,7 +91,7 @@ class PrefixCache:
 
     def __init__(self, num_blocks: int, block_size: int) -> None:
         if num_blocks < 1 or block_size < 1:
-            raise ValueError("num_blocks and block_size must be >= 1")
+            raise SimulatorError("num_blocks and block_size must be >= 1")
         self.num_blocks = num_blocks
         self.block_size = block_size
         self.counters = CacheCounters()
@@ -139,9 +141,6 @@ class PrefixCache:
         """How many of these cached blocks sit unreferenced in the LRU (pinning them
         takes them out of the free pool)."""
         return sum(1 for h in hashes if self._by_hash[h] in self._lru)
-
-    def is_cached(self, block_hash: int) -> bool:
-        return block_hash in self._by_hash
 
     def refcount(self, block: int) -> int:
         return self._refcnt[block]
@@ -216,7 +215,7 @@ class PrefixCache:
         for b in reversed(blocks):
             c = self._refcnt[b] - 1
             if c < 0:
-                raise RuntimeError(f"block {b} freed more often than allocated")
+                raise SimulatorError(f"block {b} freed more often than allocated")
             self._refcnt[b] = c
             if c == 0:
                 if self._hash_of[b] is None:

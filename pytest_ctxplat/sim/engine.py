@@ -37,12 +37,12 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from pytest_ctxplat.errors import CtxplatError
+from pytest_ctxplat.errors import EngineStoppedError, RequestError
 from pytest_ctxplat.sim.burst import decode_burst
 from pytest_ctxplat.sim.cache import PrefixCache, block_hashes, mix64, token_array
 from pytest_ctxplat.sim.config import SimConfig
 from pytest_ctxplat.sim.hardware import HardwareProfile, load_hardware
-from pytest_ctxplat.sim.request import EngineStoppedError, Request, RequestState, TokenEvent
+from pytest_ctxplat.sim.request import Request, RequestState, TokenEvent
 from pytest_ctxplat.sim.tiers import TierChain
 from pytest_ctxplat.sim.timing import Clock, LinearTimingModel, RealClock, StepWork, TimingModel
 from pytest_ctxplat.sim.tokenizer import NUM_SPECIAL_TOKENS
@@ -57,10 +57,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-
-class RequestError(CtxplatError, ValueError):
-    """A request the engine cannot serve (bad tokens, too long, ...)."""
 
 
 class KvLink:

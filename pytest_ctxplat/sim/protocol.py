@@ -16,6 +16,7 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
+from pytest_ctxplat.errors import RequestError
 from pytest_ctxplat.sim.tokenizer import Tokenizer
 
 __all__ = [
@@ -36,7 +37,7 @@ DEFAULT_MAX_TOKENS = 16
 SSE_DONE = b"data: [DONE]\n\n"
 
 
-class BadRequest(ValueError):
+class BadRequest(RequestError):
     """Invalid client input (HTTP 400)."""
 
 

@@ -18,15 +18,11 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from pytest_ctxplat.errors import CtxplatError
+from pytest_ctxplat.errors import EngineStoppedError
 
 __all__ = ["EngineStoppedError", "Request", "RequestState", "TokenEvent"]
 
 _ids = itertools.count(1)
-
-
-class EngineStoppedError(CtxplatError, RuntimeError):
-    """The engine stopped (or failed) before the request finished."""
 
 
 class RequestState(enum.Enum):
@@ -105,13 +101,6 @@ class Request:
     def all_len(self) -> int:
         """Tokens of the current sequence: prompt plus tokens generated so far."""
         return self.prompt_len + self.num_out
-
-    @property
-    def output_token_ids(self) -> list[int]:
-        if self.tokens is None:
-            return []
-        out: list[int] = self.tokens[self.prompt_len : self.prompt_len + self.num_out].tolist()
-        return out
 
     def push_token(self, now: float) -> None:
         self.num_out += 1

@@ -23,7 +23,7 @@ from types import FrameType
 
 import uvicorn
 
-from pytest_ctxplat.errors import ConfigError
+from pytest_ctxplat.errors import ConfigError, SimulatorError
 from pytest_ctxplat.sim.app import create_app
 from pytest_ctxplat.sim.cluster import Cluster, Router
 from pytest_ctxplat.sim.config import SimConfig
@@ -213,7 +213,7 @@ class SimServerHandle:
         while not self._server.started:
             if not self._thread.is_alive() or waited > timeout:
                 self.close()
-                raise RuntimeError(f"simulator did not start: {self._error!r}")
+                raise SimulatorError(f"simulator did not start: {self._error!r}")
             deadline.wait(0.01)
             waited += 0.01
         return self

@@ -69,10 +69,6 @@ class TierStore:
     def usage(self) -> float:
         return len(self._lru) / self.capacity_blocks
 
-    def touch(self, block_hash: int, now: float) -> None:
-        self._lru[block_hash] = now
-        self._lru.move_to_end(block_hash)
-
     def insert(self, block_hash: int, now: float) -> list[int]:
         """Store a block; returns the hashes evicted to make room (LRU first)."""
         self._lru[block_hash] = now

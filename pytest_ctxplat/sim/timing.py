@@ -14,6 +14,7 @@ import asyncio
 from dataclasses import dataclass
 from typing import Protocol
 
+from pytest_ctxplat.errors import SimulatorError
 from pytest_ctxplat.sim.config import SimConfig
 
 __all__ = ["Clock", "LinearTimingModel", "RealClock", "StepWork", "TimingModel"]
@@ -38,7 +39,7 @@ class RealClock:
 
     def __init__(self, speedup: float = 1.0, catch_up_s: float = 0.05) -> None:
         if speedup <= 0:
-            raise ValueError("speedup must be > 0")
+            raise SimulatorError("speedup must be > 0")
         self.speedup = speedup
         self.catch_up_s = catch_up_s
         self._due = float("-inf")

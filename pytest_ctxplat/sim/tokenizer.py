@@ -24,6 +24,8 @@ import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from pytest_ctxplat.errors import RequestError, SimulatorError
+
 __all__ = ["NUM_SPECIAL_TOKENS", "ROLE_TOKENS", "ChatTemplateError", "Tokenizer"]
 
 NUM_SPECIAL_TOKENS = 16
@@ -33,7 +35,7 @@ _SPECIAL_NAMES = {0: "pad", 1: "system", 2: "user", 3: "assistant", 4: "tool"}
 _A = ord("a")
 
 
-class ChatTemplateError(ValueError):
+class ChatTemplateError(RequestError):
     """Messages that the chat template cannot render."""
 
 
@@ -42,7 +44,7 @@ class Tokenizer:
 
     def __init__(self, vocab_size: int = 32000) -> None:
         if vocab_size <= NUM_SPECIAL_TOKENS:
-            raise ValueError(f"vocab_size must be > {NUM_SPECIAL_TOKENS}")
+            raise SimulatorError(f"vocab_size must be > {NUM_SPECIAL_TOKENS}")
         self.vocab_size = vocab_size
         self._span = vocab_size - NUM_SPECIAL_TOKENS
         self._words: dict[int, str] = {}
@@ -50,7 +52,7 @@ class Tokenizer:
     def word(self, token_id: int) -> str:
         """The text of one token id (without the leading space)."""
         if not 0 <= token_id < self.vocab_size:
-            raise ValueError(f"token id {token_id} out of range 0..{self.vocab_size - 1}")
+            raise RequestError(f"token id {token_id} out of range 0..{self.vocab_size - 1}")
         cached = self._words.get(token_id)
         if cached is not None:
             return cached

@@ -15,13 +15,11 @@ import selectors
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
+from pytest_ctxplat.errors import VirtualTimeDeadlock
+
 __all__ = ["VirtualClock", "VirtualEventLoop", "VirtualTimeDeadlock", "run_virtual"]
 
 T = TypeVar("T")
-
-
-class VirtualTimeDeadlock(RuntimeError):
-    """Every task waits and no timer is pending: virtual time cannot advance."""
 
 
 class _VirtualSelector(selectors.SelectSelector):

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["TokenSpace", "render_words"]
+__all__ = ["TokenSpace"]
 
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
@@ -100,13 +100,3 @@ class TokenSpace:
                     np.int64)
         out += self.token_min
         return out
-
-
-def render_words(token_ids: npt.NDArray[np.int64]) -> str:
-    """Render token ids as text, one word per token (``"t<id>"`` joined by spaces).
-
-    Used for chat prompts: a word-level tokenizer maps each word back to one token, so
-    block boundaries survive the trip through text. Real tokenizers may merge or split
-    words; the driver checks drift with ``/tokenize`` where the server offers it.
-    """
-    return " ".join(f"t{t}" for t in token_ids.tolist())

@@ -98,15 +98,6 @@ class Trace:
             out[-1] = int(self.input_tokens[i]) - (n - 1) * self.block_size
         return out
 
-    @functools.cached_property
-    def block_token_totals(self) -> I64:
-        """Tokens covered by all of each request's blocks."""
-        n = self.blocks_per_request
-        tot = n * self.block_size
-        part = self.last_block_partial & (n > 0)
-        tot[part] = self.input_tokens[part]
-        return tot
-
 
 # --------------------------------------------------------------------------- parts
 
@@ -345,6 +336,30 @@ def _densify(ids: npt.NDArray[np.int64]) -> tuple[npt.NDArray[np.int64], int]:
     return inv.astype(np.int64, copy=False), len(uniq)
 
 
+def _gather_ids(parts: Sequence[_Part], order: npt.NDArray[np.int64],
+                offsets: npt.NDArray[np.int64], starts: npt.NDArray[np.int64],
+                row_part: npt.NDArray[np.int64], id_base: npt.NDArray[np.int64]
+                ) -> npt.NDArray[np.int64]:
+    """Every row's block ids (global: offset by its part's base), rows in ``order``."""
+    block_ids = np.empty(int(offsets[-1]), np.int64)
+    if np.array_equal(order, np.arange(len(order))):
+        pos = 0
+        for si, p in enumerate(parts):
+            block_ids[pos : pos + len(p.flat)] = p.flat
+            block_ids[pos : pos + len(p.flat)] += id_base[si]
+            pos += len(p.flat)
+        return block_ids
+    flats = [p.flat for p in parts]
+    o = offsets.tolist()
+    for new, old in enumerate(order.tolist()):
+        si = int(row_part[old])
+        a0 = int(starts[old])
+        dst = block_ids[o[new] : o[new + 1]]
+        dst[:] = flats[si][a0 : a0 + o[new + 1] - o[new]]
+        dst += id_base[si]
+    return block_ids
+
+
 def _assemble(parts: Sequence[_Part], name: str) -> Trace:
     if not parts:
         raise TraceFormatError("no trace files given")
@@ -381,25 +396,9 @@ def _assemble(parts: Sequence[_Part], name: str) -> Trace:
         session_names.append(p.session_name)
         row += k
     order = np.argsort(arrival, kind="stable")
-    new_counts = counts[order]
     offsets = np.zeros(n + 1, np.int64)
-    np.cumsum(new_counts, out=offsets[1:])
-    block_ids = np.empty(int(offsets[-1]), np.int64)
-    if np.array_equal(order, np.arange(n)):
-        pos = 0
-        for si, p in enumerate(parts):
-            block_ids[pos : pos + len(p.flat)] = p.flat
-            block_ids[pos : pos + len(p.flat)] += id_base[si]
-            pos += len(p.flat)
-    else:
-        flats = [p.flat for p in parts]
-        o = offsets.tolist()
-        for new, old in enumerate(order.tolist()):
-            si = int(row_part[old])
-            a0 = int(starts[old])
-            dst = block_ids[o[new] : o[new + 1]]
-            dst[:] = flats[si][a0 : a0 + o[new + 1] - o[new]]
-            dst += id_base[si]
+    np.cumsum(counts[order], out=offsets[1:])
+    block_ids = _gather_ids(parts, order, offsets, starts, row_part, id_base)
     for p in parts:
         p.flat = np.zeros(0, np.int32)
     rank = np.empty(n, np.int64)
