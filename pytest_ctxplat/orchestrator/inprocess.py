@@ -21,13 +21,14 @@ from typing import Any
 import numpy as np
 
 from ..driver.runner import OutgoingRequest, RequestSink
+from ..errors import RequestError
 from ..report.records import RequestRecord
 from ..servers.scrape import MetricsSnapshot, parse_metrics
 from ..servers.sim import SIM_CAPABILITIES
 from ..sim.cache import block_hashes, mix64
 from ..sim.cluster import Cluster
 from ..sim.config import SimConfig
-from ..sim.engine import Engine, RequestError
+from ..sim.engine import Engine
 from ..sim.hardware import HardwareProfile
 from ..sim.metrics import SimMetrics
 from ..sim.request import Request, RequestState

@@ -20,11 +20,12 @@ if TYPE_CHECKING:
     from .cache import PrefixCache, block_hashes
     from .cluster import Cluster, Router
     from .config import SimConfig
-    from .engine import Engine, EngineStats, KvLink, RequestError
+    from .engine import Engine, KvLink, RequestError
     from .hardware import HardwareProfile, hardware_names, load_hardware
     from .request import EngineStoppedError, Request, TokenEvent
     from .roofline import RooflineTimingModel
     from .server import SimServerHandle, main, serve_in_thread
+    from .stats import EngineStats
     from .timing import Clock, LinearTimingModel, RealClock, StepWork
     from .tokenizer import Tokenizer
     from .virtual import VirtualClock, VirtualEventLoop, run_virtual
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
 _LAZY = {
     "create_app": "app", "PrefixCache": "cache", "block_hashes": "cache",
     "Cluster": "cluster", "Router": "cluster", "SimConfig": "config", "Engine": "engine",
-    "EngineStats": "engine", "KvLink": "engine", "RequestError": "engine",
+    "EngineStats": "stats", "KvLink": "engine", "RequestError": "engine",
     "HardwareProfile": "hardware", "hardware_names": "hardware", "load_hardware": "hardware",
     "EngineStoppedError": "request", "Request": "request", "TokenEvent": "request",
     "RooflineTimingModel": "roofline", "SimServerHandle": "server", "main": "server",

@@ -13,24 +13,38 @@ simulator's speed, not its results.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
-from pytest_ctxplat.sim.request import RequestState
+from pytest_ctxplat.sim.cache import PrefixCache
+from pytest_ctxplat.sim.request import Request, RequestState
+from pytest_ctxplat.sim.stats import EngineStats
+from pytest_ctxplat.sim.tiers import TierChain
 from pytest_ctxplat.sim.timing import StepWork
 
-if TYPE_CHECKING:
-    from pytest_ctxplat.sim.engine import Engine
+__all__ = ["BurstParts", "decode_burst"]
 
-__all__ = ["decode_burst"]
+
+@dataclass(frozen=True)
+class BurstParts:
+    """What a burst works on: the engine's cache, tiers, counters and step timing."""
+
+    cache: PrefixCache
+    tiers: TierChain
+    stats: EngineStats
+    step_time: Callable[[StepWork], float]
+    block_size: int
+    max_num_batched_tokens: int
 
 MIN_STEPS = 2
 
 
-def decode_burst(engine: Engine, now: float, horizon: float) -> float:
-    """Run decode steps from ``now`` while allowed; returns the model time they end at
-    (``now`` when no step ran). The caller sleeps until then."""
-    reqs = engine._running
-    if engine._waiting or not reqs or len(reqs) > engine.config.max_num_batched_tokens:
+def decode_burst(reqs: Sequence[Request], parts: BurstParts, now: float, horizon: float
+                 ) -> float:
+    """Run decode steps of the running requests ``reqs`` (nothing waiting) from ``now``
+    while allowed; returns the model time they end at (``now`` when no step ran). The
+    caller sleeps until then."""
+    if not reqs or len(reqs) > parts.max_num_batched_tokens:
         return now
     k_max = -1
     ctx = 0
@@ -44,9 +58,9 @@ def decode_burst(engine: Engine, now: float, horizon: float) -> float:
     if k_max < MIN_STEPS:
         return now
     n = len(reqs)
-    bs = engine.config.block_size
-    cache, tiers, stats = engine.cache, engine.tiers, engine.stats
-    step_time = engine.timing.step_time
+    bs = parts.block_size
+    cache, tiers, stats = parts.cache, parts.tiers, parts.stats
+    step_time = parts.step_time
     lost = tiers.lost
     t = now
     steps = 0

@@ -32,17 +32,18 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
 from pytest_ctxplat.errors import EngineStoppedError, RequestError
-from pytest_ctxplat.sim.burst import decode_burst
+from pytest_ctxplat.sim.burst import BurstParts, decode_burst
 from pytest_ctxplat.sim.cache import PrefixCache, block_hashes, mix64, token_array
 from pytest_ctxplat.sim.config import SimConfig
 from pytest_ctxplat.sim.hardware import HardwareProfile, load_hardware
 from pytest_ctxplat.sim.request import Request, RequestState, TokenEvent
+from pytest_ctxplat.sim.roofline import RooflineTimingModel
+from pytest_ctxplat.sim.stats import EngineStats
 from pytest_ctxplat.sim.tiers import TierChain
 from pytest_ctxplat.sim.timing import Clock, LinearTimingModel, RealClock, StepWork, TimingModel
 from pytest_ctxplat.sim.tokenizer import NUM_SPECIAL_TOKENS
@@ -75,32 +76,6 @@ class KvLink:
         self.free_at = start + nbytes * self.s_per_byte
         self.bytes += nbytes
         return self.free_at + self.latency_s
-
-
-@dataclass
-class EngineStats:
-    """Cumulative counters (tokens unless noted), as vLLM's metrics count them."""
-
-    prefix_cache_queries: int = 0
-    prefix_cache_hits: int = 0
-    prompt_tokens: int = 0
-    prompt_tokens_cached: int = 0
-    generation_tokens: int = 0
-    request_success: int = 0
-    num_preemptions: int = 0
-    num_aborted: int = 0
-    num_steps: int = 0
-    # KV tiers below HBM (vLLM's "external" / connector figures)
-    external_queries: int = 0
-    external_hits: int = 0
-    tokens_local_compute: int = 0
-    tokens_local_hit: int = 0
-    tokens_external: int = 0
-    computed_blocks: int = 0
-    hbm_query_blocks: int = 0
-    refill_blocks: int = 0
-    stall_s: float = 0.0
-    busy_s: float = 0.0
 
 
 def effective_config(config: SimConfig, profile: HardwareProfile) -> SimConfig:
@@ -137,8 +112,6 @@ class Engine:
         self.config = config
         self.clock: Clock = clock if clock is not None else RealClock(config.speedup)
         if timing is None and profile is not None:
-            from pytest_ctxplat.sim.roofline import RooflineTimingModel
-
             timing = RooflineTimingModel(profile)
         self.timing: TimingModel = timing if timing is not None else LinearTimingModel(config)
         self.cache = PrefixCache(config.num_kv_blocks, config.block_size)
@@ -152,6 +125,8 @@ class Engine:
         self.kv_link: KvLink | None = None
         self.cache.evicted = []
         self.stats = EngineStats()
+        self._burst = BurstParts(self.cache, self.tiers, self.stats, self.timing.step_time,
+                                 config.block_size, config.max_num_batched_tokens)
         # virtual time: engines sharing a clock (replicas) and when this one can next
         # finish a request (see _next_visible); the shortest possible step
         self.peers: list[Engine] = []
@@ -346,7 +321,7 @@ class Engine:
                     if not self._waiting:
                         limit = min([horizon(), *(p.quiet_until for p in self.peers
                                                   if p is not self)])
-                        end = decode_burst(self, now, limit)
+                        end = decode_burst(self._running, self._burst, now, limit)
                         if end > now:
                             await sleep(end - now)
                             continue
