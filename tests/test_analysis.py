@@ -169,6 +169,30 @@ def test_analysis_json_has_the_documented_shape(tmp_path: Path) -> None:
     assert (tmp_path / "plots" / "lru_curve.png").stat().st_size > 5000
 
 
+def test_analyze_plots_without_matplotlib_say_so_first_and_still_write_json(
+        tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    out, plots = tmp_path / "a.json", tmp_path / "plots"
+    hide = ("import sys\n"
+            "sys.modules['matplotlib'] = sys.modules['matplotlib.pyplot'] = None\n"
+            "from pytest_ctxplat.cli import main\n"
+            "sys.exit(main(sys.argv[1:]))\n")
+    proc = subprocess.run(
+        [sys.executable, "-u", "-c", hide, "analyze", str(FIXTURES / "kvcache"), "--json",
+         str(out), "--plots", str(plots)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout
+    note = ("ctxplat analyze: --plots needs the plots extra: "
+            "pip install 'pytest-ctxplat[plots]'; skipping the plots")
+    assert note in proc.stdout
+    # said at the start, before the analysis (unbuffered, one stream: the real order)
+    assert proc.stdout.index(note) < proc.stdout.index("31 requests")
+    assert json.loads(out.read_text())["requests"] == 31
+    assert not plots.exists()
+
+
 def test_model_for_sizing_gb_and_custom_shapes() -> None:
     p = model_for_sizing("llama-3.1-8b")
     assert p.kv_bytes_per_token == 128 * 1024

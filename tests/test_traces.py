@@ -123,16 +123,35 @@ def test_mooncake_partial_last_block_and_global_ids() -> None:
     assert np.isnan(t.think_time_s).all()
 
 
+def _distinct_ids(entries: list[dict]) -> set[int]:
+    ids: set[int] = set()
+    for e in entries:
+        ids |= _distinct_ids(e["requests"]) if e.get("type") == "subagent" else set(
+            e["hash_ids"])
+    return ids
+
+
 def test_fixture_traces_always_readable() -> None:
     t = read_trace(FIXTURES / "kvcache")
     _check_invariants(t)
     assert t.session_names == ["gen_a", "gen_b"]
     assert set(t.agent.tolist()) == {0, 1, 2}
-    m = read_trace(FIXTURES / "mooncake_small.jsonl")
+    assert t.odd_records == {}
+    # counted straight from the files: requests, and distinct ids (local to each file)
+    docs = [json.loads(f.read_text()) for f in sorted((FIXTURES / "kvcache").glob("*.json"))]
+    assert len(t) == sum(_count_requests(d["requests"]) for d in docs)
+    assert t.num_blocks == sum(len(_distinct_ids(d["requests"])) for d in docs)
+    # Mooncake: the last block is partial exactly where input_length < 512 x ids, and
+    # covers the remainder (the file is in time order, so rows are in file order)
+    path = FIXTURES / "mooncake_small.jsonl"
+    m = read_trace(path)
     _check_invariants(m)
-    assert m.last_block_partial.all() or m.last_block_partial.any()
-    both = read_traces([FIXTURES / "kvcache"])
-    assert both.num_blocks == t.num_blocks
+    lines = [json.loads(x) for x in path.read_text().splitlines()]
+    assert len(m) == len(lines)
+    for i, e in enumerate(lines):
+        n = len(e["hash_ids"])
+        assert m.last_block_partial[i] == (e["input_length"] < 512 * n)
+        assert m.block_tokens(i)[-1] == e["input_length"] - (n - 1) * 512
 
 
 def test_read_traces_mixes_files_and_keeps_ids_apart(tmp_path: Path) -> None:
@@ -171,22 +190,50 @@ def test_subagent_timing_on_a_written_file(tmp_path: Path) -> None:
     "content,needle",
     [
         ('{"requests": [{"t": 0, "in": 10, "hash_ids": [1, 2]}]', "invalid JSON"),
-        ('{"requests": [{"t": "x", "in": 10, "hash_ids": []}]}', "requests[0]: t must be a number"),
-        ('{"requests": [{"t": 0, "in": 100, "hash_ids": [1, "a"]}]}', "requests[0]: hash_ids"),
-        ('{"requests": [{"t": 0, "in": 64, "hash_ids": [1, 2]}]}', "exceed in=64"),
-        ('{"requests": [{"t": 0, "type": "subagent", "duration_ms": 5}]}', "requests[0]"),
-        ('{"requests": [{"t": 1, "in": 5, "hash_ids": []}, {"t": 2, "in": -1}]}',
-         "requests[1]: in must be an integer"),
+        ('{"requests": [{"t": "x", "in": 10, "hash_ids": []}]}',
+         "requests[0]: t must be a finite number"),
+        ('{"requests": [{"t": 0, "in": 100, "hash_ids": [1, "a"]}]}',
+         "requests[0]: hash_ids must be a list of integers, found 'a'"),
+        ('{"requests": [{"t": 0, "in": 64, "hash_ids": [1, 2]}]}',
+         "requests[0]: 2 hash_ids of 64 tokens exceed in=64"),
+        ('{"requests": [{"t": 0, "type": "subagent", "duration_ms": 5}]}',
+         "requests[0]: a subagent needs a 'requests' list"),
+        ('{"requests": [{"t": 1, "in": 5, "hash_ids": []}, {"t": 2, "in": -1, "hash_ids": []}]}',
+         "requests[1]: in must be an integer >= 0, got -1"),
         ('{"block_size": 0, "requests": []}', "block_size must be a positive integer"),
         ('[1, 2]', "JSON object with a 'requests' list"),
     ],
 )
-def test_malformed_kvcache_names_file_and_entry(tmp_path: Path, content: str, needle: str) -> None:
+def test_malformed_kvcache_strict_names_file_and_entry(tmp_path: Path, content: str,
+                                                       needle: str) -> None:
     p = tmp_path / "bad.json"
     p.write_text(content)
     with pytest.raises(TraceFormatError) as exc:
-        read_trace(p)
-    assert str(p) in str(exc.value) and needle in str(exc.value)
+        read_trace(p, strict=True)
+    assert str(exc.value).startswith(f"{p}: ") and needle in str(exc.value)
+
+
+@pytest.mark.parametrize(
+    "content,kind,rows",
+    [
+        ('{"requests": [{"t": "x", "in": 10, "hash_ids": []}]}', "record.time_missing", 1),
+        ('{"requests": [{"t": 0, "in": 100, "hash_ids": [1, "a"]}]}',
+         "request.hash_ids_invalid", 1),
+        ('{"requests": [{"t": 0, "in": 64, "hash_ids": [1, 2]}]}',
+         "request.in_below_hash_ids", 1),
+        ('{"requests": [{"t": 1, "in": 5, "hash_ids": []}, {"t": 0, "type": "subagent", '
+         '"duration_ms": 5}]}', "subagent.no_requests", 1),
+        ('{"requests": [{"t": 1, "in": 5, "hash_ids": []}, {"t": 2, "in": -1, "hash_ids": [1]}]}',
+         "request.in_invalid", 2),
+    ],
+)
+def test_malformed_kvcache_read_leniently_and_counted(tmp_path: Path, content: str, kind: str,
+                                                      rows: int) -> None:
+    p = tmp_path / "odd.json"
+    p.write_text(content)
+    t = read_trace(p)
+    assert len(t) == rows and t.odd_records == {kind: 1}
+    assert t.odd_first[kind].startswith(f"{p}: requests[")
 
 
 @pytest.mark.parametrize(
@@ -197,7 +244,7 @@ def test_malformed_kvcache_names_file_and_entry(tmp_path: Path, content: str, ne
         ('{"timestamp": 0, "input_length": 10, "output_length": 1, "hash_ids": [1, 2]}',
          "do not match"),
         ('{"timestamp": 0, "input_length": 10', "invalid JSON"),
-        ('{"input_length": 10, "hash_ids": [1]}', "timestamp must be a number"),
+        ('{"input_length": 10, "hash_ids": [1]}', "timestamp must be a finite number"),
     ],
 )
 def test_malformed_mooncake_names_file_and_line(tmp_path: Path, line: str, needle: str) -> None:
@@ -205,8 +252,12 @@ def test_malformed_mooncake_names_file_and_line(tmp_path: Path, line: str, needl
     ok = '{"timestamp": 0, "input_length": 100, "output_length": 1, "hash_ids": [5]}'
     p.write_text(ok + "\n" + line + "\n")
     with pytest.raises(TraceFormatError) as exc:
-        read_trace(p)
-    assert f"{p}:2:" in str(exc.value) and needle in str(exc.value)
+        read_trace(p, strict=True)
+    assert str(exc.value).startswith(f"{p}:2: ") and needle in str(exc.value)
+    t = read_trace(p)  # read leniently: the odd line is counted, the good one kept
+    assert sum(t.odd_records.values()) == 1
+    assert all(first.startswith(f"{p}:2: ") for first in t.odd_first.values())
+    assert len(t) == 1 + (needle != "invalid JSON")
 
 
 def test_missing_path_and_mixed_block_sizes(tmp_path: Path) -> None:
@@ -233,4 +284,7 @@ def test_hash_ids_must_be_integers(tmp_path: Path, ids: str) -> None:
     p = tmp_path / "bad.json"
     p.write_text('{"requests": [{"t": 0, "in": 1000, "hash_ids": ' + ids + "}]}")
     with pytest.raises(TraceFormatError, match=r"requests\[0\]: hash_ids must"):
-        read_trace(p)
+        read_trace(p, strict=True)
+    t = read_trace(p)  # leniently: the integers before the first bad element
+    assert t.odd_records == {"request.hash_ids_invalid": 1}
+    assert t.blocks_per_request.tolist() == [1 if ids.startswith("[1,") else 0]

@@ -79,6 +79,7 @@ class Analysis:
     cost: dict[str, Any] | None = None
     sources: list[str] = field(default_factory=list)
     formats: list[str] = field(default_factory=list)
+    odd_records: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def requests(self) -> int:
@@ -120,6 +121,7 @@ class Analysis:
             "model": self.model.to_dict() if self.model else None,
             "tiers": self.tiers.to_dict() if self.tiers else None,
             "cost": self.cost,
+            "odd_records": self.odd_records,
         }
         return out
 
@@ -195,7 +197,8 @@ def analyze(
                 output_tokens=output_tokens)
         cost = {"table": prices.to_dict(), "ttl": per_ttl}
     return Analysis(trace.name, st, ttls, input_tokens, output_tokens, n_sessions, model,
-                    lru, ttl_out, curve, tiers, cost, list(sources), list(trace.formats))
+                    lru, ttl_out, curve, tiers, cost, list(sources), list(trace.formats),
+                    trace.odd_report())
 
 
 def _lru_points(st: CacheStats, points: int, model: ModelSpec | None) -> list[dict[str, float]]:

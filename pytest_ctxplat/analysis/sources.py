@@ -95,9 +95,11 @@ def load_sources(
     seed: int = 0,
     duration_s: float | None = None,
     overrides: Mapping[str, Any] | None = None,
+    strict: bool = False,
 ) -> Trace:
-    """Trace paths are read together (:func:`read_traces`); a single non-path source is a
-    workload. Mixing the two is refused (their times and users do not line up)."""
+    """Trace paths are read together (:func:`read_traces`; odd records are counted, or
+    refused with ``strict``); a single non-path source is a workload. Mixing the two is
+    refused (their times and users do not line up)."""
     if not sources:
         raise ConfigError("analyze: give at least one trace path or workload")
     paths = [s for s in sources if _is_trace_path(s)]
@@ -110,7 +112,7 @@ def load_sources(
     if paths:
         if overrides:
             raise ConfigError("analyze: --set applies to workloads, not traces")
-        return read_traces(paths, fmt=fmt)
+        return read_traces(paths, fmt=fmt, strict=strict)
     if len(others) > 1:
         raise ConfigError(f"analyze: one workload at a time, got {', '.join(others)}")
     return trace_from_workload(others[0], overrides, seed=seed, duration_s=duration_s)

@@ -47,7 +47,10 @@ def trace_path(relative: str) -> Path | None:
     ``fixtures/traces/agent-session-small.json``), or None."""
     rel = relative.removeprefix("fixtures/traces/").removeprefix("./")
     item = resources.files(TRACES).joinpath(rel)
-    if not (item.is_file() or item.is_dir()):
+    try:
+        if not (item.is_file() or item.is_dir()):
+            return None
+    except (OSError, ValueError):  # not a name the file system takes (too long, a NUL)
         return None
     path = Path(str(item))  # installed unzipped (a wheel, or editable): a real path
     return path if path.exists() else None

@@ -4,6 +4,7 @@ working sets, tier sizing, cost); prints tables, writes JSON and plots."""
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import math
 import sys
 from pathlib import Path
@@ -15,6 +16,8 @@ from ..errors import ConfigError
 from .common import parse_assignments
 
 __all__ = ["add_parser", "format_analysis", "run"]
+
+PLOTS_MISSING = "--plots needs the plots extra: pip install 'pytest-ctxplat[plots]'"
 
 
 def _ttls(text: str) -> list[float]:
@@ -61,6 +64,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--lru-points", type=int, default=10, help="LRU curve points. Default: 10")
     p.add_argument("--format", dest="fmt", choices=("kv-cache-tester", "mooncake"),
                    default=None, help="trace format (default: detected)")
+    p.add_argument("--strict", action="store_true",
+                   help="refuse a trace with odd records (read with an assumption or "
+                   "dropped) instead of counting them; the error names the file and record")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="workload field override, repeatable")
     p.add_argument("--seed", type=int, default=0, help="workload seed. Default: 0")
@@ -68,7 +74,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                    help="workload duration bound in seconds (default: the spec's, else 3600)")
     p.add_argument("--json", default=None, metavar="FILE", help="write the analysis JSON")
     p.add_argument("--plots", default=None, metavar="DIR",
-                   help="write ttl_curves.png and lru_curve.png into DIR")
+                   help="write ttl_curves.png and lru_curve.png into DIR (needs the plots "
+                   "extra; without it they are skipped with a note)")
     return p
 
 
@@ -88,8 +95,13 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--lru-points must be >= 2, got {args.lru_points}")
     model = model_for_sizing(args.model)
     prices = price_table(args.price_table, args.pricing)
+    plots_dir = args.plots
+    if plots_dir and not _have_matplotlib():  # say so before the (long) analysis
+        print(f"ctxplat analyze: {PLOTS_MISSING}; skipping the plots", file=sys.stderr)
+        plots_dir = None
     trace = load_sources(args.sources, fmt=args.fmt, seed=args.seed,
-                         duration_s=args.duration, overrides=parse_assignments(args.set, "--set"))
+                         duration_s=args.duration, overrides=parse_assignments(args.set, "--set"),
+                         strict=args.strict)
     result = analyze(trace, args.ttl, lru_points=args.lru_points, model=model,
                      users=args.users, target_hit_rate=args.target_hit_rate,
                      hbm_ttl_s=args.hbm_ttl, dram_ttl_s=args.dram_ttl, prices=prices,
@@ -99,18 +111,29 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_bytes(orjson.dumps(_jsonable(doc), option=orjson.OPT_INDENT_2))
-    if args.plots:
-        from ..report import plots
-
-        out = Path(args.plots)
-        out.mkdir(parents=True, exist_ok=True)
-        try:
-            (out / "ttl_curves.png").write_bytes(plots.ttl_curves(doc))
-            (out / "lru_curve.png").write_bytes(plots.lru_curve(doc))
-        except plots.PlotsUnavailable as exc:
-            print(f"ctxplat analyze: {exc}", file=sys.stderr)
-            return 2
+    if plots_dir:
+        _write_plots(Path(plots_dir), doc)
     return 0
+
+
+def _have_matplotlib() -> bool:
+    try:
+        return importlib.util.find_spec("matplotlib") is not None
+    except ValueError:  # imported in an unusual way: let the plots try
+        return True
+
+
+def _write_plots(out: Path, doc: dict[str, Any]) -> None:
+    from ..report import plots
+
+    try:
+        ttl, lru = plots.ttl_curves(doc), plots.lru_curve(doc)
+    except plots.PlotsUnavailable as exc:  # matplotlib there but unusable
+        print(f"ctxplat analyze: {exc}; skipping the plots", file=sys.stderr)
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "ttl_curves.png").write_bytes(ttl)
+    (out / "lru_curve.png").write_bytes(lru)
 
 
 def _jsonable(v: Any) -> Any:
@@ -134,6 +157,7 @@ def format_analysis(doc: dict[str, Any]) -> str:
         f"span {doc['span_s'] / 3600:.2f} h",
         f"infinite cache: block hit rate {doc['infinite']['block_hit_rate']:.1%}, "
         f"token hit rate {doc['infinite']['token_hit_rate']:.1%}",
+        *_odd_lines(doc.get("odd_records") or {}),
         "",
     ]
     cost = (doc.get("cost") or {}).get("ttl", {})
@@ -189,3 +213,13 @@ def format_analysis(doc: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _odd_lines(odd: dict[str, Any]) -> list[str]:
+    """One line per kind of odd record: count, what was assumed, the first one seen."""
+    if not odd:
+        return []
+    total = sum(v["count"] for v in odd.values())
+    lines = [f"odd records: {total:,} (--strict refuses those marked *)"]
+    for kind, v in odd.items():
+        mark = "*" if v.get("strict") else " "
+        lines.append(f" {mark}{kind}: {v['count']:,} - {v['assumed']} (first: {v['first']})")
+    return lines

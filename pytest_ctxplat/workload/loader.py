@@ -11,6 +11,7 @@ names the file and line, or the override's source, and the key.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -100,8 +101,9 @@ def _relative_paths(cls: type[WorkloadSpec], values: dict[str, Any], folder: Pat
     out = dict(values)
     for f in dataclasses.fields(cls):
         v = out.get(f.name)
+        # os.path.exists never raises (a name too long for the file system, a NUL)
         if f.metadata.get("path") and isinstance(v, str) and v and not Path(v).is_absolute() \
-                and not Path(v).exists() and (folder / v).exists():
+                and not os.path.exists(v) and os.path.exists(folder / v):
             out[f.name] = str(folder / v)
     return out
 

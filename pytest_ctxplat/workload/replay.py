@@ -17,7 +17,12 @@ Timing:
   agent, instead of receiving follow-ups before the answers they build on;
 - ``think_time``: each agent waits for its previous response, then the trace's think
   time (kv-cache-tester only); a subagent starts when the request it followed finishes,
-  and the parent's next request waits for its subagents.
+  and the parent's next request waits for its blocking subagents, not for the
+  async-launched ones.
+
+Async-launched subagents (kv-cache-tester ``status: async_launched``) start at their
+marker's time in both timings (the reader places them there) and never hold up their
+parent; blocking subagents start at ``t - duration_ms/1000``.
 
 ``time_scale`` multiplies every time (0.1 replays ten times faster); ``max_idle_s`` caps
 each idle gap (between consecutive arrivals, or a think time) before scaling.
@@ -28,7 +33,9 @@ sessions (a system prompt shared across users, as kv-cache-tester's warm prefix 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -55,7 +62,7 @@ def resolve_trace_path(path: str) -> Path:
     the sample traces shipped with the package (``agent-session-small.json``, also
     written ``fixtures/traces/agent-session-small.json``)."""
     p = Path(path).expanduser()
-    if p.is_absolute() or p.exists():
+    if p.is_absolute() or os.path.exists(p):  # never raises (a name too long, a NUL)
         return p
     shipped = builtin.trace_path(path)
     return shipped if shipped is not None else p
@@ -80,7 +87,7 @@ class TraceReplay(WorkloadSpec):
         if not self.path:
             raise FieldError("path", "is required (a kv-cache-tester JSON file or folder, "
                                      "or a Mooncake JSONL file)")
-        if not resolve_trace_path(self.path).exists():
+        if not os.path.exists(resolve_trace_path(self.path)):
             raise FieldError("path", f"{self.path!r} does not exist (a relative path is "
                                      "tried from the working directory, then from the "
                                      "definition's folder, then among the shipped samples)")
@@ -93,7 +100,7 @@ class TraceReplay(WorkloadSpec):
         cached: Trace | None = _CACHE.get(self._key)
         if cached is None:
             p = resolve_trace_path(self.path)
-            if not p.exists():
+            if not os.path.exists(p):
                 raise ConfigError(f"workload 'trace': path {self.path!r} does not exist")
             cached = read_trace(p)
             if self.first_requests is not None and self.first_requests < len(cached):
@@ -133,6 +140,16 @@ class TraceReplay(WorkloadSpec):
 
     def prepare(self, ctx: WorkloadContext) -> None:
         self._plans(ctx)
+
+    def run_notes(self) -> dict[str, str]:
+        """The trace's odd records, counted by kind (read with an assumption)."""
+        odd = self.trace().odd_records
+        if not odd:
+            return {}
+        kinds = ", ".join(f"{n:,} {k}" for k, n in sorted(odd.items()))
+        return {"trace.odd_records": f"{sum(odd.values()):,} odd records read with an "
+                                     f"assumption ({kinds}); ctxplat analyze lists "
+                                     "them"}
 
     def timed_requests(self, ctx: WorkloadContext) -> Iterator[TimedRequest] | None:
         if self.timing != "original":
@@ -177,9 +194,12 @@ class TraceReplay(WorkloadSpec):
         for r in rows.tolist():
             by_agent.setdefault(int(t.agent[r]), []).append(r)
         children_of: dict[int, list[int]] = {}  # parent row (or -1) -> subagent numbers
+        detached: set[int] = set()  # async-launched subagents: the parent does not wait
         for a, rs in by_agent.items():
             if a:
                 children_of.setdefault(int(t.parent_request[rs[0]]), []).append(a)
+                if t.async_agent[rs[0]]:
+                    detached.add(a)
         name = t.session_names[s]
         start = self._gap(float(t.arrival_s[rows[0]])) if len(rows) else 0.0
 
@@ -196,22 +216,48 @@ class TraceReplay(WorkloadSpec):
                         think = float(t.arrival_s[r]) - prev_arrival
                     delay = self._gap(think)
                 if a == 0 and j == 0 and -1 in children_of:
-                    yield spawn(-1, delay)
+                    yield from spawn(-1, delay)
                     delay = 0.0
                 yield dataclasses.replace(plans[r], delay_s=delay)
                 prev_arrival = float(t.arrival_s[r])
                 if r in children_of:
-                    yield spawn(r, 0.0)
+                    yield from spawn(r, 0.0)
 
-        def spawn(parent: int, delay: float) -> SpawnStep:
-            kids = tuple(SessionPlan(f"{name}/a{a}", chain(a, 0.0))
-                         for a in children_of[parent])
-            return SpawnStep(kids, delay_s=delay, wait=True)
+        def spawn(parent: int, delay: float) -> Iterator[SpawnStep]:
+            """The subagents started after ``parent``: the async-launched ones without
+            waiting, then the blocking ones, which the parent waits for."""
+            for wait in (False, True):
+                kids = tuple(session(f"{name}/a{a}", chain(a, 0.0))
+                             for a in children_of[parent] if (a in detached) != wait)
+                if kids:
+                    yield SpawnStep(kids, delay_s=delay, wait=wait)
+                    delay = 0.0
 
-        return SessionPlan(name, chain(0, start))
+        def session(sid: str, steps: Iterator[Step]) -> SessionPlan:
+            return SessionPlan(sid, _joined(sid, steps))
+
+        return session(name, chain(0, start))
 
 
 _CACHE: dict[tuple[str, int | None], Trace] = {}
+_NO_OP = SpawnStep((), wait=True)  # a step that does nothing (keeps step numbers)
+
+
+def _joined(sid: str, steps: Iterator[Step], done: int = 0) -> Iterator[Step]:
+    """``steps`` of session ``sid``, where a spawn that does not wait (async-launched
+    subagents) becomes a spawn that waits for those subagents *and* for the rest of
+    ``sid``'s steps, played as one more child. The parent goes on at once, as without
+    waiting, and its session ends only when its subagents have (a run ends when its
+    sessions do). The rest starts with ``done + 1`` no-op steps, so its requests keep the
+    step numbers (record indices) they would have had in one session."""
+    for step in steps:
+        if isinstance(step, SpawnStep) and not step.wait:
+            rest = SessionPlan(sid, itertools.chain(itertools.repeat(_NO_OP, done + 1),
+                                                    _joined(sid, steps, done + 1)))
+            yield SpawnStep((*step.children, rest), delay_s=step.delay_s, wait=True)
+            return
+        yield step
+        done += 1
 
 
 def _head(t: Trace, n: int) -> Trace:
@@ -222,7 +268,8 @@ def _head(t: Trace, n: int) -> Trace:
         block_ids=t.block_ids[: off[n]], last_block_partial=t.last_block_partial[:n],
         session=t.session[:n], agent=t.agent[:n],
         parent_request=np.where(t.parent_request[:n] < n, t.parent_request[:n], -1),
-        think_time_s=t.think_time_s[:n], api_time_s=t.api_time_s[:n])
+        think_time_s=t.think_time_s[:n], api_time_s=t.api_time_s[:n],
+        async_agent=t.async_agent[:n])
 
 
 def _builds_on(t: Trace) -> list[int]:

@@ -74,6 +74,10 @@ class WorkloadSpec(Validated):
         """How many closed-loop user tasks the runner starts."""
         return self.load.max_users(self.users)
 
+    def run_notes(self) -> dict[str, str]:
+        """Notes for the run's result about the workload's input (after ``prepare``)."""
+        return {}
+
     def timed_requests(self, ctx: WorkloadContext) -> Iterator[TimedRequest] | None:
         """Requests at fixed times, in time order (trace replay), or None: the workload
         is played by users (``user_sessions``)."""
