@@ -23,13 +23,14 @@ calibration and price files, SLO markers. So every error looks the same and says
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import datetime
 import math
 import re
 import types
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
@@ -81,6 +82,7 @@ def _message(where: str, key: str, problem: str, valid: str | None) -> str:
 
 
 def _join(path: str, key: object) -> str:
+    key = "''" if isinstance(key, str) and not key else key  # an empty key, named
     return f"{path}.{key}" if path else str(key)
 
 
@@ -139,14 +141,23 @@ class _Layered(Source):
 
 
 # -- YAML -----------------------------------------------------------------------------
+_BREAK = re.compile(r"\r\n?|\n")
+
+
 class _Loader(yaml.SafeLoader):
-    """A safe loader that refuses duplicate keys."""
+    """A safe loader that refuses duplicate keys and numbers lines as editors do (YAML
+    also breaks lines at U+0085, U+2028 and U+2029)."""
+
+    def __init__(self, text: str) -> None:
+        ends = [m.end() for m in _BREAK.finditer(text)]
+        self.line_at: Callable[[int], int] = lambda i: bisect.bisect_right(ends, i) + 1
+        super().__init__(text)
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: dict[Any, int] = {}
-        for key_node, _ in node.value:
+        for key_node, _ in node.value if isinstance(node, yaml.MappingNode) else ():
             key = self.construct_object(key_node, deep=True)
-            line = key_node.start_mark.line + 1
+            line = self.line_at(key_node.start_mark.index)
             if isinstance(key, typing.Hashable) and key in seen:
                 raise yaml.constructor.ConstructorError(
                     None, None, f"duplicate key {key!r} (first at line {seen[key]})",
@@ -155,24 +166,41 @@ class _Loader(yaml.SafeLoader):
                 seen[key] = line
         return super().construct_mapping(node, deep=deep)
 
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep=deep)
+        except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
+            # '!!int x', '!!bool x', '2024-13-45' (a date that is none): a located error
+            raise yaml.constructor.ConstructorError(
+                None, None, f"cannot read {_show(node.value)} as !!"
+                f"{node.tag.rpartition(':')[2]} ({exc})", node.start_mark) from None
 
-def _lines(node: yaml.Node | None) -> dict[str, int]:
-    out: dict[str, int] = {}
+
+def _lines(node: yaml.Node | None, name: str, loader: _Loader) -> dict[str, int]:
+    """The line of every key path as :func:`build` names it (``None`` for ``~``); a node
+    reached again through an alias is not walked again, one holding itself is refused."""
+    out: dict[str, int] = {"": 1 if node is None else loader.line_at(node.start_mark.index)}
+    done: set[int] = set()
+    stack: set[int] = set()
 
     def walk(n: yaml.Node, prefix: str) -> None:
-        if isinstance(n, yaml.MappingNode):
-            for k, v in n.value:
-                path = _join(prefix, k.value)
-                out[path] = k.start_mark.line + 1
-                walk(v, path)
-        elif isinstance(n, yaml.SequenceNode):
-            for i, v in enumerate(n.value):
-                path = _join(prefix, i)
-                out[path] = v.start_mark.line + 1
-                walk(v, path)
+        if id(n) in stack:
+            raise ConfigError(f"{name}:{loader.line_at(n.start_mark.index)}: invalid YAML: "
+                              "this node contains an alias to itself")
+        if id(n) in done or not isinstance(n, yaml.CollectionNode):
+            return
+        done.add(id(n))
+        stack.add(id(n))
+        pairs = n.value if isinstance(n, yaml.MappingNode) else enumerate(n.value)
+        for k, v in pairs:
+            key = loader.construct_object(k, deep=True) if isinstance(k, yaml.Node) else k
+            path = _join(prefix, key)
+            out.setdefault(path, loader.line_at((k if isinstance(k, yaml.Node) else v)
+                                                .start_mark.index))  # (false, 'False')
+            walk(v, path)
+        stack.discard(id(n))
 
     if node is not None:
-        out[""] = node.start_mark.line + 1
         walk(node, "")
     return out
 
@@ -180,32 +208,44 @@ def _lines(node: yaml.Node | None) -> dict[str, int]:
 def parse_yaml(text: str, name: str) -> tuple[Any, Source]:
     """One YAML document read with a safe loader (duplicate keys refused) and its
     :class:`Source` named ``name``."""
-    loader = _Loader(text)
+    try:
+        loader = _Loader(text)
+    except yaml.reader.ReaderError as exc:  # a control character: no mark, a position
+        raise ConfigError(f"{name}:{len(_BREAK.findall(text, 0, exc.position)) + 1}: "
+                          f"invalid YAML: {exc.reason}, got U+{exc.character:04X}") from None
     try:
         node = loader.get_single_node()
         data = loader.construct_document(node) if node is not None else None
+        lines = _lines(node, name, loader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
-        line = f":{mark.line + 1}" if mark is not None else ""
+        line = f":{loader.line_at(mark.index)}" if mark is not None else ""
         raise ConfigError(f"{name}{line}: invalid YAML: {exc.problem or exc}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{name}: invalid YAML: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{name}:{loader.line_at(loader.index)}: invalid YAML: nested "
+                          "too deeply") from None
     finally:
         loader.dispose()
-    return data, Source(name, _lines(node))
+    return data, Source(name, lines)
 
 
 def read_yaml(path: str | Path) -> tuple[Any, Source]:
     """Read one YAML file (see :func:`parse_yaml`); a missing file is "file not found"."""
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        raw = p.read_bytes()
     except FileNotFoundError:
         raise ConfigError(f"file not found: {p}") from None
-    except OSError as exc:
-        raise ConfigError(f"{p}: cannot read: {exc.strerror or exc}") from None
+    except (OSError, ValueError) as exc:  # ValueError: a NUL character in the path
+        raise ConfigError(f"{p}: cannot read: {getattr(exc, 'strerror', 0) or exc}") from None
+    try:
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"{p}: not UTF-8 text: {exc}") from None
+        line = len(re.findall(rb"\r\n?|\n", raw[:exc.start])) + 1
+        raise ConfigError(f"{p}:{line}: not UTF-8 text: byte 0x{raw[exc.start]:02x} "
+                          f"({exc.reason})") from None
     return parse_yaml(text, str(p))
 
 
@@ -263,12 +303,41 @@ def setting(default: Any = dataclasses.MISSING, *,
 
 
 def check_constraints(obj: Any) -> None:
-    """Check the constraints declared with :func:`setting` on dataclass ``obj``;
-    raise :class:`FieldError` for the first one broken."""
+    """Check the values of dataclass ``obj``: plain types against its hints (an object
+    built in Python, not through :func:`build`, gets no coercion) and the constraints
+    declared with :func:`setting`; raise :class:`FieldError` for the first one broken."""
+    hints = _hints(type(obj))
     for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        problem = _type_problem(hints.get(f.name, Any), value)
+        if problem is not None:
+            raise FieldError(f.name, problem)
         c = f.metadata.get(_META)
         if c is not None:
-            c.check(f.name, getattr(obj, f.name))
+            c.check(f.name, value)
+
+
+_PLAIN = {bool: (bool,), int: (int,), float: (int, float), str: (str,)}
+
+
+def _type_problem(tp: Any, value: Any) -> str | None:
+    """Why ``value`` is not of plain type ``tp`` (None: it is, or ``tp`` is not plain)."""
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        plain = [a for a in args if a in _PLAIN]
+        if len(plain) != len(args) - (type(None) in args):
+            return None  # not all plain: leave it to the type checker
+        tp = plain[0] if len(plain) == 1 else None
+        if tp is None:
+            return None
+    allowed = _PLAIN.get(tp)
+    if allowed is None:
+        return None
+    if isinstance(value, bool) and tp is not bool:
+        return f"must be {_type_name(tp)}, got {_show(value)}"
+    return None if isinstance(value, allowed) else f"must be {_type_name(tp)}, got {_show(value)}"
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -296,7 +365,10 @@ def _hints(cls: type[Any]) -> dict[str, Any]:
 
 
 def _show(value: Any) -> str:
-    text = repr(value)
+    try:
+        text = repr(value)
+    except ValueError:  # an integer too long to convert to text
+        return f"an integer of about {value.bit_length() * 0.30103:.0f} digits"
     return text if len(text) <= 80 else text[:77] + "..."
 
 
@@ -343,15 +415,21 @@ def _coerce(tp: Any, value: Any, src: Source, path: str) -> Any:
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise src.error(path, f"must be an integer, got {_show(value)}")
+        if not -(2**63) <= value < 2**63:
+            raise src.error(path, f"must be a 64-bit integer, got {_show(value)}")
         return value
     if tp is float:
         if isinstance(value, str) and _NUMBER.match(value.strip()):
             value = float(value)  # YAML 1.1 reads 1e9 (no dot) as a string
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise src.error(path, f"must be a number, got {_show(value)}")
-        if math.isnan(value):
-            raise src.error(path, "must be a number, got nan")
-        return float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an integer too large for a float
+            number = math.inf
+        if not math.isfinite(number):
+            raise src.error(path, f"must be a finite number, got {_show(value)}")
+        return number
     if tp is str:
         if isinstance(value, (datetime.date, datetime.time)):
             value = value.isoformat()  # YAML reads an unquoted date as a date
@@ -483,6 +561,9 @@ def layered(base: Source, over: Source, over_data: Mapping[str, Any]) -> Source:
 def set_dotted(data: dict[str, Any], key: str, value: Any, where: str) -> None:
     """Set ``a.b.0.c`` in nested mappings and lists (copying what it changes)."""
     parts = key.split(".")
+    if not all(parts):
+        raise ConfigError(f"{where}: {key or repr(key)}: not a dotted key (a part is "
+                          "empty)")
     node: Any = data
     for i, part in enumerate(parts):
         last = i == len(parts) - 1

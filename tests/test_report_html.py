@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
 import subprocess
 import sys
@@ -159,3 +160,134 @@ def test_ctxplat_html_option_writes_the_report(pytester: pytest.Pytester) -> Non
         timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert (pytester.path / "ini-report.html").is_file()
+
+
+# -- without the plots extra, and bad output paths -------------------------------------
+QUIET_INI = "[pytest]\nasyncio_default_fixture_loop_scope = function\n"
+NOTE = "no plots in this report: plots need matplotlib: pip install 'pytest-ctxplat[plots]'"
+SMALL_TEST = """
+    import pytest
+
+    @pytest.mark.slo(error_rate_max=0.5)
+    @pytest.mark.workload("chat", users=1, turns=2, think_time_s=0.1, start_spread_s=0.1,
+                          system_prompt_tokens=128, user_tokens=16, output_tokens=2,
+                          block_size=16)
+    def test_small(ctxplat_run):
+        ctxplat_run()
+"""
+
+
+def _hide_matplotlib(folder: Path) -> str:
+    """A PYTHONPATH entry whose sitecustomize makes ``import matplotlib`` fail, as when
+    the ``plots`` extra is not installed."""
+    folder.mkdir(exist_ok=True)
+    (folder / "sitecustomize.py").write_text('import sys\nsys.modules["matplotlib"] = None\n')
+    return str(folder)
+
+
+def _page_text(path: Path) -> str:
+    import html
+
+    return html.unescape(path.read_text())
+
+
+def test_pytest_html_without_matplotlib_passes_with_a_note(
+        pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
+        filter(None, [_hide_matplotlib(pytester.path / "no_mpl"),
+                      os.environ.get("PYTHONPATH")])))
+    pytester.makeini(QUIET_INI)
+    pytester.makepyfile(SMALL_TEST)
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "--ctxplat-results=res", "--ctxplat-sim-speedup=50",
+        "--ctxplat-html=out/report.html")
+    output = "\n".join(result.outlines + result.errlines)
+    assert result.ret == pytest.ExitCode.OK, output
+    report = pytester.path / "out" / "report.html"
+    lines = [ln for ln in result.outlines if "HTML report written to" in ln]
+    assert lines == [f"ctxplat: HTML report written to {report} ({NOTE})"], output
+    assert "Traceback" not in output and "INTERNALERROR" not in output
+    result.assert_outcomes(passed=1)
+    text = _page_text(report)
+    assert NOTE in text and "test_small" in text and "SLO met" in text
+    assert "<img" not in text
+    assert not (pytester.path / "out" / "report_files").exists()
+
+
+def test_cli_report_without_matplotlib_exits_0_with_a_note(results: Path,
+                                                            tmp_path: Path) -> None:
+    out = tmp_path / "new" / "report.html"
+    code = ("import sys; sys.modules['matplotlib'] = None\n"
+            "from pytest_ctxplat.cli import main\n"
+            f"raise SystemExit(main(['report', {str(results)!r}, '-o', {str(out)!r}]))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stderr.strip() == f"ctxplat report: {NOTE}"
+    assert f"wrote {out}" in proc.stdout
+    assert "Traceback" not in proc.stdout + proc.stderr
+    text = _page_text(out)
+    assert NOTE in text and "<img" not in text
+    # tables and verdicts are all there
+    assert "Run: two users" in text and "Cache analysis: kvcache" in text
+    assert text.count("SLO met") == 1 and text.count("SLO breached") == 1
+
+
+def test_report_with_matplotlib_has_no_note(results: Path, tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    from pytest_ctxplat.report.html import plots_note
+
+    assert plots_note() is None
+    assert main(["report", str(results), "-o", str(tmp_path / "r.html"), "--no-infer"]) == 0
+    assert capsys.readouterr().err == ""
+    assert "plots-note" not in (tmp_path / "r.html").read_text()
+
+
+def test_bad_ctxplat_html_path_is_a_usage_error_at_startup(pytester: pytest.Pytester) -> None:
+    pytester.makeini(QUIET_INI)
+    pytester.makepyfile("def test_x():\n    raise AssertionError('must not run')\n")
+    (pytester.path / "afile").write_text("")
+    (pytester.path / "adir").mkdir()
+    cases = {
+        "deep/er/report.html": "*report.html: the folder * does not exist and * is not a "
+                               "directory to create it in*",
+        "afile/report.html": "*afile is not a directory",
+        "adir": "*adir: is a directory; give the HTML file to write*",
+    }
+    for value, why in cases.items():
+        result = pytester.runpytest("-p", "no:cacheprovider", "--ctxplat-results=res",
+                                    f"--ctxplat-html={value}")
+        assert result.ret == pytest.ExitCode.USAGE_ERROR, value
+        result.stderr.fnmatch_lines([f"ERROR: --ctxplat-html: {why}"])
+        assert "must not run" not in result.stdout.str()
+    assert not (pytester.path / "deep").exists()
+    # inside the results directory, which is created on the way: no error at startup
+    pytester.makepyfile("def test_x():\n    pass\n")
+    result = pytester.runpytest("-p", "no:cacheprovider", "--ctxplat-results=a/b/res",
+                                "--ctxplat-html=a/b/res/report.html")
+    assert result.ret == pytest.ExitCode.OK
+    result.stdout.fnmatch_lines(["ctxplat: no HTML report written: *results directory not "
+                                 "found"])
+    # the ini twin is checked the same way and named as such
+    pytester.makeini(QUIET_INI + "ctxplat_html = deep/er/report.html\n")
+    result = pytester.runpytest("-p", "no:cacheprovider", "--ctxplat-results=res")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: ctxplat_html (ini): *deep*does not exist*"])
+
+
+def test_report_output_path_rules(results: Path, tmp_path: Path,
+                                  capsys: pytest.CaptureFixture[str]) -> None:
+    from pytest_ctxplat.report.html import check_output
+
+    # the file's own folder is created when its parent exists; deeper ones are not
+    assert check_output(tmp_path / "one" / "r.html") == tmp_path / "one" / "r.html"
+    with pytest.raises(ConfigError, match=r"does not exist .*only the file's own folder"):
+        check_output(tmp_path / "one" / "two" / "r.html")
+    (tmp_path / "r_files").write_text("")
+    with pytest.raises(ConfigError, match="folder for its PNGs"):
+        check_output(tmp_path / "r.html")
+    missing = tmp_path / "a" / "b" / "r.html"
+    assert main(["report", str(results), "-o", str(missing), "--no-infer"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"ctxplat report: {missing}: the folder") and "Traceback" not in err
+    assert not (tmp_path / "a").exists()

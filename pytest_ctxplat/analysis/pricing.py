@@ -35,10 +35,11 @@ class PriceTable(Validated):
 
     def validate(self) -> None:
         for ttl, price in self.cache_write.items():
+            key = f"cache_write.{int(ttl) if ttl.is_integer() else ttl}"  # as written
             if not ttl > 0:
-                raise FieldError(f"cache_write.{ttl:g}", "a TTL must be > 0 seconds")
+                raise FieldError(key, "a TTL must be > 0 seconds")
             if not (price >= 0 and math.isfinite(price)):
-                raise FieldError(f"cache_write.{ttl:g}", f"must be a price >= 0, got {price}")
+                raise FieldError(key, f"must be a price >= 0, got {price}")
 
     def write_price(self, ttl_s: float) -> float | None:
         """Write price for a cache with this TTL: the smallest listed TTL >= it."""

@@ -36,7 +36,8 @@ def parse_assignments(items: Sequence[str], option: str) -> dict[str, Any]:
             raise ConfigError(f"{option} takes KEY=VALUE, got {item!r}")
         try:
             out[key] = yaml.safe_load(value)
-        except yaml.YAMLError as exc:
+        except (yaml.YAMLError, ValueError, LookupError, AttributeError, TypeError,
+                RecursionError) as exc:  # also '2024-13-45', '!!int x', '!!bool x'
             raise ConfigError(f"{option} {key}: cannot read the value {value!r}: "
                               f"{exc}") from None
     return out

@@ -4,6 +4,7 @@ directory (runs, their designed TTL curves, and analyses)."""
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 __all__ = ["add_parser", "run"]
@@ -14,7 +15,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         "report", help="one self-contained HTML report of a results directory",
         description="Render run results (and analysis JSON files found "
                        "there or given with --analysis) as one HTML file with embedded "
-                       "plots; the PNGs are also written next to it.")
+                       "plots; the PNGs are also written next to it. Without matplotlib "
+                       "(pip install 'pytest-ctxplat[plots]') it is written without "
+                       "plots.")
     p.add_argument("results", metavar="RESULTS_DIR", help="directory of result JSON files")
     p.add_argument("-o", "--output", default=None,
                    help="HTML file to write. Default: RESULTS_DIR/report.html")
@@ -29,8 +32,12 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from ..api import write_html_report
+    from ..report.html import plots_note
 
     path = write_html_report(args.results, args.output, analyses=args.analysis,
                              title=args.title, infer=not args.no_infer)
+    note = plots_note()
+    if note:  # an optional extra is missing: say so, but the report is written
+        print(f"ctxplat report: {note}", file=sys.stderr)
     print(f"wrote {path}")
     return 0

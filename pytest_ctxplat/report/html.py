@@ -6,6 +6,9 @@ users per server profile; for every analysis JSON (``ctxplat analyze --json``, f
 the directory or passed in): TTL curves, the LRU curve and the TTL table. Plots are PNGs
 embedded as base64 and also written to ``<report stem>_files/`` next to the HTML. The page
 has no scripts and no external resources.
+
+Plots need matplotlib (the ``plots`` extra). Without it the report is written all the
+same, without plots, and says so at the top of the page (:func:`plots_note`).
 """
 
 from __future__ import annotations
@@ -14,8 +17,9 @@ import base64
 import datetime as _dt
 import html
 import math
+import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +27,8 @@ import orjson
 
 from ..errors import ConfigError
 
-__all__ = ["build_report", "load_results", "read_analyses", "write_report"]
+__all__ = ["build_report", "check_output", "load_results", "plots_note", "read_analyses",
+           "write_report"]
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;
@@ -33,7 +38,17 @@ table{border-collapse:collapse;margin:.6em 0}td,th{border:1px solid #ddd;padding
 text-align:right}th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}
 .pass{color:#176117;font-weight:600}.fail{color:#a11;font-weight:600}
 img{max-width:100%;border:1px solid #eee;margin:.4em 0}.muted{color:#777}
+.note{background:#fff6d6;border:1px solid #e0c060;padding:.5em .8em}
 """
+
+
+def plots_note() -> str | None:
+    """Why a report written here has no plots, with the extra to install, or None when
+    it has them (matplotlib importable)."""
+    from . import plots
+
+    reason = plots.missing()
+    return None if reason is None else f"no plots in this report: {reason}"
 
 
 def load_results(results_dir: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -77,9 +92,17 @@ def _table(head: Sequence[str], rows: Sequence[Sequence[str]], cls: str = "") ->
 
 
 class _Images:
-    def __init__(self, folder: Path | None) -> None:
+    """Embeds PNGs (and writes them to ``folder``); draws nothing when plots are
+    unavailable (``missing`` says why)."""
+
+    def __init__(self, folder: Path | None, missing: str | None) -> None:
         self.folder = folder
+        self.missing = missing
         self.names: set[str] = set()
+
+    def plot(self, name: str, draw: Callable[[Any], bytes], data: Any, alt: str) -> str:
+        """The ``<img>`` of the PNG ``draw(data)`` returns, or "" without matplotlib."""
+        return "" if self.missing else self.img(name, draw(data), alt)
 
     def img(self, name: str, png: bytes, alt: str) -> str:
         base = re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[:120] or "plot"
@@ -109,7 +132,8 @@ def _verdict(run: dict[str, Any]) -> str:
                      f'<span class="{"pass" if ok else "fail"}">'
                      f'{"pass" if ok else "FAIL"}</span>'])
     verdict = ('<span class="pass">SLO met</span>' if v.get("passed")
-               else '<span class="fail">SLO breached</span>')
+               else f'<span class="fail">incomplete: {_e(v["incomplete"])}</span>'
+               if v.get("incomplete") else '<span class="fail">SLO breached</span>')
     return f"<p>{verdict}</p>" + _table(
         ["objective", "metric", "direction", "target", "observed", "margin", "result"], rows,
         "verdict")
@@ -129,6 +153,8 @@ def _summary(run: dict[str, Any]) -> str:
         ["workload", _e(f"{w.get('kind')} users={w.get('users')}")],
         ["requests / errors", f"{_num(m.get('requests'), '{:d}')} / "
                               f"{_num(m.get('errors'), '{:d}')}"],
+        ["outcomes", _e(", ".join(f"{k} {n}" for k, n in (m.get("outcomes") or {}).items()
+                                  if n) or "none")],
         ["TTFT p50 / p95 / p99 ms", " / ".join(_num(p("ttft_ms", q)) for q in
                                               ("p50", "p95", "p99"))],
         ["decode tok/s p10 / p50", f"{_num(p('decode_tps', 'p10'))} / "
@@ -137,6 +163,8 @@ def _summary(run: dict[str, Any]) -> str:
         ["hit rate designed / request / server",
          " / ".join(_pct(h.get(k)) for k in ("designed", "request", "server"))],
     ]
+    if run.get("incomplete"):
+        rows.insert(0, ["run ended early", _e(run["incomplete"])])
     return _table(["figure", "value"], rows, "summary")
 
 
@@ -165,9 +193,9 @@ def _analysis_section(doc: dict[str, Any], images: _Images, idx: int) -> str:
            f"block hit rate {_pct(inf.get('block_hit_rate'))}</p>",
            _table(head, rows, "ttl")]
     if doc.get("ttl_curve"):
-        out.append(images.img(f"{name}_ttl_curves", plots.ttl_curves(doc), "TTL curves"))
+        out.append(images.plot(f"{name}_ttl_curves", plots.ttl_curves, doc, "TTL curves"))
     if doc.get("lru"):
-        out.append(images.img(f"{name}_lru_curve", plots.lru_curve(doc), "LRU curve"))
+        out.append(images.plot(f"{name}_lru_curve", plots.lru_curve, doc, "LRU curve"))
     return "\n".join(out)
 
 
@@ -178,8 +206,8 @@ def _designed_ttl(designed: dict[str, Any] | str | None, name: str, images: _Ima
         return ""
     if isinstance(designed, str):
         return f'<p class="muted">designed TTL curves not available: {_e(designed)}</p>'
-    return images.img(f"{name}_designed_ttl", plots.ttl_curves(designed),
-                      "designed TTL curves of the workload")
+    return images.plot(f"{name}_designed_ttl", plots.ttl_curves, designed,
+                       "designed TTL curves of the workload")
 
 
 def build_report(
@@ -192,19 +220,24 @@ def build_report(
 ) -> str:
     """The HTML text; PNGs are also written to ``image_dir`` when given. ``designed``
     holds, per run, the analysis of its workload as designed (TTL curves), or why there
-    is none, or None (no section)."""
+    is none, or None (no section). Without matplotlib the page has no plots and a note
+    at the top saying why and what to install (:func:`plots_note`)."""
     from . import plots
 
-    images = _Images(image_dir)
+    note = plots_note()
+    images = _Images(image_dir, note)
     now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     parts = [f"<h1>{_e(title)}</h1>",
              f'<p class="muted">{len(runs)} run(s), {len(analyses)} analysis(es); '
              f"generated {now}</p>"]
+    if note:
+        parts.append(f'<p class="note" id="plots-note">{_e(note)}</p>')
     if runs:
         rows = []
         for r in runs:
             v = r.get("verdict")
             status = ("n/a" if not v else '<span class="pass">pass</span>' if v.get("passed")
+                      else '<span class="fail">incomplete</span>' if v.get("incomplete")
                       else '<span class="fail">FAIL</span>')
             m = r.get("metrics") or {}
             rows.append([_e(r.get("name")), _e((r.get("target") or {}).get("profile")),
@@ -215,19 +248,20 @@ def build_report(
         parts += ["<h2>Runs</h2>", _table(["run", "profile", "users", "requests",
                                            "TTFT p95 ms", "output tok/s", "SLO"], rows,
                                           "runs")]
-        parts.append("<h2>Throughput against users</h2>")
-        parts.append(images.img("throughput_vs_users", plots.throughput_vs_users(runs),
-                                "output tokens/s against users per server profile"))
+        if not note:
+            parts.append("<h2>Throughput against users</h2>")
+            parts.append(images.plot("throughput_vs_users", plots.throughput_vs_users, runs,
+                                     "output tokens/s against users per server profile"))
     for i, r in enumerate(runs):
         name = str(r.get("name") or f"run {i}")
         parts.append(f'<h2 id="run-{i}">Run: {_e(name)}</h2>')
         parts.append(_summary(r))
         parts.append("<h3>SLO verdict</h3>")
         parts.append(_verdict(r))
-        parts.append(images.img(f"{name}_latency", plots.latency_over_time(r),
-                                "TTFT and decode speed over time"))
-        parts.append(images.img(f"{name}_hit_rates", plots.hit_rates_over_time(r),
-                                "hit rates over time"))
+        parts.append(images.plot(f"{name}_latency", plots.latency_over_time, r,
+                                 "TTFT and decode speed over time"))
+        parts.append(images.plot(f"{name}_hit_rates", plots.hit_rates_over_time, r,
+                                 "hit rates over time"))
         parts.append(_designed_ttl(designed[i] if i < len(designed) else None, name, images))
     for i, a in enumerate(analyses):
         parts.append(_analysis_section(a, images, i))
@@ -263,12 +297,41 @@ def write_report(
     designed: Sequence[dict[str, Any] | str | None] = (),
 ) -> Path:
     """Write the report to ``output`` (atomically) and its PNGs to
-    ``<output stem>_files/``; see :func:`build_report`."""
+    ``<output stem>_files/``; see :func:`build_report`. The file's folder is created if
+    its parent exists; other bad paths are a ConfigError (:func:`check_output`)."""
+    out = check_output(output)
+    try:
+        out.parent.mkdir(exist_ok=True)
+        text = build_report(runs, analyses, title=title,
+                            image_dir=out.parent / f"{out.stem}_files", designed=designed)
+        tmp = out.with_suffix(out.suffix + ".tmp")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(out)
+    except OSError as exc:
+        raise ConfigError(f"{out}: cannot write the report: {exc.strerror or exc} "
+                          f"({exc.filename or out})") from None
+    return out
+
+
+def check_output(output: str | Path) -> Path:
+    """``output`` as a path if the report can be written there, else a ConfigError
+    saying why: it must not be a directory, and its folder must exist or be creatable
+    (only the file's own folder is created, inside an existing, writable directory)."""
     out = Path(output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    text = build_report(runs, analyses, title=title,
-                        image_dir=out.parent / f"{out.stem}_files", designed=designed)
-    tmp = out.with_suffix(out.suffix + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(out)
+    folder = out.parent
+    if out.is_dir():
+        raise ConfigError(f"{out}: is a directory; give the HTML file to write, such as "
+                          f"{out / 'report.html'}")
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"{out}: {folder} is not a directory")
+    writable = folder if folder.is_dir() else folder.parent
+    if not writable.is_dir():
+        raise ConfigError(f"{out}: the folder {folder} does not exist and {writable} is not "
+                          "a directory to create it in (only the file's own folder is "
+                          "created); create it first or choose another path")
+    if not os.access(writable, os.W_OK | os.X_OK):
+        raise ConfigError(f"{out}: cannot write in {writable}: permission denied")
+    images = folder / f"{out.stem}_files"
+    if images.exists() and not images.is_dir():
+        raise ConfigError(f"{out}: {images} (the folder for its PNGs) is a file")
     return out

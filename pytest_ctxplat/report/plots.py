@@ -19,6 +19,7 @@ __all__ = [
     "hit_rates_over_time",
     "latency_over_time",
     "lru_curve",
+    "missing",
     "throughput_vs_users",
     "ttl_curves",
 ]
@@ -28,17 +29,29 @@ class PlotsUnavailable(ExtraMissing):
     """matplotlib (the ``plots`` extra) is not installed."""
 
 
+INSTALL_HINT = "plots need matplotlib: pip install 'pytest-ctxplat[plots]'"
+
+
 def _plt() -> Any:
     try:
         import matplotlib
 
         matplotlib.use("Agg", force=True)
         import matplotlib.pyplot as plt
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise PlotsUnavailable(
-            "plots need matplotlib: pip install 'pytest-ctxplat[plots]'"
-        ) from exc
+    except ImportError as exc:
+        raise PlotsUnavailable(INSTALL_HINT) from exc
     return plt
+
+
+def missing() -> str | None:
+    """Why plots cannot be drawn here (matplotlib missing: the extra to install), or
+    None when they can. Callers that can do without plots check this first and say so
+    instead of failing."""
+    try:
+        _plt()
+    except PlotsUnavailable as exc:
+        return str(exc)
+    return None
 
 
 def _png(fig: Any) -> bytes:

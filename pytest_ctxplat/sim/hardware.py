@@ -212,7 +212,10 @@ def _raw(ref: str, seen: tuple[str, ...] = ()) -> tuple[dict[str, Any], Source]:
         return data, src
     if not isinstance(parent, str) or parent in seen or parent == ref:
         raise src.error("extends", f"must name another profile, got {parent!r}")
-    base, base_src = _raw(parent, (*seen, ref))
+    try:
+        base, base_src = _raw(parent, (*seen, ref))
+    except ConfigError as exc:  # no such profile, a bad file: say which file named it
+        raise src.error("extends", str(exc)) from None
     return merge(base, data), layered(base_src, src, data)
 
 
@@ -238,7 +241,15 @@ def resolve(cfg: HardwareConfig, src: Source, name: str = "custom") -> HardwareP
                                  "needs params, hidden_size and heads")
     accel = load_accelerator(cfg.accelerator, src, "accelerator")
     if cfg.calibration is not None:
-        accel = apply_calibration(accel, model, load_calibration(cfg.calibration))
+        try:
+            calibration = load_calibration(cfg.calibration)
+        except ConfigError as exc:  # located at the key that names the file, too
+            raise src.error("calibration", str(exc)) from None
+        try:
+            accel = apply_calibration(accel, model, calibration)
+        except FieldError as exc:  # figures too far out give no usable accelerator
+            raise src.error("calibration", f"{cfg.calibration} gives {accel.key} "
+                                           f"{exc.key} {exc.problem}") from None
     block_size = cfg.scheduler.block_size
     tiers = tuple(_tier(t, i, src, model, accel, cfg.tp, block_size)
                   for i, t in enumerate(cfg.tiers))
@@ -259,10 +270,11 @@ def _tier(t: TierConfig, i: int, src: Source, model: ModelSpec, accel: Accelerat
                                                           f"({block_size})")
         cap = t.capacity_tokens
     elif t.capacity_gb is not None:
-        cap = int(t.capacity_gb * 1e9 / per_token)
+        cap = _whole(t.capacity_gb * 1e9 / per_token, src, f"tiers.{i}.capacity_gb")
     else:  # HBM: what the weights leave of the accelerators' memory
         util = 0.9 if t.utilization is None else t.utilization
-        cap = int((accel.hbm_gb * 1e9 * tp * util - model.weight_bytes) / per_token)
+        cap = _whole((accel.hbm_gb * 1e9 * tp * util - model.weight_bytes) / per_token, src,
+                     f"tiers.{i}")
         if cap < block_size:
             raise src.error(f"tiers.{i}", f"{model.key} weights "
                                           f"({model.weight_bytes / 1e9:.0f} GB) leave no KV "
@@ -274,3 +286,11 @@ def _tier(t: TierConfig, i: int, src: Source, model: ModelSpec, accel: Accelerat
     return TierSpec(name=t.name, capacity_tokens=cap, read_gbs=t.read_gbs,
                     write_gbs=t.write_gbs, latency_s=t.latency_s, ttl_s=t.ttl_s,
                     write_queue_s=t.write_queue_s)
+
+
+def _whole(tokens: float, src: Source, path: str) -> int:
+    """A capacity in tokens as an integer; one too large to count is an error."""
+    if not (math.isfinite(tokens) and abs(tokens) < 2**63):
+        raise src.error(path, f"gives a KV capacity of {tokens:g} tokens, more than can be "
+                              "counted; check the sizes")
+    return int(tokens)
