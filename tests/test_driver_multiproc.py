@@ -12,7 +12,7 @@ import orjson
 import pytest
 from aiohttp import web
 
-from pytest_ctxplat.driver.multiproc import new_event_loop, run_streams, split_evenly
+from pytest_ctxplat.driver.multiproc import new_event_loop, run_streams, split_evenly, wait_until
 from pytest_ctxplat.errors import ConfigError
 
 N_TOKENS = 4
@@ -157,6 +157,28 @@ def test_event_loop_clock_has_sub_millisecond_resolution() -> None:
         assert len(readings) > 5  # not frozen, not in whole milliseconds
         assert any(abs(r * 1000 - round(r * 1000)) > 1e-6 for r in readings)
         assert loop.run_until_complete(asyncio.sleep(0.01, result=7)) == 7
+    finally:
+        loop.close()
+
+
+def test_start_line_is_never_crossed_early() -> None:
+    """The workers' start barrier: on the loop they run (uvloop's timers count whole
+    milliseconds from a cached clock and may fire early), ``wait_until(t)`` returns
+    only once the monotonic clock has reached ``t``."""
+    loop = new_event_loop()
+
+    async def early_wakeups() -> list[float]:
+        early = []
+        for i in range(200):
+            t = time.monotonic() + 0.0005 + (i % 9) * 0.0011
+            await wait_until(t)
+            if time.monotonic() < t:
+                early.append(t - time.monotonic())
+        await wait_until(time.monotonic() - 1.0)  # a line in the past: at once
+        return early
+
+    try:
+        assert loop.run_until_complete(early_wakeups()) == []
     finally:
         loop.close()
 

