@@ -134,11 +134,23 @@ class Check:
 
 @dataclasses.dataclass(frozen=True)
 class Verdict:
+    """The judged objectives of one run. ``incomplete`` says why the run did not fill
+    its measurement window (interrupted, the server died, a circuit breaker): such a
+    verdict never passes, whatever the checks say."""
+
     checks: tuple[Check, ...]
+    incomplete: str | None = None
 
     @property
     def passed(self) -> bool:
-        return all(c.passed for c in self.checks)
+        return self.incomplete is None and all(c.passed for c in self.checks)
+
+    @property
+    def status(self) -> str:
+        """``pass``, ``fail`` or ``incomplete``."""
+        if self.incomplete is not None:
+            return "incomplete"
+        return "pass" if self.passed else "fail"
 
     @property
     def failed(self) -> tuple[Check, ...]:
@@ -161,7 +173,8 @@ class Verdict:
         return tabulate(rows, headers=["metric", "target", "observed", "margin", "result"])
 
     def to_dict(self) -> dict[str, Any]:
-        return {"passed": self.passed, "checks": [c.to_dict() for c in self.checks]}
+        return {"passed": self.passed, "status": self.status, "incomplete": self.incomplete,
+                "checks": [c.to_dict() for c in self.checks]}
 
 
 def _fmt(v: float) -> str:
@@ -171,12 +184,14 @@ def _fmt(v: float) -> str:
 
 
 def evaluate(
-    spec: SLOSpec, observed: Mapping[str, float | None], notes: Mapping[str, str] | None = None
+    spec: SLOSpec, observed: Mapping[str, float | None], notes: Mapping[str, str] | None = None,
+    incomplete: str | None = None,
 ) -> Verdict:
     """Judge ``observed`` (metric name -> value or None) against ``spec``.
 
     ``notes`` maps metric names to why they are missing (e.g. the server does not
     report ``cached_tokens``); a missing metric fails its objective with that note.
+    ``incomplete`` (why the run ended early) makes the verdict ``incomplete``.
     """
     notes = notes or {}
     checks = []
@@ -193,4 +208,4 @@ def evaluate(
         ok = value <= target if direction == "max" else value >= target
         checks.append(Check(key=key, metric=metric, direction=direction, target=target,
                             observed=float(value), passed=ok))
-    return Verdict(tuple(checks))
+    return Verdict(tuple(checks), incomplete)

@@ -419,9 +419,12 @@ async def test_stream_ending_without_done_and_without_tokens_is_an_error() -> No
         await client.stream("/empty", BODY, rec, _now())
         rec2 = _record()
         await client.stream("/no-done", BODY, rec2, _now())
-    assert rec.error is not None and "IncompleteStream" in rec.error
+    assert rec.outcome == "protocol_error" and rec.error is not None
+    assert "no server-sent event in the body" in rec.error
     assert rec.end_s is not None
-    assert rec2.error is None and rec2.output_tokens == 3 and rec2.ok
+    # three tokens, then the body ends: no [DONE] and no finish_reason is a broken stream
+    assert rec2.outcome == "protocol_error" and rec2.output_tokens == 3 and not rec2.ok
+    assert rec2.error is not None and "ended before [DONE]" in rec2.error
 
 
 @pytest.mark.asyncio
@@ -449,14 +452,15 @@ async def test_read_timeout_is_recorded() -> None:
         await asyncio.sleep(2)
         return resp
 
-    limits = ClientLimits(read_timeout_s=0.1)
+    limits = ClientLimits(token_timeout_s=0.1)
     async with (
         serve({"/v1/completions": handler}) as url,
         StreamClient(url, limits=limits) as client,
     ):
         rec = _record()
         await client.stream("/v1/completions", BODY, rec, _now())
-    assert rec.error is not None and "Timeout" in rec.error
+    assert rec.outcome == "timeout" and rec.error is not None
+    assert "token_timeout_s=0.1" in rec.error
     assert rec.output_tokens == 1 and rec.end_s is not None
 
 
@@ -479,7 +483,7 @@ async def test_cancellation_propagates_after_recording() -> None:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-    assert rec.error == "cancelled"
+    assert rec.outcome == "cancelled" and rec.error == "cancelled: the run stopped"
     assert rec.output_tokens == 1 and rec.ttft_s is not None and rec.end_s is not None
 
 
@@ -626,10 +630,11 @@ async def test_stream_needs_an_open_client() -> None:
         ({"max_connections": 1.5}, "max_connections"),
         ({"max_connections": True}, "max_connections"),
         ({"connect_timeout_s": 0}, "connect_timeout_s"),
-        ({"read_timeout_s": -2.0}, "read_timeout_s"),
-        ({"read_timeout_s": float("nan")}, "read_timeout_s"),
-        ({"total_timeout_s": 0.0}, "total_timeout_s"),
-        ({"total_timeout_s": float("inf")}, "total_timeout_s"),
+        ({"token_timeout_s": -2.0}, "token_timeout_s"),
+        ({"token_timeout_s": float("nan")}, "token_timeout_s"),
+        ({"first_byte_timeout_s": "5"}, "first_byte_timeout_s"),
+        ({"request_timeout_s": 0.0}, "request_timeout_s"),
+        ({"request_timeout_s": float("inf")}, "request_timeout_s"),
     ],
 )
 def test_client_limits_are_validated(kwargs: dict[str, object], field: str) -> None:
@@ -639,9 +644,11 @@ def test_client_limits_are_validated(kwargs: dict[str, object], field: str) -> N
 
 def test_client_limits_defaults() -> None:
     limits = ClientLimits()
-    assert limits.max_connections == 0
-    assert limits.total_timeout_s is None
-    assert ClientLimits(max_connections=8, total_timeout_s=30).total_timeout_s == 30
+    assert limits.max_connections == 0 and limits.request_timeout_s is None
+    assert (limits.connect_timeout_s, limits.first_byte_timeout_s,
+            limits.token_timeout_s) == (10.0, 45.0, 30.0)
+    assert not limits.retry_throttled and limits.max_connect_failures == 10
+    assert ClientLimits(max_connections=8, request_timeout_s=30).request_timeout_s == 30
 
 
 @pytest.mark.parametrize("bad", ["127.0.0.1:8000", "ftp://host", "http://"])

@@ -168,3 +168,33 @@ def test_trace_spec_errors(bad: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigError) as info:
         load_workload("trace", {"path": str(AGENT_TRACE), **bad}, where="t::x")
     assert str(info.value).startswith(message), str(info.value)
+
+
+def test_subagents_launched_without_waiting_outlive_their_parent() -> None:
+    import dataclasses
+
+    import numpy as np
+
+    from pytest_ctxplat.workload import SessionPlan, SessionStream, SpawnStep, WorkloadSpec
+
+    @dataclasses.dataclass(frozen=True, kw_only=True)
+    class Launcher(WorkloadSpec):
+        kind = "launcher-test"
+
+        def user_sessions(self, user, ctx):  # type: ignore[no-untyped-def]
+            def child():  # type: ignore[no-untyped-def]
+                s = SessionStream.start(16, ctx.ids, np.zeros(0, np.int64))
+                for _ in range(3):
+                    s.extend(40, role="user")
+                    yield s.request(8, delay_s=5.0)
+
+            parent = SessionStream.start(16, ctx.ids, np.zeros(0, np.int64))
+            parent.extend(40, role="user")
+            yield SessionPlan("p", iter([
+                parent.request(8),
+                SpawnStep((SessionPlan("p-a0", child()),), wait=False)]))
+
+    _, records, _ = run(Launcher(users=1, block_size=16, output_tokens=8))
+    # the parent ends at once; its async subagent still sends all three requests
+    assert sorted(r.session_id for r in records) == ["p", "p-a0", "p-a0", "p-a0"]
+    assert all(r.ok for r in records)

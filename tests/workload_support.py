@@ -179,6 +179,8 @@ class FakeSink:
         record.output_tokens = request.plan.output_tokens
         record.end_s = now()
         record.status = 200
+        record.finish_reason = "length"
+        record.outcome = "ok"
 
 
 if __name__ == "__main__":

@@ -2,8 +2,10 @@
 
 :class:`StreamClient` is the only place the driver touches an HTTP library. It posts an
 already-encoded JSON body, reads the server-sent events as the socket delivers them and
-fills a :class:`~pytest_ctxplat.report.records.RequestRecord`: start, time to first token,
-gaps between token chunks, end, output and cached tokens, HTTP status and error.
+fills a :class:`~pytest_ctxplat.report.records.RequestRecord`: start, time to first
+token, gaps between token chunks, end, output and cached tokens, HTTP status, and the
+request's outcome class (``ok``, ``http_status``, ``connect_error``, ``timeout``,
+``protocol_error``, ``incomplete``, ``throttled``, ``cancelled``).
 
 It uses aiohttp directly: on a small machine a plain httpx stream reaches a few hundred
 requests per second where a minimal aiohttp client reaches thousands, and the client must
@@ -16,7 +18,8 @@ received buffer are then counted in bulk from their bytes, and only the chunks o
 shape (finish reason, usage, errors, ``[DONE]``) are parsed. See ``docs/performance.md``.
 
 Failures never raise out of :meth:`StreamClient.stream`; they are written into the record
-(``error``), keeping what was measured until then. Only cancellation propagates.
+(``outcome``, ``error``), keeping what was measured until then. Only the run's own
+cancellation propagates (the request is then ``cancelled``).
 """
 
 from __future__ import annotations
@@ -24,12 +27,20 @@ from __future__ import annotations
 import asyncio
 from array import array
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from types import TracebackType
 
 import aiohttp
 from yarl import URL
 
+from pytest_ctxplat.driver.limits import (
+    DEFAULT_LIMITS,
+    THROTTLE_STATUSES,
+    ClientLimits,
+    DeadlineWatch,
+    Flight,
+    retry_after_s,
+    swallow_own_cancel,
+)
 from pytest_ctxplat.driver.sse import (
     TOKEN_EVENT,
     SSEDecoder,
@@ -40,74 +51,11 @@ from pytest_ctxplat.driver.sse import (
 )
 from pytest_ctxplat.errors import ConfigError, DriverError
 from pytest_ctxplat.report.records import RequestRecord
+from pytest_ctxplat.secrets import redact, secret_values
 
 __all__ = ["ClientLimits", "StreamClient"]
 
 _ERROR_BODY_CHARS = 200
-_SECRET_HEADERS = frozenset(
-    {"authorization", "proxy-authorization", "api-key", "x-api-key", "cookie"}
-)
-
-
-@dataclass(frozen=True, kw_only=True)
-class ClientLimits:
-    """Connection pool size and timeouts of a :class:`StreamClient`.
-
-    ``max_connections``: most open connections (0: no limit; the runner sizes it to its
-    concurrency). ``connect_timeout_s``: to open a TCP connection.
-    ``read_timeout_s``: longest silence between two received buffers.
-    ``total_timeout_s``: whole request, from send to the end of the body (``None``: none).
-    """
-
-    max_connections: int = 0
-    connect_timeout_s: float = 10.0
-    read_timeout_s: float = 300.0
-    total_timeout_s: float | None = None
-
-    def __post_init__(self) -> None:
-        mc = self.max_connections
-        if isinstance(mc, bool) or not isinstance(mc, int) or mc < 0:
-            raise ConfigError(
-                f"ClientLimits.max_connections must be an integer >= 0 (0: no limit), got {mc!r}"
-            )
-        for name in ("connect_timeout_s", "read_timeout_s", "total_timeout_s"):
-            value = getattr(self, name)
-            if value is None and name == "total_timeout_s":
-                continue
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, (int, float))
-                or not value > 0
-                or value == float("inf")
-            ):
-                allowed = (
-                    "a finite number > 0 or None"
-                    if name == "total_timeout_s"
-                    else ("a finite number > 0")
-                )
-                raise ConfigError(f"ClientLimits.{name} must be {allowed}, got {value!r}")
-
-
-def _redact(text: str, secrets: tuple[str, ...]) -> str:
-    for secret in secrets:
-        if secret in text:
-            text = text.replace(secret, "***")
-    return text
-
-
-def _describe(exc: BaseException, limits: ClientLimits) -> str:
-    name = type(exc).__name__
-    message = str(exc)
-    if not message and isinstance(exc, TimeoutError):
-        message = (
-            f"no reply within total_timeout_s={limits.total_timeout_s}"
-            if limits.total_timeout_s is not None
-            else f"read_timeout_s={limits.read_timeout_s} or "
-            f"connect_timeout_s={limits.connect_timeout_s} exceeded"
-        )
-    return f"{name}: {message}" if message else name
-
-
 class StreamClient:
     """Streams OpenAI-compatible requests over one pooled aiohttp session.
 
@@ -125,7 +73,7 @@ class StreamClient:
         self,
         base_url: str,
         *,
-        limits: ClientLimits = ClientLimits(),
+        limits: ClientLimits = DEFAULT_LIMITS,
         headers: Mapping[str, str] | None = None,
     ) -> None:
         url = URL(base_url)
@@ -134,16 +82,9 @@ class StreamClient:
         self.base_url = base_url.rstrip("/")
         self.limits = limits
         self._headers: dict[str, str] = dict(headers or {})
-        secrets: list[str] = []
-        for key, value in self._headers.items():
-            if key.lower() in _SECRET_HEADERS and value:
-                secrets.append(value)
-                scheme, _, token = value.partition(" ")
-                if token and scheme.lower() in ("bearer", "basic", "token"):
-                    secrets.append(token)
-        # Longest first, so a token inside a full header value is not half-replaced.
-        self._secrets = tuple(sorted(set(secrets), key=len, reverse=True))
+        self._secrets = secret_values(self._headers)
         self._session: aiohttp.ClientSession | None = None
+        self._watch: DeadlineWatch | None = None
         self._urls: dict[str, URL] = {}
 
     # -- lifecycle -------------------------------------------------------------------
@@ -171,11 +112,9 @@ class StreamClient:
             keepalive_timeout=75.0,
             ttl_dns_cache=300,
         )
-        timeout = aiohttp.ClientTimeout(
-            total=limits.total_timeout_s,
-            sock_connect=limits.connect_timeout_s,
-            sock_read=limits.read_timeout_s,
-        )
+        # first-byte, token and request deadlines are the watch's (see driver.limits)
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=limits.connect_timeout_s,
+                                        sock_read=None)
         headers = {"Accept-Encoding": "identity", **self._headers}
         self._session = aiohttp.ClientSession(
             connector=connector,
@@ -185,10 +124,15 @@ class StreamClient:
             auto_decompress=False,
             raise_for_status=False,
         )
+        self._watch = DeadlineWatch(limits, asyncio.get_running_loop().time)
+        self._watch.start()
 
     async def aclose(self) -> None:
         """Close the session and its connections."""
         session, self._session = self._session, None
+        watch, self._watch = self._watch, None
+        if watch is not None:
+            await watch.stop()
         if session is not None:
             await session.close()
 
@@ -209,131 +153,217 @@ class StreamClient:
             raise DriverError("StreamClient is not open: use 'async with StreamClient(...)'")
         return session
 
-    # -- the hot path ------------------------------------------------------------------
+    # -- requests --------------------------------------------------------------------
+
+    async def request(self, path: str, body: bytes, record: RequestRecord,
+                      now: Callable[[], float]) -> None:
+        """:meth:`stream`, then, with ``limits.retry_throttled``, again after each 429 or
+        503 (honouring ``Retry-After``, bounded by ``retry_wait_max_s`` and
+        ``retry_limit``). The record keeps the first attempt's start, so its times
+        include the waits; ``retries`` counts the attempts after the first."""
+        await self.stream(path, body, record, now)
+        limits = self.limits
+        if not limits.retry_throttled:
+            return
+        start = record.start_s
+        backoff = 1.0
+        while record.outcome == "throttled" and record.retries < limits.retry_limit:
+            wait = record.retry_after_s if record.retry_after_s is not None else backoff
+            await asyncio.sleep(min(wait, limits.retry_wait_max_s))
+            backoff *= 2
+            retries = record.retries + 1
+            record.reset()
+            record.retries = retries
+            await self.stream(path, body, record, now, start=start)
 
     async def stream(
-        self, path: str, body: bytes, record: RequestRecord, now: Callable[[], float]
+        self, path: str, body: bytes, record: RequestRecord, now: Callable[[], float],
+        start: float | None = None,
     ) -> None:
         """POST ``body`` (encoded JSON) to ``path`` and measure the streamed answer.
 
-        Fills ``record``: ``start_s`` (just before sending), ``status``, ``ttft_s`` (first
-        chunk carrying a token, relative to ``start_s``), ``chunk_gaps_s`` (between
-        consecutive token chunks; chunks arriving in one buffer share its time),
-        ``output_tokens`` (``usage.completion_tokens``, else the token chunks counted),
-        ``cached_tokens`` and ``usage_prompt_tokens`` (from ``usage``), ``end_s`` (at
-        ``[DONE]``, or at the end of the body). Never raises except for cancellation;
-        failures set ``error`` and ``end_s`` and keep the partial measurements.
+        Fills ``record``: ``start_s`` (just before sending, or ``start``), ``status``,
+        ``ttft_s`` (first chunk carrying a token, relative to ``start_s``),
+        ``chunk_gaps_s`` (between consecutive token chunks; chunks arriving in one buffer
+        share its time), ``output_tokens`` (``usage.completion_tokens``, else the token
+        chunks counted), ``cached_tokens`` and ``usage_prompt_tokens`` (from ``usage``),
+        ``finish_reason``, ``end_s`` and ``outcome``. Never raises except for the run's
+        own cancellation; failures set ``outcome`` and ``error`` and keep the partial
+        measurements.
         """
+        session = self._require_session()
+        watch = self._watch
+        assert watch is not None
+        flight = Flight(asyncio.current_task(), watch.clock())
+        watch.flights.add(flight)
+        record.start_s = now() if start is None else start
+        try:
+            await self._exchange(session, path, body, record, now, flight)
+        except asyncio.CancelledError:
+            if not swallow_own_cancel(flight):
+                record.fail("cancelled", "cancelled: the run stopped", now())
+                raise
+            assert flight.expired is not None
+            record.fail("timeout", f"timeout: {flight.expired}", now())
+        except (aiohttp.ServerTimeoutError, TimeoutError) as exc:
+            record.fail("timeout", self._redact(f"timeout: connect: {_exc_text(exc)}"), now())
+        except (aiohttp.ClientError, OSError, ValueError) as exc:
+            record.fail(*self._failure(exc, record), now())
+        finally:
+            watch.flights.discard(flight)
+
+    async def _exchange(self, session: aiohttp.ClientSession, path: str, body: bytes,
+                        record: RequestRecord, now: Callable[[], float], flight: Flight
+                        ) -> None:
+        """Send, then read the answer; sets every field but ``start_s``."""
+        async with session.post(self._url(path), data=body,
+                                headers={"Content-Type": "application/json"}) as resp:
+            status = record.status = resp.status
+            if status >= 400:
+                text = await _read_head(resp.content, _ERROR_BODY_CHARS * 4, self._secrets)
+                outcome = "throttled" if status in THROTTLE_STATUSES else "http_status"
+                if outcome == "throttled":
+                    record.retry_after_s = retry_after_s(resp.headers.get("Retry-After"))
+                record.fail(outcome, self._redact(f"HTTP {status}: {text}"), now())
+                return
+            await self._read_stream(resp, record, now, flight)
+
+    async def _read_stream(self, resp: aiohttp.ClientResponse, record: RequestRecord,
+                           now: Callable[[], float], flight: Flight) -> None:
         # hot path: one function on purpose. Locals hold bound methods and the loop reads
         # each received buffer once; splitting it into calls costs measurable client CPU
         # per request (docs/performance.md, benchmarks/bench_client_overhead.py).
-        session = self._require_session()
-        url = self._url(path)
-        record.start_s = start = now()
-        done = False
+        start = record.start_s
         n_chunks = 0
         usage: StreamUsage | None = None
+        content = resp.content
+        readany = content.readany
+        decoder = SSEDecoder()
+        take = decoder.feed_region
+        template = TokenTemplate()
+        matches = template.matches
+        interpret = interpret_payload
+        token_event = TOKEN_EVENT
+        gaps = record.chunk_gaps_s
+        append_gap = gaps.append
+        clock = self._watch.clock if self._watch is not None else now
+        finish: str | None = None
+        events = 0
+        last = -1.0
+        done = eof = False
+        t = start
         try:
-            async with session.post(
-                url, data=body, headers={"Content-Type": "application/json"}
-            ) as resp:
-                status = record.status = resp.status
-                if status >= 400:
-                    text = await _read_head(resp.content, _ERROR_BODY_CHARS * 4)
-                    record.end_s = now()
-                    record.error = _redact(f"HTTP {status}: {text}", self._secrets)
-                    return
-                content = resp.content
-                readany = content.readany
-                decoder = SSEDecoder()
-                take = decoder.feed_region
-                template = TokenTemplate()
-                matches = template.matches
-                interpret = interpret_payload
-                token_event = TOKEN_EVENT
-                gaps = record.chunk_gaps_s
-                append_gap = gaps.append
-                last = -1.0
-                eof = False
-                while True:
-                    data = await readany()
-                    t = now()
-                    if data:
-                        region = take(data)
-                        if not region:
-                            continue
-                        k, payloads = _split(template, region)
-                        if k:
-                            # k token chunks in one buffer: they share its time.
-                            if last < 0.0:
-                                record.ttft_s = t - start
-                            else:
-                                append_gap(t - last)
-                            if k > 1:
-                                _zero_gaps(gaps, k - 1)
-                            last = t
-                            n_chunks += k
-                    else:
-                        # End of body: a last event may lack its blank line.
-                        eof = True
-                        payloads = decoder.flush()
-                    for payload in payloads:
-                        if matches(payload):
-                            ev = token_event
+            while True:
+                data = await readany()
+                t = now()
+                if data:
+                    region = take(data)
+                    if not region:
+                        continue
+                    k, payloads = _split(template, region)
+                    if k:
+                        # k token chunks in one buffer: they share its time.
+                        if last < 0.0:
+                            record.ttft_s = t - start
                         else:
-                            ev = interpret(payload)
-                            if ev is token_event and not template.learnt:
-                                template.learn(payload)
-                        if ev is token_event or ev.has_token:
-                            if last < 0.0:
-                                record.ttft_s = t - start
-                            else:
-                                append_gap(t - last)
-                            last = t
-                            n_chunks += 1
-                            if ev is token_event:
-                                continue
-                        if ev.usage is not None:
-                            usage = ev.usage
-                        if ev.done:
-                            done = True
-                            record.end_s = t
-                            break
-                        if ev.error is not None:
-                            _finish(record, n_chunks, usage)
-                            record.end_s = t
-                            record.error = _redact(f"stream error: {ev.error}", self._secrets)
-                            return
-                    if done or eof:
+                            append_gap(t - last)
+                        if k > 1:
+                            _zero_gaps(gaps, k - 1)
+                        last = t
+                        flight.last = clock()
+                        n_chunks += k
+                        events += k
+                else:
+                    # End of body: a last event may lack its blank line.
+                    eof = True
+                    payloads = decoder.flush()
+                for payload in payloads:
+                    events += 1
+                    if matches(payload):
+                        ev = token_event
+                    else:
+                        ev = interpret(payload)
+                        if ev is token_event and not template.learnt:
+                            template.learn(payload)
+                    if ev is token_event or ev.has_token:
+                        if last < 0.0:
+                            record.ttft_s = t - start
+                        else:
+                            append_gap(t - last)
+                        last = t
+                        flight.last = clock()
+                        n_chunks += 1
+                        if ev is token_event:
+                            continue
+                    if ev.finish_reason is not None:
+                        finish = ev.finish_reason
+                    if ev.usage is not None:
+                        usage = ev.usage
+                    if ev.done:
+                        done = True
                         break
-                if not done:
-                    record.end_s = t
-                    if n_chunks == 0:
-                        _finish(record, n_chunks, usage)
-                        ctype = resp.headers.get("Content-Type", "?")
-                        record.error = (
-                            "IncompleteStream: body ended without [DONE] and without any "
-                            f"token (Content-Type {ctype})"
-                        )
+                    if ev.error is not None:
+                        _count(record, n_chunks, usage, finish)
+                        record.fail("protocol_error",
+                                    self._redact(f"protocol_error: {ev.error}"), t)
                         return
-                elif not eof:
-                    # Read the rest (the chunked-encoding end) so the connection is reused.
-                    while await readany():
-                        pass
-            _finish(record, n_chunks, usage)
-        except asyncio.CancelledError:
-            _finish(record, n_chunks, usage)
-            if record.end_s is None:
-                record.end_s = now()
-            if record.error is None:
-                record.error = "cancelled"
+                if done or eof:
+                    break
+        except BaseException:
+            _count(record, n_chunks, usage, finish)  # keep what was measured
             raise
-        except Exception as exc:
-            _finish(record, n_chunks, usage)
-            if done:
-                return  # [DONE] was seen: a failure while draining does not matter
-            record.end_s = now()
-            record.error = _redact(_describe(exc, self.limits), self._secrets)
+        record.end_s = t
+        _count(record, n_chunks, usage, finish)
+        _judge(record, done, events, resp.headers.get("Content-Type", "?"))
+        if done and not eof:
+            # Read the rest (the chunked-encoding end) so the connection is reused; the
+            # answer is complete, so a failure here changes nothing.
+            flight.task = None  # out of the deadline watch's reach
+            try:
+                while await readany():
+                    pass
+            except (aiohttp.ClientError, OSError, ValueError):
+                pass
+
+    def _redact(self, text: str) -> str:
+        return redact(text, self._secrets)
+
+    def _failure(self, exc: BaseException, record: RequestRecord) -> tuple[str, str]:
+        """The outcome and message of a connection failure: before any answer it is a
+        ``connect_error`` (refused, reset, unreachable) unless the server closed the
+        connection cleanly without answering; after the answer began, a
+        ``protocol_error``."""
+        text = _exc_text(exc)
+        if record.status is None:
+            if isinstance(exc, aiohttp.ServerDisconnectedError):
+                return "protocol_error", self._redact(
+                    f"protocol_error: the server closed the connection without answering "
+                    f"({text})")
+            return "connect_error", self._redact(f"connect_error: {text}")
+        return "protocol_error", self._redact(
+            f"protocol_error: the connection failed mid-answer ({text})")
+
+
+def _exc_text(exc: BaseException) -> str:
+    message = str(exc)
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+
+
+def _judge(record: RequestRecord, done: bool, events: int, content_type: str) -> None:
+    """The outcome of a stream that was read to its end (``[DONE]`` or end of body)."""
+    if not done and record.finish_reason is None:
+        if events == 0:
+            why = f"no server-sent event in the body (Content-Type {content_type})"
+        else:
+            why = (f"the stream ended before [DONE] and before a finish_reason, after "
+                   f"{record.output_tokens} tokens")
+        record.outcome, record.error = "protocol_error", f"protocol_error: {why}"
+    elif record.output_tokens < record.min_tokens:
+        record.outcome = "incomplete"
+        record.error = (f"incomplete: {record.output_tokens} of {record.min_tokens} tokens "
+                        f"asked for (finish_reason {record.finish_reason!r})")
+    else:
+        record.outcome = "ok"
 
 
 _ZEROS = memoryview(bytes(8 * 1024))
@@ -371,8 +401,11 @@ def _split(template: TokenTemplate, region: bytes) -> tuple[int, list[bytes]]:
     return k, split_region(region[rest:]) if rest < len(region) else []
 
 
-def _finish(record: RequestRecord, n_chunks: int, usage: StreamUsage | None) -> None:
-    """Write the token counts: ``usage`` wins over counted chunks."""
+def _count(record: RequestRecord, n_chunks: int, usage: StreamUsage | None,
+           finish: str | None) -> None:
+    """Write the token counts (``usage`` wins over counted chunks) and the finish
+    reason."""
+    record.finish_reason = finish
     if usage is not None:
         completion = usage.completion_tokens
         record.output_tokens = completion if completion is not None else n_chunks
@@ -382,8 +415,10 @@ def _finish(record: RequestRecord, n_chunks: int, usage: StreamUsage | None) -> 
         record.output_tokens = n_chunks
 
 
-async def _read_head(content: aiohttp.StreamReader, limit: int) -> str:
-    """Up to ``limit`` bytes of a body, as one line of text, cut at 200 characters."""
+async def _read_head(content: aiohttp.StreamReader, limit: int,
+                     secrets: tuple[str, ...]) -> str:
+    """Up to ``limit`` bytes of a body, as one line of text with ``secrets`` redacted
+    (before it is cut, so no part of one is left), cut at 200 characters."""
     buf = b""
     try:
         while len(buf) < limit:
@@ -391,9 +426,9 @@ async def _read_head(content: aiohttp.StreamReader, limit: int) -> str:
             if not data:
                 break
             buf += data
-    except (aiohttp.ClientError, TimeoutError):
+    except (aiohttp.ClientError, TimeoutError, OSError):
         pass
-    text = " ".join(buf[:limit].decode("utf-8", "replace").split())
+    text = redact(" ".join(buf[:limit].decode("utf-8", "replace").split()), secrets)
     if len(text) > _ERROR_BODY_CHARS:
         text = text[:_ERROR_BODY_CHARS] + "..."
     return text or "(empty body)"

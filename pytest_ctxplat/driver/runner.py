@@ -37,9 +37,10 @@ __all__ = ["HttpSink", "OutgoingRequest", "RequestSink", "RunOptions", "Runner",
 
 
 class StreamingClient(Protocol):
-    """An HTTP streaming client (``driver.http.StreamClient``)."""
+    """An HTTP streaming client (``driver.http.StreamClient``): ``request`` sends one
+    request (retrying throttled ones where its limits say so) and fills the record."""
 
-    async def stream(
+    async def request(
         self, path: str, body: bytes, record: RequestRecord, now: Callable[[], float]
     ) -> None: ...
 
@@ -91,7 +92,7 @@ class HttpSink:
     async def submit(
         self, request: OutgoingRequest, record: RequestRecord, now: Callable[[], float]
     ) -> None:
-        await self.client.stream(request.path, request.body(), record, now)
+        await self.client.request(request.path, request.body(), record, now)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -104,6 +105,9 @@ class RunOptions:
     ``speedup`` times faster than model time, set it to ``speedup`` and every recorded
     time, delay and bound is in model time. ``chat_overhead_tokens`` is the chat
     template's tokens per message (see :mod:`~pytest_ctxplat.workload.render`).
+    ``grace_s`` is how long requests in flight at the run's bound may finish (in model
+    seconds) before they are cancelled. After ``max_connect_failures`` connection
+    failures in a row the run stops (a circuit breaker; 0: never).
     """
 
     model: str
@@ -112,7 +116,8 @@ class RunOptions:
     server_block_size: int = 1
     ignore_eos: bool = True
     extra_body: Mapping[str, Any] = field(default_factory=dict)
-    grace_s: float = 120.0
+    grace_s: float = 50.0
+    max_connect_failures: int = 10
     time_scale: float = 1.0
     token_min: int = 100
     token_max: int = 4096
@@ -136,6 +141,9 @@ class Runner:
         self.records: list[RequestRecord] = []
         self.in_flight = 0
         self.completed = 0
+        self.stop_reason: str | None = None
+        self._connect_failures = 0
+        self._detached: set[asyncio.Task[bool]] = set()  # subagents nobody waits for
         self.started = 0
         self.throttled = 0
         self.token_space = TokenSpace(
@@ -160,8 +168,11 @@ class Runner:
         """Model time since the run started."""
         return (asyncio.get_running_loop().time() - self._t0) * self._scale
 
-    def stop(self) -> None:
-        """Stop starting new requests (e.g. on an external signal)."""
+    def stop(self, reason: str | None = None) -> None:
+        """Stop starting new requests (e.g. on an external signal); ``reason`` says why
+        the run ended early (the result reports it)."""
+        if reason is not None and self.stop_reason is None:
+            self.stop_reason = reason
         self._stop.set()
 
     async def run(self) -> list[RequestRecord]:
@@ -180,25 +191,32 @@ class Runner:
             tasks = [asyncio.create_task(self._open_loop(ctx))]
         else:
             tasks = [asyncio.create_task(self._user(u, ctx)) for u in range(wl.user_count())]
+        end = None if math.isinf(self._deadline) else \
+            loop.time() + (self._deadline + self.options.grace_s) / self._scale
         try:
-            done, pending = await asyncio.wait(
-                tasks,
-                timeout=None
-                if math.isinf(self._deadline)
-                else (self._deadline + self.options.grace_s) / self._scale,
-            ) if tasks else (set(), set())
-            for t in pending:
-                t.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
-            for t in done:
-                exc = t.exception()
-                if exc is not None:
-                    raise exc
+            await self._wait(set(tasks), end)
+            while self._detached:  # subagents launched without waiting that outlive them
+                await self._wait(set(self._detached), end)
         finally:
-            for t in tasks:
+            rest = [*tasks, *self._detached]
+            for t in rest:
                 t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(*rest, return_exceptions=True)
         return self.records
+
+    async def _wait(self, tasks: set[asyncio.Task[Any]], end: float | None) -> None:
+        """Wait for ``tasks`` until loop time ``end``: cancel what is left then, raise
+        the first error of one that failed."""
+        timeout = None if end is None else max(0.0, end - asyncio.get_running_loop().time())
+        done, pending = await asyncio.wait(tasks, timeout=timeout)
+        for t in pending:
+            t.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        self._detached -= tasks
+        for t in done:
+            exc = t.exception()
+            if exc is not None:
+                raise exc
 
     def _may_send(self) -> bool:
         if self._stop.is_set() or self.now() >= self._deadline:
@@ -254,7 +272,8 @@ class Runner:
 
     async def _spawn(self, user: int, step: SpawnStep) -> None:
         children = [asyncio.create_task(self._play(user, c)) for c in step.children]
-        if not step.wait:
+        if not step.wait:  # the run waits for them (see run()), not the parent
+            self._detached.update(children)
             return
         try:
             await asyncio.gather(*children)
@@ -372,6 +391,7 @@ class Runner:
             index=index,
             prompt_tokens=plan.prompt_tokens,
             max_tokens=plan.output_tokens,
+            min_tokens=self._min_tokens(plan.output_tokens),
             designed_cached_tokens=self._designed.observe(plan),
         )
         for v in self._variants:
@@ -386,3 +406,23 @@ class Runner:
             budget = self._budgets.get(user)
             if budget is not None:
                 budget.charge_output(record.output_tokens, self.now())
+            self._breaker(record)
+
+    def _min_tokens(self, max_tokens: int) -> int:
+        """Output tokens the request demands: all of them with ``ignore_eos``, else the
+        body's ``min_tokens``."""
+        if self.options.extra_body.get("ignore_eos", self.options.ignore_eos):
+            return max_tokens
+        asked = self.options.extra_body.get("min_tokens")
+        return min(max_tokens, asked) if isinstance(asked, int) else 0
+
+    def _breaker(self, record: RequestRecord) -> None:
+        """The circuit breaker: stop after ``max_connect_failures`` in a row."""
+        if record.outcome != "connect_error":
+            self._connect_failures = 0
+            return
+        self._connect_failures += 1
+        limit = self.options.max_connect_failures
+        if limit and self._connect_failures >= limit:
+            self.stop(f"circuit breaker: {self._connect_failures} connection failures in "
+                      f"a row (last: {record.error})")

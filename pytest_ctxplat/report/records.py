@@ -1,9 +1,31 @@
-"""What the driver records about each request.
+"""What the driver records about each request, and the outcome classes.
 
 One :class:`RequestRecord` per request sent. It is mutable while the request is in
 flight (the streaming client fills it in) and is then only read. Times are seconds on
 the run's clock (``loop.time()`` minus the run start), so the same record works in real
 and virtual time.
+
+Every request ends in exactly one outcome class (:data:`OUTCOMES`, documented in
+``docs/concepts/reliability.md``):
+
+======================  ==================================================================
+``ok``                  a complete answer: the stream ended with ``[DONE]`` (or after a
+                        ``finish_reason``), with every token asked for
+``http_status``         the server answered with an error status (``status`` holds it)
+``connect_error``       no connection (refused, reset, unreachable, DNS)
+``timeout``             connect, first byte, between tokens or the whole request took
+                        longer than its limit (``error`` says which)
+``protocol_error``      the body was not a valid stream: bad JSON, no ``data:`` events, an
+                        error event, or the stream ended before ``[DONE]`` and before a
+                        ``finish_reason``
+``incomplete``          fewer tokens than the request asked for with ``ignore_eos`` or
+                        ``min_tokens``
+``throttled``           HTTP 429 or 503 (after any ``Retry-After`` retries asked for)
+``cancelled``           the run itself stopped while the request was in flight
+======================  ==================================================================
+
+All but ``ok`` and ``cancelled`` count as errors (``error_rate``); ``cancelled`` requests
+count in neither the errors nor the denominator: they say nothing about the server.
 """
 
 from __future__ import annotations
@@ -12,7 +34,11 @@ from array import array
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["RequestRecord"]
+__all__ = ["ERROR_OUTCOMES", "OUTCOMES", "RequestRecord"]
+
+OUTCOMES = ("ok", "http_status", "connect_error", "timeout", "protocol_error", "incomplete",
+            "throttled", "cancelled")
+ERROR_OUTCOMES = tuple(o for o in OUTCOMES if o not in ("ok", "cancelled"))
 
 
 @dataclass(slots=True)
@@ -22,7 +48,10 @@ class RequestRecord:
     ``designed_cached_tokens`` is what the workload plan says a perfect (infinite) cache
     would serve for this prompt, counted at the workload's block granularity in send order.
     ``cached_tokens`` is what the server reported in ``usage.prompt_tokens_details``;
-    ``None`` when the server did not report it.
+    ``None`` when the server did not report it. ``min_tokens`` is how many output tokens
+    the request demanded (``max_tokens`` with ``ignore_eos``, or ``min_tokens``): fewer
+    is ``incomplete``. ``outcome`` is None while the request is in flight, then one of
+    :data:`OUTCOMES`; ``error`` details any other outcome than ``ok``.
     """
 
     session_id: str
@@ -31,6 +60,7 @@ class RequestRecord:
     prompt_tokens: int
     max_tokens: int
     designed_cached_tokens: int = 0
+    min_tokens: int = 0
     start_s: float = 0.0
     ttft_s: float | None = None
     end_s: float | None = None
@@ -39,11 +69,15 @@ class RequestRecord:
     usage_prompt_tokens: int | None = None
     chunk_gaps_s: array[float] = field(default_factory=lambda: array("d"))
     status: int | None = None
+    finish_reason: str | None = None
+    outcome: str | None = None
     error: str | None = None
+    retries: int = 0
+    retry_after_s: float | None = None
 
     @property
     def ok(self) -> bool:
-        return self.error is None and self.end_s is not None
+        return self.outcome == "ok"
 
     @property
     def e2e_s(self) -> float | None:
@@ -61,6 +95,21 @@ class RequestRecord:
             return None
         return (self.output_tokens - 1) / span
 
+    def fail(self, outcome: str, error: str, end_s: float) -> None:
+        """End the request with ``outcome`` (not ``ok``), keeping what was measured."""
+        self.outcome = outcome
+        self.error = error
+        if self.end_s is None:
+            self.end_s = end_s
+
+    def reset(self) -> None:
+        """Forget an attempt's measurements (before a retry)."""
+        self.ttft_s = self.end_s = self.cached_tokens = self.usage_prompt_tokens = None
+        self.output_tokens = 0
+        del self.chunk_gaps_s[:]
+        self.status = self.finish_reason = self.outcome = self.error = None
+        self.retry_after_s = None
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "session_id": self.session_id,
@@ -68,6 +117,7 @@ class RequestRecord:
             "index": self.index,
             "prompt_tokens": self.prompt_tokens,
             "max_tokens": self.max_tokens,
+            "min_tokens": self.min_tokens,
             "designed_cached_tokens": self.designed_cached_tokens,
             "start_s": self.start_s,
             "ttft_s": self.ttft_s,
@@ -76,5 +126,8 @@ class RequestRecord:
             "cached_tokens": self.cached_tokens,
             "usage_prompt_tokens": self.usage_prompt_tokens,
             "status": self.status,
+            "finish_reason": self.finish_reason,
+            "outcome": self.outcome,
             "error": self.error,
+            "retries": self.retries,
         }

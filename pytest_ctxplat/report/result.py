@@ -81,6 +81,7 @@ class RunResult:
     records: tuple[RequestRecord, ...] = ()
     timeline: tuple[Mapping[str, float], ...] = ()
     interrupted: bool = False
+    incomplete: str | None = None
     errors_sample: tuple[str, ...] = ()
 
     @property
@@ -102,6 +103,7 @@ class RunResult:
             "slo": self.slo.to_dict() if self.slo else None,
             "verdict": self.verdict.to_dict() if self.verdict else None,
             "interrupted": self.interrupted,
+            "incomplete": self.incomplete,
             "metrics": dict(self.metrics),
             "hit_rates": self.hit_rates.to_dict(),
             "server": self.server.to_dict() if self.server else None,

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from .records import RequestRecord
+from .records import ERROR_OUTCOMES, OUTCOMES, RequestRecord
 
 __all__ = ["PERCENTILES", "designed_variant_rates", "hit_rates", "observed_metrics",
            "summarize"]
@@ -34,7 +34,9 @@ def _dist(values: Sequence[float] | np.ndarray, scale: float = 1.0) -> dict[str,
 def summarize(records: Sequence[RequestRecord], wall_s: float) -> dict[str, Any]:
     """Client-side figures of a run (latencies in ms, speeds in tokens/s)."""
     ok = [r for r in records if r.ok]
-    errors = [r for r in records if not r.ok]
+    outcomes = outcome_counts(records)
+    errors = sum(outcomes[o] for o in ERROR_OUTCOMES)
+    judged = len(records) - outcomes["cancelled"] - outcomes["in_flight"]
     ttft = [r.ttft_s for r in ok if r.ttft_s is not None]
     e2e = [r.e2e_s for r in ok if r.e2e_s is not None]
     tps = [v for v in (r.decode_tps for r in ok) if v is not None]
@@ -42,16 +44,13 @@ def summarize(records: Sequence[RequestRecord], wall_s: float) -> dict[str, Any]
         else np.zeros(0)
     out_tokens = sum(r.output_tokens for r in ok)
     span = _span(records) or wall_s
-    error_kinds: dict[str, int] = {}
-    for r in errors:
-        kind = (r.error or "incomplete").split(":")[0]
-        error_kinds[kind] = error_kinds.get(kind, 0) + 1
     return {
         "requests": len(records),
         "ok": len(ok),
-        "errors": len(errors),
-        "error_rate": (len(errors) / len(records)) if records else None,
-        "error_kinds": error_kinds,
+        "errors": errors,
+        "cancelled": outcomes["cancelled"],
+        "error_rate": (errors / judged) if judged else None,
+        "outcomes": outcomes,
         "ttft_ms": _dist(ttft, 1000.0),
         "itl_ms": _dist(gaps, 1000.0),
         "e2e_ms": _dist(e2e, 1000.0),
@@ -65,6 +64,15 @@ def summarize(records: Sequence[RequestRecord], wall_s: float) -> dict[str, Any]
         "output_tokens_per_s": (out_tokens / span) if span else None,
         "max_in_flight": _max_in_flight(records),
     }
+
+
+def outcome_counts(records: Sequence[RequestRecord]) -> dict[str, int]:
+    """Requests per outcome class (every class present, zero or not), plus
+    ``in_flight`` for records without an outcome yet (a snapshot of a running run)."""
+    counts = dict.fromkeys((*OUTCOMES, "in_flight"), 0)
+    for r in records:
+        counts[r.outcome or "in_flight"] += 1
+    return counts
 
 
 def _span(records: Sequence[RequestRecord]) -> float | None:

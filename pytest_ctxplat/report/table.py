@@ -24,8 +24,22 @@ def _num(v: Any, fmt: str = ".0f") -> str:
         return "n/a"
 
 
+_SHORT = {"http_status": "http", "connect_error": "connect", "protocol_error": "protocol",
+          "timeout": "timeout", "incomplete": "short", "throttled": "429/503",
+          "cancelled": "cancelled"}
+_VERDICT = {"pass": "pass", "fail": "FAIL", "incomplete": "INCOMPLETE"}
+
+
+def _errors(r: Mapping[str, Any]) -> str:
+    """The error classes that occurred, e.g. ``3 timeout, 1 protocol``."""
+    parts = [f"{r[f'outcome.{k}']} {short}" for k, short in _SHORT.items()
+             if r.get(f"outcome.{k}")]
+    return ", ".join(parts) or "-"
+
+
 def summary_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    """One line per SLO test: outcome, load, latency, decode speed, three hit rates."""
+    """One line per SLO test: outcome, load, errors by class, latency, decode speed,
+    three hit rates, verdict."""
     out = []
     for r in rows:
         out.append([
@@ -38,8 +52,9 @@ def summary_table(rows: Sequence[Mapping[str, Any]]) -> str:
             _num(r.get("output_tokens_per_s")),
             f"{_pct(r.get('hit_rate_designed'))} / {_pct(r.get('hit_rate_request'))} / "
             f"{_pct(r.get('hit_rate_server'))}",
-            {"True": "pass", "False": "FAIL"}.get(str(r.get("slo_passed")), "-"),
+            _VERDICT.get(str(r.get("verdict")), "-"),
         ])
-    return tabulate(out, headers=["test", "outcome", "server", "req/err", "TTFT p95 ms",
-                                  "decode tok/s p50", "out tok/s",
+        out[-1].insert(4, _errors(r))
+    return tabulate(out, headers=["test", "outcome", "server", "req/err", "errors by class",
+                                  "TTFT p95 ms", "decode tok/s p50", "out tok/s",
                                   "hit designed / request / server", "SLO"])

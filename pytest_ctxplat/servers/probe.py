@@ -16,12 +16,14 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import orjson
 
+from ..errors import ServerError
+from ..secrets import redact, secret_values
 from .scrape import parse_metrics
 
 if TYPE_CHECKING:
     from .base import ServerHandle
 
-__all__ = ["Capabilities", "ensure_capabilities", "probe_capabilities"]
+__all__ = ["Capabilities", "ProbeLimits", "ensure_capabilities", "probe_capabilities"]
 
 _PROBE_IDS = list(range(1000, 1016))
 
@@ -36,7 +38,13 @@ class Capabilities:
     cached_tokens: bool | None = None
     metrics: bool | None = None
     prefix_cache_metrics: bool | None = None
+    reachable: bool = True
     problems: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    @property
+    def usable(self) -> bool:
+        """Whether a workload can be played: token-id completions or chat streamed."""
+        return self.reachable and bool(self.token_id_prompts or self.chat)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -75,12 +83,34 @@ def _events(body: bytes) -> list[dict[str, Any]]:
     return out
 
 
-async def _stream(client: httpx.AsyncClient, url: str, payload: dict[str, Any]
-                  ) -> tuple[int, list[dict[str, Any]], str]:
+# The probe's own limits: bounded, so a silent server fails fast (docs/concepts/
+# reliability.md): a few seconds to connect, at most PROBE_ANSWER_S for an answer.
+PROBE_ANSWER_S = 20.0
+QUICK_TIMEOUT = httpx.Timeout(5.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class ProbeLimits:
+    """How long the probe waits to connect and for an answer."""
+
+    connect_s: float = 5.0
+    answer_s: float = PROBE_ANSWER_S
+
+    @property
+    def timeout(self) -> httpx.Timeout:
+        return httpx.Timeout(connect=self.connect_s, read=self.answer_s, write=10.0,
+                             pool=self.connect_s)
+
+
+async def _stream(client: httpx.AsyncClient, url: str, payload: dict[str, Any],
+                  limits: ProbeLimits) -> tuple[int, list[dict[str, Any]], str]:
     resp = await client.post(url, content=orjson.dumps(payload),
-                             headers={"Content-Type": "application/json"}, timeout=60.0)
+                             headers={"Content-Type": "application/json"},
+                             timeout=limits.timeout)
     if resp.status_code >= 400:
-        return resp.status_code, [], " ".join(resp.text.split())[:200]
+        # redacted before it is cut, so no part of a key the server echoes is left
+        text = redact(" ".join(resp.text.split()), secret_values(client.headers))
+        return resp.status_code, [], text[:200]
     return resp.status_code, _events(resp.content), ""
 
 
@@ -92,65 +122,98 @@ def _usage(events: list[dict[str, Any]]) -> dict[str, Any] | None:
     return None
 
 
-async def probe_capabilities(client: httpx.AsyncClient, url: str, model: str) -> Capabilities:
-    """Probe ``url`` with ``client`` (which carries any auth headers)."""
+def _failure(exc: httpx.HTTPError, limits: ProbeLimits | None = None) -> str:
+    if isinstance(exc, httpx.ConnectError):
+        return f"connection failed ({exc or type(exc).__name__})"
+    if isinstance(exc, httpx.TimeoutException):
+        wait = (limits or ProbeLimits()).answer_s
+        return f"no answer within {wait:g} s ({type(exc).__name__})"
+    return f"{type(exc).__name__}: {exc}"
+
+
+async def _try(client: httpx.AsyncClient, url: str, payload: dict[str, Any], what: str,
+               problems: dict[str, str], key: str, limits: ProbeLimits
+               ) -> tuple[bool, dict[str, Any] | None, bool]:
+    """One probe request: (it streamed, its usage, no connection could be made); why it
+    did not stream goes into ``problems``."""
+    try:
+        status, events, text = await _stream(client, url, payload, limits)
+    except httpx.HTTPError as exc:
+        problems[key] = f"{what}: {_failure(exc, limits)}"
+        return False, None, isinstance(exc, httpx.ConnectError)
+    if status < 400 and events:
+        return True, _usage(events), False
+    problems[key] = (f"{what}: HTTP {status} {text}".strip() if status >= 400
+                     else f"{what}: HTTP {status}, no server-sent events in the answer")
+    return False, None, False
+
+
+async def _metrics(client: httpx.AsyncClient, url: str, problems: dict[str, str]
+                   ) -> tuple[bool, bool | None]:
+    """(a Prometheus /metrics answered, it has vLLM's prefix-cache counters)."""
+    try:
+        resp = await client.get(url + "/metrics", timeout=QUICK_TIMEOUT)
+    except httpx.HTTPError as exc:
+        problems["metrics"] = f"/metrics: {_failure(exc)}"
+        return False, None
+    if resp.status_code != 200:
+        problems["metrics"] = f"/metrics: HTTP {resp.status_code}"
+        return False, None
+    try:
+        return True, parse_metrics(resp.text).has("vllm:prefix_cache_queries_total")
+    except ValueError:
+        problems["metrics"] = "/metrics is not Prometheus text"
+        return False, None
+
+
+async def probe_capabilities(client: httpx.AsyncClient, url: str, model: str,
+                             limits: ProbeLimits | None = None) -> Capabilities:
+    """Probe ``url`` with ``client`` (which carries any auth headers): one short streamed
+    completion with token ids (and, when refused, one chat completion) and ``/metrics``,
+    each bounded by the probe's timeouts."""
+    lim = limits or ProbeLimits()
     problems: dict[str, str] = {}
     base = {"model": model, "max_tokens": 2, "stream": True, "temperature": 0.0,
             "stream_options": {"include_usage": True}}
-    token_ids: bool | None = None
+    token_ids, usage, unreachable = await _try(
+        client, url + "/v1/completions", {**base, "prompt": _PROBE_IDS},
+        "/v1/completions with token ids", problems, "token_id_prompts", lim)
     chat: bool | None = None
-    usage: dict[str, Any] | None = None
-    try:
-        status, events, text = await _stream(client, url + "/v1/completions",
-                                              {**base, "prompt": _PROBE_IDS})
-        token_ids = status < 400 and bool(events)
-        if token_ids:
-            usage = _usage(events)
-        else:
-            problems["token_id_prompts"] = f"/v1/completions with token ids: HTTP {status} " \
-                                           f"{text}".strip()
-            status, events, text = await _stream(
-                client, url + "/v1/chat/completions",
-                {**base, "messages": [{"role": "user", "content": "hello"}]})
-            chat = status < 400 and bool(events)
-            if chat:
-                usage = _usage(events)
-            else:
-                problems["chat"] = f"/v1/chat/completions: HTTP {status} {text}".strip()
-    except httpx.HTTPError as exc:
-        problems["request"] = f"probe request failed: {type(exc).__name__}"
-    stream_usage = None if token_ids is None else usage is not None
+    if not token_ids and not unreachable:
+        chat, usage, _ = await _try(
+            client, url + "/v1/chat/completions",
+            {**base, "messages": [{"role": "user", "content": "hello"}]},
+            "/v1/chat/completions", problems, "chat", lim)
+    stream_usage = (token_ids or bool(chat)) and usage is not None
     cached: bool | None = None
     if usage is not None:
         details = usage.get("prompt_tokens_details")
         cached = isinstance(details, dict) and isinstance(details.get("cached_tokens"), int)
-    elif stream_usage is False:
+    elif token_ids or chat:
         cached = False
-    metrics: bool | None = None
-    prefix: bool | None = None
-    try:
-        resp = await client.get(url + "/metrics", timeout=15.0)
-        metrics = resp.status_code == 200
-        if metrics:
-            try:
-                snap = parse_metrics(resp.text)
-                prefix = snap.has("vllm:prefix_cache_queries_total")
-            except ValueError:
-                metrics = False
-                problems["metrics"] = "/metrics is not Prometheus text"
-        else:
-            problems["metrics"] = f"/metrics: HTTP {resp.status_code}"
-    except httpx.HTTPError as exc:
-        metrics = False
-        problems["metrics"] = f"/metrics: {type(exc).__name__}"
-    return Capabilities(token_id_prompts=token_ids, chat=chat, stream_usage=stream_usage,
+    metrics, prefix = (False, None) if unreachable else await _metrics(client, url, problems)
+    return Capabilities(token_id_prompts=token_ids, chat=chat,
+                        stream_usage=stream_usage if (token_ids or chat) else None,
                         cached_tokens=cached, metrics=metrics, prefix_cache_metrics=prefix,
-                        problems=problems)
+                        reachable=not unreachable, problems=problems)
 
 
-async def ensure_capabilities(handle: ServerHandle, client: httpx.AsyncClient, model: str
-                              ) -> Capabilities:
-    """Probe ``handle`` once; later calls return the stored result."""
+async def ensure_capabilities(handle: ServerHandle, client: httpx.AsyncClient, model: str,
+                              limits: ProbeLimits | None = None) -> Capabilities:
+    """Probe ``handle`` once; later calls return the stored result. Raises
+    :class:`~pytest_ctxplat.errors.ServerError` with the probe's findings when the
+    server is unreachable or has no usable endpoint, so no workload is played against
+    it."""
     if handle.capabilities is None:
-        handle.capabilities = await probe_capabilities(client, handle.url, model)
-    return handle.capabilities
+        caps = await probe_capabilities(client, handle.url, model, limits)
+        secrets = secret_values(handle.headers())  # a server may echo the key back
+        handle.capabilities = dataclasses.replace(caps, problems={
+            k: redact(v, secrets) for k, v in caps.problems.items()})
+    caps = handle.capabilities
+    if not caps.usable:
+        handle.capabilities = None  # probe again next time: it may come up
+        findings = "; ".join(f"{v}" for v in caps.problems.values())
+        what = "is unreachable" if not caps.reachable else "has no usable endpoint"
+        raise ServerError(f"the server at {handle.url} {what} (capability probe: "
+                          f"{findings})")
+    return caps

@@ -65,7 +65,7 @@ def parse_metrics(text: str) -> MetricsSnapshot:
 async def scrape(client: httpx.AsyncClient, base_url: str) -> MetricsSnapshot | None:
     """GET ``/metrics``; None when the server has none (404, connection error, bad text)."""
     try:
-        resp = await client.get(base_url.rstrip("/") + "/metrics", timeout=10.0)
+        resp = await client.get(base_url.rstrip("/") + "/metrics", timeout=5.0)
     except httpx.HTTPError:
         return None
     if resp.status_code != 200:
