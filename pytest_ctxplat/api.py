@@ -15,15 +15,19 @@ too.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
+import signal
 import sys
 import threading
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from pathlib import Path
+from types import FrameType
 from typing import Any, ParamSpec, TypeVar
 
+from .driver.limits import DEFAULT_LIMITS, ClientLimits
 from .errors import ConfigError, CtxplatError, SLOViolation
-from .orchestrator import HttpTarget, InProcessTarget, format_breach, play
+from .orchestrator import HttpTarget, InProcessTarget, PlayOptions, format_breach, play
 from .report.result import RunResult
 from .servers.attach import AttachedServer
 from .servers.base import ServerHandle
@@ -48,7 +52,10 @@ def run_sync(coro: Coroutine[Any, Any, T]) -> T:
     garbage collection is paused meanwhile (:func:`~pytest_ctxplat.driver.multiproc.tuned_gc`)."""
     try:
         asyncio.get_running_loop()
+        in_loop = True
     except RuntimeError:
+        in_loop = False
+    if not in_loop:  # (outside the except block: errors are not chained to this one)
         return run_fast(coro)
     box: dict[str, Any] = {}
 
@@ -67,14 +74,49 @@ def run_sync(coro: Coroutine[Any, Any, T]) -> T:
 
 
 def run_fast(coro: Coroutine[Any, Any, T]) -> T:
-    """Run ``coro`` on a new fast event loop in this thread (see :func:`run_sync`)."""
+    """Run ``coro`` on a new fast event loop in this thread (see :func:`run_sync`).
+
+    A SIGALRM handler's exception (pytest-timeout's signal method) stops the run like
+    Ctrl-C does, so the run's result is written, and is then raised: uvloop would
+    otherwise drop it, and the timeout would never fire."""
     from .driver.multiproc import new_event_loop, tuned_gc
 
-    with tuned_gc():
-        if sys.version_info >= (3, 11):
-            with asyncio.Runner(loop_factory=new_event_loop) as runner:
-                return runner.run(coro)
-        return asyncio.run(coro)  # pragma: no cover - Python 3.10: asyncio's own loop
+    with tuned_gc(), _alarm_propagates() as raised:
+        try:
+            if sys.version_info >= (3, 11):
+                with asyncio.Runner(loop_factory=new_event_loop) as runner:
+                    return runner.run(coro)
+            return asyncio.run(coro)  # pragma: no cover - Python 3.10: asyncio's own loop
+        except KeyboardInterrupt:
+            if raised:
+                raise raised[0] from None
+            raise
+
+
+@contextlib.contextmanager
+def _alarm_propagates() -> Iterator[list[BaseException]]:
+    """While the loop runs, a Python SIGALRM handler that raises interrupts it with
+    KeyboardInterrupt (which every loop propagates); the handler's exception is kept in
+    the yielded list for the caller to raise instead."""
+    raised: list[BaseException] = []
+    original = signal.getsignal(signal.SIGALRM) if hasattr(signal, "SIGALRM") else None
+    if not callable(original) or threading.current_thread() is not threading.main_thread():
+        yield raised
+        return
+
+    def relay(signum: int, frame: FrameType | None) -> None:
+        try:
+            original(signum, frame)
+        except BaseException as exc:
+            raised.append(exc)
+            raise KeyboardInterrupt from None
+
+    signal.signal(signal.SIGALRM, relay)
+    try:
+        yield raised
+    finally:
+        if signal.getsignal(signal.SIGALRM) is relay:
+            signal.signal(signal.SIGALRM, original)
 
 
 def _slo(slo: SLOSpec | Mapping[str, Any] | None, name: str) -> SLOSpec | None:
@@ -104,6 +146,7 @@ async def arun_workload(
     extra_body: Mapping[str, Any] | None = None,
     time_scale: float | None = None,
     workload_dirs: list[Path] | None = None,
+    limits: ClientLimits | None = None,
 ) -> RunResult:
     """Play ``workload`` against ``server`` (a URL or a started server's handle),
     measure, judge against ``slo``.
@@ -114,13 +157,21 @@ async def arun_workload(
     is interrupted, so measurements are never lost. With ``check=True`` a breached SLO
     raises :class:`~pytest_ctxplat.errors.SLOViolation`. Against the simulator, times are
     reported in model time (``time_scale`` defaults to the simulator's ``speedup``).
+    ``limits`` are the client's timeouts, throttling retries and circuit breaker
+    (:class:`~pytest_ctxplat.driver.limits.ClientLimits`). A server that the capability
+    probe finds unreachable, or without a usable endpoint, raises
+    :class:`~pytest_ctxplat.errors.ServerError` before anything is played.
     """
     handle: ServerHandle = AttachedServer(server) if isinstance(server, str) else server
     spec = resolve_workload(workload, overrides, dirs=workload_dirs or (), where=name)
-    target = HttpTarget(handle, model=model, reset_cache=reset_cache, time_scale=time_scale)
-    result = await play(spec, target, slo=_slo(slo, name), seed=seed, name=name,
-                        token_salt=token_salt, results_dir=results_dir,
-                        sample_every_s=scrape_every_s, extra_body=extra_body)
+    lim = limits or DEFAULT_LIMITS
+    target = HttpTarget(handle, model=model, reset_cache=reset_cache, time_scale=time_scale,
+                        limits=lim)
+    result = await play(spec, target, PlayOptions(
+        slo=_slo(slo, name), seed=seed, name=name, token_salt=token_salt,
+        results_dir=None if results_dir is None else Path(results_dir),
+        sample_every_s=scrape_every_s, extra_body=dict(extra_body or {}),
+        max_connect_failures=lim.max_connect_failures))
     return _judged(result, check)
 
 
@@ -145,8 +196,10 @@ async def asimulate(
     spec = resolve_workload(workload, overrides, dirs=workload_dirs or (), where=name)
     prof = profile if isinstance(profile, HardwareProfile) else load_hardware(
         profile, profile_overrides)
-    result = await play(spec, InProcessTarget(prof), slo=_slo(slo, name), seed=seed,
-                        name=name, results_dir=results_dir, sample_every_s=sample_every_s)
+    result = await play(spec, InProcessTarget(prof), PlayOptions(
+        slo=_slo(slo, name), seed=seed, name=name,
+        results_dir=None if results_dir is None else Path(results_dir),
+        sample_every_s=sample_every_s))
     return _judged(result, check)
 
 
@@ -173,13 +226,17 @@ def write_html_report(results_dir: str | Path, output: str | Path | None = None,
     """Write one self-contained HTML report of ``results_dir`` (its run results and
     analysis JSON files, plus ``analyses``) to ``output`` (default:
     ``results_dir/report.html``). With ``infer``, each run also gets the TTL curves of
-    its workload as designed, planned offline."""
+    its workload as designed, planned offline. Without matplotlib (the ``plots`` extra)
+    the report is written without plots and says why at the top
+    (:func:`~pytest_ctxplat.report.html.plots_note`); a path the report cannot be
+    written to is a ConfigError, raised before any work."""
     from .analysis.sources import designed_analysis
-    from .report.html import load_results, read_analyses, write_report
+    from .report.html import check_output, load_results, read_analyses, write_report
 
     rd = Path(results_dir)
     if not rd.is_dir():
         raise ConfigError(f"{rd}: results directory not found")
+    out = check_output(rd / "report.html" if output is None else output)
     runs, found = load_results(rd)
     extra = read_analyses(analyses)
     if not runs and not found and not extra:
@@ -190,6 +247,5 @@ def write_html_report(results_dir: str | Path, output: str | Path | None = None,
             designed.append(designed_analysis(run))
         except (CtxplatError, ValueError, TypeError, KeyError, NotImplementedError) as exc:
             designed.append(str(exc))
-    return write_report(rd / "report.html" if output is None else output, runs,
-                        [*found, *extra], title=title or f"ctxplat report: {rd.name}",
-                        designed=designed)
+    return write_report(out, runs, [*found, *extra],
+                        title=title or f"ctxplat report: {rd.name}", designed=designed)

@@ -7,7 +7,6 @@ httpx, the simulator) happen inside hooks and fixtures, so loading the plugin is
 from __future__ import annotations
 
 from collections.abc import Generator
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -51,6 +50,37 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     config.stash[settings_key] = read_settings(config)
     config.pluginmanager.register(_Summary(), "ctxplat-summary")
+    config.stash[_before_key] = _live_servers()
+    _stop_on_sigterm(config)
+
+
+_before_key = pytest.StashKey[frozenset[object]]()
+
+
+def _live_servers() -> frozenset[object]:
+    """The servers running now (a session nested in another, as pytester runs one,
+    leaves its host's servers alone when it ends)."""
+    import sys
+
+    process = sys.modules.get("pytest_ctxplat.servers.process")
+    return frozenset(process.LIVE) if process is not None else frozenset()
+
+
+_sigterm_key = pytest.StashKey[bool]()
+
+
+def _stop_on_sigterm(config: pytest.Config) -> None:
+    """SIGTERM (what CI timeouts send) stops the session like Ctrl-C: the run in progress
+    writes its result (interrupted, judged incomplete) and pytest writes its JUnit XML.
+    Left alone when something else already handles SIGTERM."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        return
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    config.stash[_sigterm_key] = True
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
@@ -66,6 +96,9 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config,
                                   items: list[pytest.Item]) -> None:
     """Parse every slo/workload marker now, before any server starts."""
+    errors = config.stash[settings_key].marker_errors
+    if errors:  # a bad servers() marker, found while parametrising
+        raise pytest.UsageError(errors[0])
     for item in items:
         item.stash[item_key] = parse_markers(item)
 
@@ -80,10 +113,14 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     s = metafunc.config.stash[settings_key]
     if marker is not None:
         names = [str(a) for a in marker.args]
-        if not names:
-            raise pytest.UsageError(f"{metafunc.definition.nodeid}: servers() needs at least "
-                                    "one profile name")
-        s.check_servers(names, metafunc.definition.nodeid)
+        try:  # reported as a one-line usage error once collection ends
+            if not names:
+                raise pytest.UsageError(f"{metafunc.definition.nodeid}: servers() needs at "
+                                        "least one profile name")
+            s.check_servers(names, metafunc.definition.nodeid)
+        except pytest.UsageError as exc:
+            s.marker_errors.append(str(exc))
+            return
     elif len(s.servers) > 1:
         names = s.servers
     else:
@@ -122,15 +159,22 @@ class CtxplatRun:
                  **overrides: Any) -> RunResult:
         __tracebackhide__ = True
         from .api import run_sync
+        from .runtime import judge, run_item
 
-        return run_sync(self.arun(workload, check=check, **overrides))
+        result = run_sync(run_item(self._item, self._server, workload, overrides))
+        if check:
+            judge(result)  # here, not inside the event loop: a short traceback
+        return result
 
     async def arun(self, workload: str | None = None, *, check: bool = True,
                    **overrides: Any) -> RunResult:
         __tracebackhide__ = True
-        from .runtime import run_item
+        from .runtime import judge, run_item
 
-        return await run_item(self._item, self._server, workload, check, overrides)
+        result = await run_item(self._item, self._server, workload, overrides)
+        if check:
+            judge(result)
+        return result
 
 
 @pytest.fixture
@@ -171,6 +215,22 @@ class _Summary:
             terminalreporter.write_line(profile_comparison(self.rows))
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
+                              ) -> Generator[None, Any, None]:
+    """Readable failures: an SLO breach, a server error or a bad workload shows its own
+    message (the verdict table first), not a traceback through the event loop, in the
+    terminal and in the JUnit failure text alike. A test with an ``slo`` marker that
+    never called ``ctxplat_run`` fails: its objectives were not judged."""
+    outcome = yield
+    spec = item.stash.get(item_key, None)
+    if call.excinfo is None and (spec is None or spec.slo is None):
+        return  # nothing of ours to judge or shorten: other tests pay no import
+    from .runtime import readable_report
+
+    readable_report(item, call, outcome.get_result())
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_ctxplat_start_server(config: pytest.Config, name: str) -> ServerHandle | None:
     """The built-in launchers: read profile ``name`` and start it with the launcher its
@@ -182,29 +242,37 @@ def pytest_ctxplat_start_server(config: pytest.Config, name: str) -> ServerHandl
 
 @pytest.hookimpl(trylast=True)
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
-    """``--ctxplat-html FILE``: render the results directory (controller only)."""
-    html = config.getoption("ctxplat_html")
-    base = config.invocation_params.dir
-    if html is None:
-        html, base = config.getini("ctxplat_html"), config.rootpath
+    """``--ctxplat-html FILE``: render the results directory (controller only). The
+    report never changes the session's outcome: a problem (no results, a missing extra)
+    is one line here."""
+    from .settings import html_output
+
+    html = html_output(config)
     settings = config.stash.get(settings_key, None)
-    if not html or settings is None or hasattr(config, "workerinput"):
+    if html is None or settings is None or hasattr(config, "workerinput"):
         return
     from .api import write_html_report
-    from .errors import ConfigError
+    from .errors import CtxplatError
+    from .report.html import plots_note
 
     try:
-        path = write_html_report(settings.results, Path(base, html))
-    except ConfigError as exc:
+        path = write_html_report(settings.results, html[1])
+    except (CtxplatError, OSError) as exc:
         terminalreporter.write_line(f"ctxplat: no HTML report written: {exc}")
         return
-    terminalreporter.write_line(f"ctxplat: HTML report written to {path}")
+    note = plots_note()
+    terminalreporter.write_line(f"ctxplat: HTML report written to {path}"
+                                + (f" ({note})" if note else ""))
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
+    import signal
     import sys
 
+    if config.stash.get(_sigterm_key, False):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
     if "pytest_ctxplat.servers.process" in sys.modules:
         from .servers.process import kill_all
 
-        kill_all()
+        before: frozenset[object] = config.stash.get(_before_key, frozenset())
+        kill_all(keep=before)

@@ -4,15 +4,15 @@ the work itself is done by the library (:mod:`pytest_ctxplat.api`)."""
 
 from __future__ import annotations
 
-import os
 import warnings
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from .api import arun_workload
+from .api import arun_workload, run_sync
 from .errors import ConfigError, ServerError, SLOViolation
 from .orchestrator import format_breach
+from .orchestrator.http import check_server
 from .servers.base import ServerHandle
 from .servers.launchers import LaunchContext
 from .settings import item_key, kind_registry, settings_key
@@ -30,17 +30,23 @@ def start_server(config: pytest.Config, name: str | None = None) -> ServerHandle
     launchers last)."""
     s = config.stash[settings_key]
     name = name or s.server
-    handle = config.pluginmanager.hook.pytest_ctxplat_start_server(config=config, name=name)
+    handle: ServerHandle | None = config.pluginmanager.hook.pytest_ctxplat_start_server(
+        config=config, name=name)
     if handle is None:
         raise pytest.UsageError(f"no launcher started server {name!r}")
-    return handle  # type: ignore[no-any-return]
+    try:  # fail fast: no test plays against a server that cannot serve it
+        run_sync(check_server(handle, s.model, s.limits))
+    except BaseException:
+        handle.close()
+        raise
+    return handle
 
 
 def start_profile(config: pytest.Config, name: str) -> ServerHandle:
     """The built-in path: profile ``name`` started by the launcher its ``launcher`` key
     names (built-in or a plugin's)."""
     s = config.stash[settings_key]
-    if name == "url" and os.environ.get("PYTEST_XDIST_WORKER"):
+    if name == "url" and hasattr(config, "workerinput"):  # an xdist worker
         warnings.warn(
             "ctxplat: several xdist workers share one server at --ctxplat-url; their "
             "loads overlap and /metrics deltas mix. Run SLO tests without -n.",
@@ -54,14 +60,20 @@ def start_profile(config: pytest.Config, name: str) -> ServerHandle:
         raise pytest.UsageError(str(exc)) from None
 
 
-def _properties(result: RunResult) -> list[tuple[str, Any]]:
+def properties(result: RunResult) -> list[tuple[str, Any]]:
+    """The JUnit properties of a run: key figures, the count of each outcome class, the
+    verdict and each objective's target, observed value and result. A figure that was
+    not measured is left out (never written as "None")."""
     m = result.metrics
     o = result.observed
+    v = result.verdict
     props: dict[str, Any] = {
         "server": f"{result.target.get('launcher')}:{result.target.get('profile')}",
         "profile": result.target.get("profile"),
         "requests": m["requests"],
         "errors": m["errors"],
+        "error_rate": m.get("error_rate"),
+        **{f"outcome.{k}": n for k, n in (m.get("outcomes") or {}).items() if n},
         "ttft_p50_ms": o.get("ttft_ms.p50"),
         "ttft_p95_ms": o.get("ttft_ms.p95"),
         "ttft_p99_ms": o.get("ttft_ms.p99"),
@@ -74,9 +86,15 @@ def _properties(result: RunResult) -> list[tuple[str, Any]]:
         "hit_rate_request": result.hit_rates.request,
         "hit_rate_server": result.hit_rates.server,
         "hit_rate_external": result.server.external_hit_rate if result.server else None,
-        "slo_passed": None if result.verdict is None else result.verdict.passed,
+        "slo_passed": None if v is None else v.passed,
+        "verdict": None if v is None else v.status,
+        "incomplete": result.incomplete,
     }
-    return [(f"ctxplat.{k}", _round(v)) for k, v in props.items()]
+    for c in v.checks if v is not None else ():
+        props[f"slo.{c.key}.target"] = c.target
+        props[f"slo.{c.key}.observed"] = c.observed
+        props[f"slo.{c.key}.result"] = "pass" if c.passed else "fail"
+    return [(f"ctxplat.{k}", _round(x)) for k, x in props.items() if x is not None]
 
 
 def _round(v: Any) -> Any:
@@ -84,11 +102,15 @@ def _round(v: Any) -> Any:
 
 
 async def run_item(item: pytest.Item, server: ServerHandle, workload: str | None,
-                   check: bool, overrides: dict[str, Any]) -> RunResult:
+                   overrides: dict[str, Any]) -> RunResult:
+    """Play the test's workload and record it (JSON, JUnit properties, result hook);
+    a dead server is a :class:`ServerError`. Judging is the caller's (:func:`judge`)."""
     __tracebackhide__ = True
     config = item.config
     s = config.stash[settings_key]
     spec = item.stash.get(item_key, None)
+    if spec is not None:
+        spec.ran = True
     marker_wl = spec.workload if spec else None
     try:
         if workload is not None or marker_wl is None:
@@ -103,8 +125,8 @@ async def run_item(item: pytest.Item, server: ServerHandle, workload: str | None
                           f"{server.log_tail()}")
     result = await arun_workload(server, wl, slo=spec.slo if spec else None, seed=s.seed,
                                  model=s.model, name=item.nodeid, results_dir=s.results,
-                                 reset_cache=s.reset_cache, check=False)
-    item.user_properties.extend(_properties(result))
+                                 reset_cache=s.reset_cache, check=False, limits=s.limits)
+    item.user_properties.extend(properties(result))
     config.pluginmanager.hook.pytest_ctxplat_result(config=config, item=item, result=result)
     if result.target.get("alive_after_run") is False:
         # The server died during the run: a failure whatever the SLO says; what was
@@ -116,6 +138,30 @@ async def run_item(item: pytest.Item, server: ServerHandle, workload: str | None
                           f"during the run of {item.nodeid}; {result.metrics['requests']} "
                           f"requests, {result.metrics['errors']} errors; results written to "
                           f"{s.results}\n{detail}")
-    if check and result.verdict is not None and not result.verdict.passed:
-        raise SLOViolation(format_breach(result), result.verdict)
     return result
+
+
+def judge(result: RunResult) -> None:
+    """Raise :class:`SLOViolation` (the verdict table first) when ``result`` did not
+    pass its objectives, or did not fill its measurement window."""
+    __tracebackhide__ = True
+    if result.verdict is not None and not result.verdict.passed:
+        raise SLOViolation(format_breach(result), result.verdict)
+
+
+def readable_report(item: pytest.Item, call: pytest.CallInfo[None],
+                    report: pytest.TestReport) -> None:
+    """Shorten a ctxplat failure's report to its message (see the plugin's
+    ``pytest_runtest_makereport``); fail a passed test whose ``slo`` marker was never
+    judged."""
+    excinfo = call.excinfo
+    if excinfo is not None and report.failed and \
+            excinfo.errisinstance((SLOViolation, ServerError, ConfigError)):
+        report.longrepr = f"{excinfo.typename}: {excinfo.value}"
+        return
+    spec = item.stash.get(item_key, None)
+    if call.when == "call" and report.passed and spec is not None and spec.slo is not None \
+            and not spec.ran and not hasattr(report, "wasxfail"):
+        report.outcome = "failed"
+        report.longrepr = (f"{item.nodeid} has an slo marker but never called ctxplat_run: "
+                           "its objectives were not judged")

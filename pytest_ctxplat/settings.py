@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import pytest
 
 if TYPE_CHECKING:
+    from .driver.limits import ClientLimits
     from .servers.launchers import LauncherRegistry
     from .servers.profiles import ServerProfile
     from .slo import SLOSpec
@@ -42,6 +43,18 @@ OPTIONS: list[tuple[str, Literal["string", "bool"], str, Any]] = [
     ("reset_cache", "bool", "POST /reset_prefix_cache before each run so a warm cache from "
      "an earlier test cannot inflate results.", True),
     ("model", "string", "Model name to request (default: the first from /v1/models).", None),
+    ("connect_timeout", "string", "Seconds to open a connection; past it a request is a "
+     "timeout.", "10"),
+    ("first_byte_timeout", "string", "Seconds from sending a request to its first token "
+     "chunk (also bounds the capability probe).", "45"),
+    ("token_timeout", "string", "Longest silence in seconds between a stream's tokens.",
+     "30"),
+    ("request_timeout", "string", "Seconds a whole request may take (default: no limit).",
+     None),
+    ("retry_throttled", "bool", "Send a request answered 429 or 503 again after its "
+     "Retry-After (at most 3 times, waiting at most 30 s).", False),
+    ("max_connect_failures", "string", "Stop a run after this many connection failures "
+     "in a row (0: never); the run is then judged incomplete.", "10"),
     ("html", "string", "At the end of the session, write one self-contained HTML report "
      "(plots and SLO verdicts of every result JSON in the results directory) to this file.",
      None),
@@ -66,6 +79,8 @@ class Settings:
     profile_dirs: list[Path] = dataclasses.field(default_factory=list)
     launchers: LauncherRegistry | None = None  # built-ins + plugins, at configure
     kinds: KindRegistry | None = None  # built-ins + plugins, at collection
+    limits: ClientLimits | None = None  # timeouts, throttling retries, circuit breaker
+    marker_errors: list[str] = dataclasses.field(default_factory=list)  # bad servers()
 
     def launcher_registry(self) -> LauncherRegistry:
         assert self.launchers is not None, "built in pytest_configure"
@@ -101,6 +116,7 @@ class Settings:
 class ItemSpec:
     slo: SLOSpec | None
     workload: WorkloadSpec | None
+    ran: bool = False  # ctxplat_run was called (an slo marker without a run is an error)
 
 
 settings_key = pytest.StashKey[Settings]()
@@ -152,6 +168,60 @@ def _collect(hook: Any) -> list[tuple[str, Any]]:
     return [(impl.plugin_name, impl.function()) for impl in hook.get_hookimpls()]
 
 
+def html_output(config: pytest.Config) -> tuple[str, Path] | None:
+    """Where ``--ctxplat-html`` (relative to the current directory) or the ini value
+    ``ctxplat_html`` (relative to the rootdir) asks for the HTML report, with the name
+    of the setting; None when neither is set."""
+    value = config.getoption("ctxplat_html")
+    if value is not None:
+        return ("--ctxplat-html", Path(config.invocation_params.dir, value)) if value else None
+    value = config.getini("ctxplat_html")
+    return ("ctxplat_html (ini)", Path(config.rootpath, value)) if value else None
+
+
+_LIMIT_OPTIONS = {"connect_timeout": "connect_timeout_s",
+                  "first_byte_timeout": "first_byte_timeout_s",
+                  "token_timeout": "token_timeout_s", "request_timeout": "request_timeout_s",
+                  "max_connect_failures": "max_connect_failures"}
+
+
+def _limits(config: pytest.Config) -> ClientLimits:
+    """The client's limits from the options, each checked and named by its option."""
+    from .driver.limits import ClientLimits
+    from .errors import ConfigError
+
+    values: dict[str, Any] = {}
+    for option, key in _LIMIT_OPTIONS.items():
+        if _get(config, option) is None:
+            continue
+        cast = int if key == "max_connect_failures" else float
+        values[key] = _number(config, option, cast, 0)
+    retry = config.getoption("ctxplat_retry_throttled")
+    values["retry_throttled"] = bool(config.getini("ctxplat_retry_throttled")
+                                     if retry is None else retry)
+    try:
+        return ClientLimits(**values)
+    except ConfigError as exc:
+        key = getattr(exc, "key", "")
+        option = next((o for o, k in _LIMIT_OPTIONS.items() if k == key), key)
+        raise pytest.UsageError(f"--ctxplat-{option.replace('_', '-')}: "
+                                f"{getattr(exc, 'problem', exc)}") from None
+
+
+def _writable(results: Path) -> Path:
+    """The results directory, checked now (without creating it: a session that runs no
+    ctxplat test leaves nothing behind): it, or the nearest folder above it that
+    exists, must be a writable directory."""
+    existing = results
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        what = "is not a directory" if not existing.is_dir() else "is not writable"
+        raise pytest.UsageError(f"--ctxplat-results: cannot write results to {results}: "
+                                f"{existing} {what}")
+    return results
+
+
 def read_settings(config: pytest.Config) -> Settings:
     """The session's settings from options and ini values, every value checked; the
     launchers registered by plugins; every named server profile read."""
@@ -182,7 +252,7 @@ def read_settings(config: pytest.Config) -> Settings:
         server=servers[0],
         url=url,
         api_key_env=api_key_env,
-        results=Path(config.rootpath, _get(config, "results")),
+        results=_writable(Path(config.rootpath, _get(config, "results"))),
         seed=_number(config, "seed", int, 0),
         sim_speedup=_number(config, "sim_speedup", float, 0.001),
         reset_cache=config.getini("ctxplat_reset_cache") if reset is None else reset,
@@ -194,7 +264,17 @@ def read_settings(config: pytest.Config) -> Settings:
         profile_dirs=[config.rootpath / "fixtures" / "servers",
                       *(Path(p) for p in config.getini("ctxplat_profile_dirs"))],
         launchers=launchers,
+        limits=_limits(config),
     )
+    html = html_output(config)  # a bad path is a usage error now, not a surprise at the end
+    if html is not None and not html[1].resolve().is_relative_to(settings.results.resolve()):
+        from .errors import ConfigError  # (the results directory is created on the way)
+        from .report.html import check_output
+
+        try:
+            check_output(html[1])
+        except ConfigError as exc:
+            raise pytest.UsageError(f"{html[0]}: {exc}") from None
     settings.check_servers(servers, "--ctxplat-server")
     return settings
 

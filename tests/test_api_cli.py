@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from pytest_ctxplat import SLOViolation, run_workload
+from pytest_ctxplat import ServerError, SLOViolation, run_workload
 from pytest_ctxplat.servers import SimServer, start_sim
 
 TINY = {"users": 2, "turns": 3, "think_time_s": 0.2, "start_spread_s": 1.0,
@@ -63,13 +65,21 @@ def test_check_raises_slo_violation(sim: SimServer) -> None:
         run_workload(sim, "chat", overrides=TINY, slo={"ttft_p50_ms": 0.001}, check=True)
 
 
-def test_unreachable_server_is_recorded_not_raised() -> None:
-    result = run_workload("http://127.0.0.1:9", "chat", overrides=TINY,
-                          slo={"ttft_p95_ms": 100, "cache_hit_rate_min": 0.1})
-    assert result.metrics["errors"] == 6
-    assert result.verdict is not None and not result.verdict.passed
-    notes = {c.key: c.note for c in result.verdict.checks}
-    assert notes["ttft_p95_ms"] == "no successful requests"
+def test_unreachable_server_fails_fast_with_the_probe_findings(tmp_path: Path) -> None:
+    start = time.monotonic()
+    with pytest.raises(ServerError, match=r"the server at http://127\.0\.0\.1:9 is "
+                                          r"unreachable \(capability probe: .*connection "
+                                          r"failed"):
+        run_workload("http://127.0.0.1:9", "chat", overrides=TINY, results_dir=tmp_path,
+                     slo={"ttft_p95_ms": 100})
+    assert time.monotonic() - start < 15
+    assert list(tmp_path.iterdir()) == []  # nothing was played
+    proc = subprocess.run([sys.executable, "-m", "pytest_ctxplat.cli", "run", "chat",
+                           "--url", "http://127.0.0.1:9"], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 3, proc.stderr  # a server or infrastructure error
+    assert "ctxplat run: the server at http://127.0.0.1:9 is unreachable" in proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
 def test_cli_run_against_started_sim(tmp_path) -> None:

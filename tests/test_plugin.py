@@ -9,10 +9,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
-from junitparser import JUnitXml, Properties, Property
+from junit_support import junit_properties
+from junitparser import JUnitXml
 
 pytest_plugins = ["pytester"]
 
@@ -160,28 +162,94 @@ def test_run_writes_json_junit_and_summary(pytester: pytest.Pytester) -> None:
     assert data["verdict"]["passed"] is True
     assert len(data["records"]) == 6
     assert data["hit_rates"]["request"] > 0.3
-    xml = JUnitXml.fromfile(str(pytester.path / "r.xml"))
-    cases = [c for suite in xml for c in suite]
-    assert len(cases) == 1
-    props = {p.name: p.value for group in cases[0].iterchildren(Properties)
-             for p in group.iterchildren(Property)}
-    assert float(props["ctxplat.ttft_p95_ms"]) > 0
-    assert 0.3 < float(props["ctxplat.hit_rate_request"]) <= 1
-    assert props["ctxplat.slo_passed"] == "True"
+    props = junit_properties(pytester.path / "r.xml")
+    _assert_properties_match_json(props, data)
+
+
+def _assert_properties_match_json(props: dict[str, str], data: dict[str, Any]) -> None:
+    """Every ctxplat property equals the result JSON's figure (none is "None")."""
+    m, o, h = data["metrics"], data["observed"], data["hit_rates"]
+    expected: dict[str, Any] = {
+        "server": f"{data['target']['launcher']}:{data['target']['profile']}",
+        "profile": data["target"]["profile"], "requests": m["requests"],
+        "errors": m["errors"], "error_rate": m["error_rate"],
+        "ttft_p50_ms": o["ttft_ms.p50"], "ttft_p95_ms": o["ttft_ms.p95"],
+        "ttft_p99_ms": o["ttft_ms.p99"], "itl_p99_ms": o["itl_ms.p99"],
+        "e2e_p95_ms": o["e2e_ms.p95"], "decode_tps_p10": o["decode_tps.p10"],
+        "decode_tps_p50": o["decode_tps.p50"],
+        "output_tokens_per_s": m["output_tokens_per_s"],
+        "hit_rate_designed": h["designed"], "hit_rate_request": h["request"],
+        "hit_rate_server": h["server"], "slo_passed": data["verdict"]["passed"],
+        "verdict": data["verdict"]["status"],
+        **{f"outcome.{k}": n for k, n in m["outcomes"].items() if n},
+    }
+    for check in data["verdict"]["checks"]:
+        expected[f"slo.{check['key']}.target"] = check["target"]
+        expected[f"slo.{check['key']}.observed"] = check["observed"]
+        expected[f"slo.{check['key']}.result"] = "pass" if check["passed"] else "fail"
+    got = {k[len("ctxplat."):]: v for k, v in props.items() if k.startswith("ctxplat.")}
+    assert "None" not in got.values()
+    for key, value in expected.items():
+        if value is None:
+            assert key not in got, key
+        elif isinstance(value, float):
+            assert float(got[key]) == pytest.approx(value, abs=1e-4), key
+        else:
+            assert got[key] == str(value), key
+    assert set(got) <= set(expected) | {"hit_rate_external"}
 
 
 def test_breach_fails_with_table_and_keeps_results(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(TINY_TEST.replace("ttft_p95_ms=5000", "ttft_p95_ms=0.0001"))
-    result = pytester.runpytest("--ctxplat-results=res", *FAST)
+    result = pytester.runpytest("--ctxplat-results=res", "--junitxml=r.xml", *FAST)
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines([
         "*SLOViolation: SLO breached (1 of 3 objectives)*",
         "*metric*target*observed*margin*result*",
         "*ttft_p95_ms*<= 0.0001*FAIL*",
         "*cache_hit_rate_min*>= 0.3*ok*",
+        "*6 requests (6 ok) in*",
     ])
     data = json.loads(next((pytester.path / "res").glob("*.json")).read_text())
-    assert data["verdict"]["passed"] is False
+    assert data["verdict"]["passed"] is False and data["verdict"]["status"] == "fail"
+    # the verdict table first, no event-loop frames, the same short story in JUnit
+    out = result.stdout.str()
+    failure = out[out.index("_ test_tiny _"):out.index("ctxplat SLO summary")]
+    assert "asyncio" not in failure and "run_until_complete" not in failure
+    assert "During handling" not in failure and len(failure.splitlines()) < 20
+    suite = next(iter(JUnitXml.fromfile(str(pytester.path / "r.xml"))))
+    text = next(iter(suite)).result[0].text
+    assert text.startswith("SLOViolation: SLO breached (1 of 3 objectives)")
+    assert "asyncio" not in text and len(text.splitlines()) < 15
+
+
+def test_an_slo_marker_without_a_run_fails(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("""
+        import pytest
+
+        @pytest.mark.slo(ttft_p95_ms=100)
+        def test_forgot():
+            assert True
+    """)
+    result = pytester.runpytest(*FAST)
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*test_forgot has an slo marker but never called "
+                                 "ctxplat_run*"])
+
+
+def test_bad_timeout_and_results_options_are_usage_errors(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("def test_x(): pass")
+    result = pytester.runpytest("--ctxplat-token-timeout=0")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--ctxplat-token-timeout: must be > 0, got 0.0*"])
+    (pytester.path / "afile").write_text("")
+    result = pytester.runpytest("--ctxplat-results=afile/res")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--ctxplat-results: cannot write results to *afile/res: "
+                                 "*afile is not a directory*"])
+    result = pytester.runpytest("--ctxplat-api-key-env=CTXPLAT_SURELY_UNSET_VARIABLE")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*CTXPLAT_SURELY_UNSET_VARIABLE (the API key) is not set*"])
 
 
 def test_check_false_returns_result(pytester: pytest.Pytester) -> None:

@@ -207,8 +207,10 @@ def test_every_kv_setting_reaches_the_command_line(tmp_path: Path) -> None:
     assert _flag(p.argv, "--block-size") == "32"
     assert _flag(p.argv, "--max-num-seqs") == "64"
     assert _flag(p.argv, "--max-num-batched-tokens") == "4096"
-    assert _flag(p.argv, "--load-format") if "--load-format" in p.argv else True
     assert "--load-format" not in p.argv  # a hub model loads its real weights by default
+    explicit = _plan("launcher: vllm\nmodel: org/model\nengine:\n  load_format: safetensors\n",
+                     tmp_path)
+    assert _flag(explicit.argv, "--load-format") == "safetensors"  # a set one is passed on
     assert "HF_HUB_OFFLINE" not in p.env
     assert p.argv[-2:] == ["--seed", "7"]
     assert p.env["DYN_KVBM_CPU_CACHE_GB"] == "100" and p.env["DYN_KVBM_DISK_CACHE_GB"] == "500"
@@ -343,7 +345,8 @@ def test_probe_of_the_simulator_sees_everything() -> None:
         sim.close()
     assert caps.to_dict() == {"token_id_prompts": True, "chat": None, "stream_usage": True,
                               "cached_tokens": True, "metrics": True,
-                              "prefix_cache_metrics": True, "problems": {}}
+                              "prefix_cache_metrics": True, "reachable": True,
+                              "problems": {}}
 
 
 # -- several profiles in one session ----------------------------------------------------
@@ -399,8 +402,10 @@ def test_broken_profile_is_a_usage_error_before_any_server(pytester: pytest.Pyte
         test_m="import pytest\n@pytest.mark.servers('nope')\n"
                "def test_x(ctxplat_run):\n    ctxplat_run()\n")
     result = pytester.runpytest("-p", "no:cacheprovider", str(marker))
-    assert result.ret != 0
-    result.stdout.fnmatch_lines(["*test_m.py::test_x: unknown server 'nope'*"])
+    # a one-line usage error, like the other markers', not a traceback
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: *test_m.py::test_x: unknown server 'nope'*"])
+    assert "Traceback" not in result.stdout.str() + result.stderr.str()
 
 
 def test_comparison_table_groups_by_test() -> None:

@@ -8,7 +8,7 @@ the rest the same way for both, so both produce the same
 :class:`~pytest_ctxplat.report.result.RunResult`.
 """
 
-from .core import Preparation, Target, play
+from .core import PlayOptions, Preparation, Target, play
 from .http import HttpTarget
 from .inprocess import EngineSink, InProcessTarget
 from .results import build_result, format_breach
@@ -17,6 +17,7 @@ __all__ = [
     "EngineSink",
     "HttpTarget",
     "InProcessTarget",
+    "PlayOptions",
     "Preparation",
     "Target",
     "build_result",

@@ -20,7 +20,7 @@ from ..slo import SLOSpec
 from ..workload.spec import WorkloadSpec
 from .results import build_result
 
-__all__ = ["GAUGES", "Preparation", "Target", "play"]
+__all__ = ["GAUGES", "PlayOptions", "Preparation", "Target", "play"]
 
 # Gauges whose peak a run reports; with the cumulative prefix-cache counters they make
 # the timeline's points (named without the ``vllm:`` prefix and ``_total`` suffix).
@@ -80,73 +80,128 @@ class Target(Protocol):
     def describe(self) -> dict[str, Any]: ...
 
 
-async def play(spec: WorkloadSpec, target: Target, *, slo: SLOSpec | None = None,
-               seed: int = 0, name: str = "run", token_salt: int | None = None,
-               results_dir: str | Path | None = None, sample_every_s: float = 1.0,
-               extra_body: Mapping[str, Any] | None = None) -> RunResult:
-    """Play ``spec`` against ``target`` and return the judged result.
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PlayOptions:
+    """How :func:`play` plays and records a run (everything but workload and target).
 
     ``token_salt`` (default: a hash of ``name``) changes every token without changing
-    the workload's structure, so an earlier run's cache cannot serve this one. The
-    result is written to ``results_dir`` when given, also when the run is interrupted.
+    the workload's structure, so an earlier run's cache cannot serve this one.
+    ``results_dir``: where the result JSON goes (written at the end, also when the run
+    is interrupted, and every ``checkpoint_every_s`` wall seconds while it runs).
+    ``max_connect_failures``: consecutive connection failures that trip the circuit
+    breaker (timeouts and retries belong to the target's client). ``death_grace_s``:
+    after the circuit breaker stopped the run, how long to wait for a dying server to be
+    seen dead before describing it.
     """
-    started_at = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    wall0 = time.perf_counter()
-    salt = zlib.crc32(name.encode()) if token_salt is None else token_salt
+
+    slo: SLOSpec | None = None
+    seed: int = 0
+    name: str = "run"
+    token_salt: int | None = None
+    results_dir: Path | None = None
+    sample_every_s: float = 1.0
+    checkpoint_every_s: float = 10.0
+    extra_body: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    max_connect_failures: int = 10
+    death_grace_s: float = 5.0
+
+
+async def play(spec: WorkloadSpec, target: Target, options: PlayOptions | None = None
+               ) -> RunResult:
+    """Play ``spec`` against ``target`` and return the judged result (see
+    :class:`PlayOptions`). A run that ends before its bound (interrupted, the server
+    died, the circuit breaker) is judged ``incomplete``."""
+    opts = options or PlayOptions()
+    salt = zlib.crc32(opts.name.encode()) if opts.token_salt is None else opts.token_salt
     async with target:
-        prep = await target.prepare(spec, seed=seed, token_salt=salt)
-        before = await target.snapshot()
-        block_size = prep.server_block_size or (before.block_size() if before else None) or 1
-        options = RunOptions(model=prep.model, seed=seed, token_salt=salt,
-                             time_scale=prep.time_scale, server_block_size=block_size,
-                             extra_body=dict(extra_body or {}),
-                             chat_overhead_tokens=prep.chat_overhead_tokens)
-        runner = Runner(prep.spec, target.sink, options)
-        peaks: dict[str, float] = {}
-        timeline: list[dict[str, float]] = []
-        sampler = asyncio.ensure_future(_sample(target, runner, peaks, timeline,
-                                                sample_every_s))
-        interrupted = False
+        prep = await target.prepare(spec, seed=opts.seed, token_salt=salt)
+        run = _Run(prep, target, opts, await target.snapshot(), salt)
+        sampler = asyncio.ensure_future(run.sample())
+        interrupted: str | None = None
         try:
-            await runner.run()
-        except (asyncio.CancelledError, KeyboardInterrupt):
-            interrupted = True
+            await run.runner.run()
+        except BaseException as exc:  # a signal, pytest-timeout, cancellation: keep it
+            interrupted = f"interrupted ({type(exc).__name__})"
             raise
         finally:
             sampler.cancel()
             await asyncio.gather(sampler, return_exceptions=True)
+            if run.runner.stop_reason and not interrupted:
+                await _settle(target, opts.death_grace_s)
             after = None if interrupted else await target.snapshot(final=True)
-            notes = dict(prep.notes)
-            if runner.throttled:
-                notes["load.throttled"] = (f"{runner.throttled} token-budget backoffs "
-                                           "(input_tpm / output_tpm)")
-            result = build_result(
-                name=name, target=target.describe(), spec=prep.spec, seed=seed,
-                started_at=started_at, wall_s=time.perf_counter() - wall0,
-                records=runner.records, before=before, after=after, peaks=peaks,
-                timeline=timeline, slo_spec=slo, notes=notes, interrupted=interrupted,
-                server_block_size=block_size,
-                designed_variants=runner.designed_variants)
-            if results_dir is not None:
-                write_json(result, Path(results_dir))
+            result = run.result(after, interrupted)
+            run.write(result)
     return result
 
 
-async def _sample(target: Target, runner: Runner, peaks: dict[str, float],
-                  timeline: list[dict[str, float]], every_s: float) -> None:
-    """Every ``every_s`` (loop time): stop the run if the server died; record gauge
-    peaks and a timeline point."""
-    while True:
-        await asyncio.sleep(every_s)
-        if not target.alive():
-            runner.stop()  # the server died: stop sending, keep what was measured
-        values = await target.gauges()
-        point = {"t": runner.now(), "in_flight": float(runner.in_flight),
-                 "requests_done": float(runner.completed)}
-        for key in (*GAUGES, *TIMELINE_COUNTERS):
-            if key in values:
-                v = values[key]
-                if key in GAUGES:
-                    peaks[key] = max(peaks.get(key, 0.0), v)
-                point[key.split(":", 1)[1].removesuffix("_total")] = v
-        timeline.append(point)
+async def _settle(target: Target, grace_s: float) -> None:
+    """After the circuit breaker stopped a run: give a dying server ``grace_s`` to be
+    seen dead (a supervisor stops the server's process group before it exits itself),
+    so the result blames the server, not the breaker."""
+    end = time.monotonic() + grace_s
+    while target.alive() and time.monotonic() < end:
+        await asyncio.sleep(0.1)
+
+
+class _Run:
+    """The state of one :func:`play`: runner, gauge samples, and the result's parts."""
+
+    def __init__(self, prep: Preparation, target: Target, opts: PlayOptions,
+                 before: MetricsSnapshot | None, salt: int) -> None:
+        self.prep, self.target, self.opts, self.before = prep, target, opts, before
+        self.started_at = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        self.wall0 = time.perf_counter()
+        self.block_size = (prep.server_block_size or (before.block_size() if before else None)
+                           or 1)
+        self.runner = Runner(prep.spec, target.sink, RunOptions(
+            model=prep.model, seed=opts.seed, token_salt=salt, time_scale=prep.time_scale,
+            server_block_size=self.block_size, extra_body=dict(opts.extra_body),
+            chat_overhead_tokens=prep.chat_overhead_tokens,
+            max_connect_failures=opts.max_connect_failures))
+        self.peaks: dict[str, float] = {}
+        self.timeline: list[dict[str, float]] = []
+
+    def result(self, after: MetricsSnapshot | None, interrupted: str | None) -> RunResult:
+        runner = self.runner
+        notes = {**self.prep.notes, **self.prep.spec.run_notes()}
+        if runner.throttled:
+            notes["load.throttled"] = (f"{runner.throttled} token-budget backoffs "
+                                       "(input_tpm / output_tpm)")
+        if runner.stop_reason:
+            notes["run.stopped"] = runner.stop_reason
+        return build_result(
+            name=self.opts.name, target=self.target.describe(), spec=self.prep.spec,
+            seed=self.opts.seed, started_at=self.started_at,
+            wall_s=time.perf_counter() - self.wall0, records=list(runner.records),
+            before=self.before, after=after, peaks=self.peaks, timeline=self.timeline,
+            slo_spec=self.opts.slo, notes=notes, interrupted=interrupted is not None,
+            incomplete=interrupted or runner.stop_reason, server_block_size=self.block_size,
+            designed_variants=runner.designed_variants)
+
+    def write(self, result: RunResult) -> None:
+        if self.opts.results_dir is not None:
+            write_json(result, Path(self.opts.results_dir))
+
+    async def sample(self) -> None:
+        """Every ``sample_every_s`` (loop time): stop the run if the server died; record
+        gauge peaks and a timeline point; now and then write a checkpoint result."""
+        runner, target = self.runner, self.target
+        next_checkpoint = time.monotonic() + self.opts.checkpoint_every_s
+        while True:
+            await asyncio.sleep(self.opts.sample_every_s)
+            if not target.alive():
+                runner.stop("the server under test died during the run")
+            values = await target.gauges()
+            point = {"t": runner.now(), "in_flight": float(runner.in_flight),
+                     "requests_done": float(runner.completed)}
+            for key in (*GAUGES, *TIMELINE_COUNTERS):
+                if key in values:
+                    v = values[key]
+                    if key in GAUGES:
+                        self.peaks[key] = max(self.peaks.get(key, 0.0), v)
+                    point[key.split(":", 1)[1].removesuffix("_total")] = v
+            self.timeline.append(point)
+            if time.monotonic() >= next_checkpoint and self.opts.results_dir is not None:
+                # what finished so far survives even a SIGKILL (in_flight: not judged)
+                self.write(self.result(None, "in progress (a checkpoint of a running run)"))
+                next_checkpoint = time.monotonic() + self.opts.checkpoint_every_s

@@ -16,18 +16,19 @@ from typing import Any
 
 import httpx
 
-from ..driver.http import ClientLimits, StreamClient
+from ..driver.http import StreamClient
+from ..driver.limits import DEFAULT_LIMITS, ClientLimits
 from ..driver.runner import HttpSink, RequestSink
 from ..servers.base import ServerHandle
-from ..servers.probe import ensure_capabilities
+from ..servers.probe import ProbeLimits, ensure_capabilities
 from ..servers.scrape import MetricsSnapshot, scrape
 from ..workload.render import probe_chat_tokenizer
 from ..workload.spec import WorkloadSpec
 from .core import GAUGES, TIMELINE_COUNTERS, Preparation
 
-__all__ = ["HttpTarget"]
+__all__ = ["HttpTarget", "check_server", "probe_limits"]
 
-FINAL_SCRAPE_TIMEOUT_S = 15.0
+FINAL_SCRAPE_TIMEOUT_S = 5.0
 
 
 class HttpTarget:
@@ -47,7 +48,7 @@ class HttpTarget:
         self.model = model
         self.reset_cache = reset_cache if handle.reset_cache is None else handle.reset_cache
         self.time_scale = handle.info.time_scale if time_scale is None else time_scale
-        self.limits = limits or ClientLimits(max_connections=0)
+        self.limits = limits or DEFAULT_LIMITS
         self._control: httpx.AsyncClient | None = None
         self._client: StreamClient | None = None
         self._sink: HttpSink | None = None
@@ -89,7 +90,7 @@ class HttpTarget:
         notes: dict[str, str] = {}
         model = (self.model or self.handle.info.model or await _first_model(control, url)
                  or "default")
-        caps = await ensure_capabilities(self.handle, control, model)
+        caps = await ensure_capabilities(self.handle, control, model, probe_limits(self.limits))
         notes.update(caps.run_notes())
         if spec.api == "completions" and caps.token_id_prompts is False and caps.chat:
             spec = dataclasses.replace(spec, api="chat")
@@ -136,9 +137,27 @@ class HttpTarget:
         return out
 
 
+def probe_limits(limits: ClientLimits) -> ProbeLimits:
+    """The capability probe waits as the client would, at most its own bounds."""
+    return ProbeLimits(connect_s=min(5.0, limits.connect_timeout_s),
+                       answer_s=min(ProbeLimits().answer_s, limits.first_byte_timeout_s))
+
+
+async def check_server(handle: ServerHandle, model: str | None = None,
+                       limits: ClientLimits | None = None) -> None:
+    """Probe ``handle`` now (once per handle): a :class:`~pytest_ctxplat.errors.ServerError`
+    with the probe's findings when it is unreachable or has no usable endpoint."""
+    if handle.capabilities is not None:
+        return  # probed already, or known (the simulator)
+    async with httpx.AsyncClient(headers=handle.headers()) as control:
+        name = model or handle.info.model or await _first_model(control, handle.url)
+        await ensure_capabilities(handle, control, name or "default",
+                                  probe_limits(limits or DEFAULT_LIMITS))
+
+
 async def _first_model(client: httpx.AsyncClient, url: str) -> str | None:
     try:
-        resp = await client.get(url + "/v1/models", timeout=10.0)
+        resp = await client.get(url + "/v1/models", timeout=5.0)
         data = resp.json()["data"]
         return str(data[0]["id"]) if data else None
     except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError):

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from ..driver.runner import OutgoingRequest, RequestSink
-from ..errors import RequestError
+from ..errors import EngineStoppedError, RequestError, SimulatorError
 from ..report.records import RequestRecord
 from ..servers.scrape import MetricsSnapshot, parse_metrics
 from ..servers.sim import SIM_CAPABILITIES
@@ -110,18 +110,19 @@ class EngineSink:
                     req.cached_tokens = first.cached_tokens
         except RequestError as exc:
             record.status = 400
-            record.end_s = now()
-            record.error = f"HTTP 400: {exc}"
+            record.fail("http_status", f"HTTP 400: {exc}", now())
             return
-        except Exception as exc:
-            record.end_s = now()
-            record.error = f"{type(exc).__name__}: {exc}"
+        except SimulatorError as exc:
+            record.fail("protocol_error", f"protocol_error: {type(exc).__name__}: {exc}",
+                        now())
             return
         record.status = 200
         record.end_s = now()
         record.output_tokens = req.num_out
         record.cached_tokens = req.cached_tokens or 0
         record.usage_prompt_tokens = req.prompt_len
+        record.finish_reason = "length"
+        record.outcome = "ok" if req.num_out >= record.min_tokens else "incomplete"
 
 
 async def _run(submit: Callable[..., Request], prompt_len: int, max_tokens: int,
@@ -140,7 +141,7 @@ async def _run(submit: Callable[..., Request], prompt_len: int, max_tokens: int,
         if fut.done():
             return
         if req.state is RequestState.ABORTED:
-            fut.set_exception(RuntimeError("the simulated engine stopped"))
+            fut.set_exception(EngineStoppedError("the simulated engine stopped"))
             return
         if record is not None:
             t = t_engine + offset
@@ -162,8 +163,7 @@ async def _run(submit: Callable[..., Request], prompt_len: int, max_tokens: int,
         req.abort()
         if record is not None:
             record.output_tokens = req.num_out
-            record.error = "cancelled"
-            record.end_s = now()
+            record.fail("cancelled", "cancelled: the run stopped", now())
         raise
 
 

@@ -22,13 +22,14 @@ def build_result(*, name: str, target: Mapping[str, Any], spec: WorkloadSpec, se
                  peaks: Mapping[str, float] | None = None,
                  timeline: Sequence[Mapping[str, float]] = (), slo_spec: SLOSpec | None = None,
                  notes: Mapping[str, str] | None = None, interrupted: bool = False,
-                 server_block_size: int = 1,
+                 incomplete: str | None = None, server_block_size: int = 1,
                  designed_variants: Mapping[str, Sequence[int]] | None = None) -> RunResult:
     """Assemble a :class:`RunResult` from request records and two ``/metrics`` snapshots
     (either may be None when the server has no metrics). Used by HTTP runs and by the
     in-process simulator alike. ``designed_variants`` (``Runner.designed_variants``) adds
     designed hit rates for a TTL or capacity as ``hit_rate.designed_ttl_<s>s`` /
-    ``hit_rate.designed_cap_<tokens>`` observed metrics."""
+    ``hit_rate.designed_cap_<tokens>`` observed metrics. ``incomplete`` says why the run
+    ended before its bound (the verdict is then ``incomplete``)."""
     records = tuple(records)
     summary = stats.summarize(records, wall_s)
     delta = server_delta(before, after, peaks) if before is not None and after is not None \
@@ -43,7 +44,8 @@ def build_result(*, name: str, target: Mapping[str, Any], spec: WorkloadSpec, se
     if not any(r.ok for r in records):
         missing = {k: "no successful requests" for k, v in observed.items() if v is None}
     missing.update(rate_notes)
-    verdict = evaluate(slo_spec, observed, missing) if slo_spec is not None else None
+    verdict = evaluate(slo_spec, observed, missing, incomplete) if slo_spec is not None \
+        else None
     server_metrics = None
     if delta is not None:
         server_metrics = ServerMetrics(prefix_hit_rate=delta.get("prefix_hit_rate"),
@@ -60,20 +62,23 @@ def build_result(*, name: str, target: Mapping[str, Any], spec: WorkloadSpec, se
                                         server=rates["server"], notes=rate_notes),
                      server=server_metrics, observed=observed, slo=slo_spec, verdict=verdict,
                      records=records, timeline=tuple(timeline), interrupted=interrupted,
-                     errors_sample=tuple(errors))
+                     incomplete=incomplete, errors_sample=tuple(errors))
 
 
 def format_breach(result: RunResult) -> str:
-    """The failure message of a breached SLO: the verdict table plus context."""
-    assert result.verdict is not None
-    lines = [f"SLO breached ({len(result.verdict.failed)} of {len(result.verdict.checks)} "
-             f"objectives) for {result.name}", "", result.verdict.table(), "",
-             _context_line(result)]
+    """The failure message of a run that did not pass: the verdict table first, then a
+    few lines of cause (outcomes, the first errors, the end of a dead server's log)."""
+    v = result.verdict
+    assert v is not None
+    head = (f"run incomplete ({v.incomplete}) for {result.name}" if v.incomplete
+            else f"SLO breached ({len(v.failed)} of {len(v.checks)} objectives) for "
+                 f"{result.name}")
+    lines = [head, "", v.table(), "", _context_line(result)]
     if result.errors_sample:
-        lines += ["first errors:", *("  " + e for e in result.errors_sample[:5])]
+        lines += ["first errors:", *("  " + e for e in result.errors_sample[:3])]
     log_tail = result.target.get("log_tail")
     if log_tail:
-        lines += ["server log tail:", log_tail]
+        lines += ["server log tail:", *str(log_tail).splitlines()[-10:]]
     return "\n".join(lines)
 
 
@@ -84,6 +89,8 @@ def _context_line(result: RunResult) -> str:
     def pct(v: float | None) -> str:
         return "n/a" if v is None else f"{v:.1%}"
 
-    return (f"{m['requests']} requests ({m['errors']} errors) in {m['duration_s'] or 0:.1f} s "
-            f"against {result.target.get('launcher')} {result.target.get('url')}; hit rate "
-            f"designed {pct(h.designed)} / request {pct(h.request)} / server {pct(h.server)}")
+    outcomes = ", ".join(f"{n} {k}" for k, n in (m.get("outcomes") or {}).items() if n)
+    return (f"{m['requests']} requests ({outcomes or 'none'}) in "
+            f"{m['duration_s'] or 0:.1f} s against {result.target.get('launcher')} "
+            f"{result.target.get('url')}; hit rate designed {pct(h.designed)} / request "
+            f"{pct(h.request)} / server {pct(h.server)}")
