@@ -115,14 +115,18 @@ class LiveProgress:
         from rich.console import Console
         from rich.progress import BarColumn, TextColumn
         from rich.progress import Progress as Bar
+        from rich.table import Column
 
         console = Console(stderr=self.stderr, force_terminal=self.force_terminal or None,
                           highlight=False)
         if self.column is not None:
             self._column = self.column()
             console.file.write("\n")
-        self._bar = Bar(TextColumn("[bold]{task.description}"), BarColumn(bar_width=24),
-                        TextColumn("{task.fields[figures]}"), console=console,
+        self._bar = Bar(TextColumn("[bold]{task.description}", table_column=Column(
+                            max_width=32, no_wrap=True, overflow="ellipsis")),
+                        BarColumn(bar_width=20),
+                        TextColumn("{task.fields[figures]}", table_column=Column(
+                            ratio=1, overflow="fold")), console=console,
                         transient=True, auto_refresh=False, redirect_stdout=False,
                         redirect_stderr=False)
         self._task = self._bar.add_task(self.title, total=None, figures="")
