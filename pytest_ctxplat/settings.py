@@ -316,6 +316,11 @@ def read_settings(config: pytest.Config) -> Settings:
             check_output(html[1])
         except ConfigError as exc:
             raise pytest.UsageError(f"{html[0]}: {exc}") from None
+    for path, append in markdown_outputs(config):  # a folder is a usage error now
+        if path.is_dir():
+            where = "$GITHUB_STEP_SUMMARY" if append else "--ctxplat-markdown"
+            raise pytest.UsageError(f"{where}: {path} is a directory; give a file name "
+                                    "(e.g. ctxplat-summary.md)")
     settings.check_servers(servers, "--ctxplat-server")
     return settings
 
