@@ -95,6 +95,25 @@ def test_play_reports_progress_every_sample_in_virtual_time() -> None:
     assert last.hit_rate == pytest.approx(result.hit_rates.request, abs=0.05)
 
 
+def test_a_failing_display_stops_itself_not_the_run() -> None:
+    calls: list[float] = []
+
+    def broken(p: Progress) -> None:
+        calls.append(p.elapsed_s)
+        raise OSError("the terminal went away")
+
+    spec = load_workload("chat", {**CHAT, "duration_s": 20})
+
+    async def main():  # type: ignore[no-untyped-def]
+        return await play(spec, InProcessTarget(load_hardware(PROFILE)), PlayOptions(
+            sample_every_s=1.0, on_progress=broken, progress_every_s=0.0))
+
+    result = run_virtual(main())
+    assert calls == [1.0] and len(result.timeline) >= 19 and not result.incomplete
+    assert result.hit_rates.notes["run.progress"] == (
+        "progress display stopped: OSError: the terminal went away")
+
+
 def test_progress_is_throttled_on_the_wall_clock() -> None:
     calls: list[Progress] = []
     t0 = time.monotonic()

@@ -168,6 +168,7 @@ class _Run:
         self.progress = ProgressTracker(duration_s=prep.spec.bound_s,
                                         max_requests=prep.spec.max_requests)
         self.next_progress = 0.0
+        self.progress_failed: str | None = None
 
     def result(self, after: MetricsSnapshot | None, interrupted: str | None) -> RunResult:
         runner = self.runner
@@ -177,6 +178,8 @@ class _Run:
                                        "(input_tpm / output_tpm)")
         if runner.stop_reason:
             notes["run.stopped"] = runner.stop_reason
+        if self.progress_failed:
+            notes["run.progress"] = f"progress display stopped: {self.progress_failed}"
         return build_result(
             name=self.opts.name, target=self.target.describe(), spec=self.prep.spec,
             seed=self.opts.seed, started_at=self.started_at,
@@ -218,7 +221,10 @@ class _Run:
     def report_progress(self) -> None:
         """Call ``on_progress`` (throttled on the wall clock: cheap in virtual time)."""
         callback = self.opts.on_progress
-        if callback is None or time.monotonic() < self.next_progress:
+        if callback is None or self.progress_failed or time.monotonic() < self.next_progress:
             return
         self.next_progress = time.monotonic() + self.opts.progress_every_s
-        callback(self.progress.snapshot(self.runner.records, self.runner.now()))
+        try:
+            callback(self.progress.snapshot(self.runner.records, self.runner.now()))
+        except Exception as exc:  # a display never stops the sampling or the run
+            self.progress_failed = f"{type(exc).__name__}: {exc}"
