@@ -250,3 +250,15 @@ def test_cli_simulate_without_a_terminal_prints_no_progress() -> None:
         capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "req/s" not in proc.stderr and "hit rate designed" in proc.stdout
+
+
+def test_cli_run_draws_forced_progress_on_stderr_only() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest_ctxplat.cli", "run", "chat", "--sim-speedup", "20",
+         "--set", "users=2", "--set", "duration_s=60", "--set", "think_time_s=1.0",
+         "--set", "turns=100", "--set", "output_tokens=8", "--progress"],
+        capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "req/s" in proc.stderr and "TTFT p95" in proc.stderr and "s left" in proc.stderr
+    assert "req/s" not in proc.stdout and "\x1b" not in proc.stdout
+    assert proc.stdout.startswith("requests / errors")
