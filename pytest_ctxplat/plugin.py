@@ -205,10 +205,6 @@ class _Summary:
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         if not self.rows:
             return
-        from .runtime import write_markdown_summaries
-
-        for line in write_markdown_summaries(terminalreporter.config, self.rows):
-            terminalreporter.write_line(line)
         from .report.table import summary_table
 
         terminalreporter.write_sep("=", "ctxplat SLO summary")
@@ -218,6 +214,10 @@ class _Summary:
 
             terminalreporter.write_sep("=", "ctxplat profile comparison")
             terminalreporter.write_line(profile_comparison(self.rows))
+        from .runtime import write_markdown_summaries
+
+        for line in write_markdown_summaries(terminalreporter.config, self.rows):
+            terminalreporter.write_line(line)
 
 
 @pytest.hookimpl(hookwrapper=True)
