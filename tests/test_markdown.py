@@ -199,3 +199,17 @@ def _junit(path: Path) -> dict[str, dict[str, str]]:
     return {case.name: {p.name: p.value for group in case.iterchildren(Properties)
                         for p in group.iterchildren(Property)}
             for suite in xml for case in suite}
+
+
+def test_step_summary_under_xdist_has_every_worker_s_tests(
+        pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    step = pytester.path / "step.md"
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(step))
+    pytester.makeini(INI)
+    pytester.makepyfile(test_gate=TESTS)
+    result = pytester.runpytest_subprocess("-n", "2", *FAST)
+    result.assert_outcomes(passed=2, failed=1)
+    text = step.read_text()
+    assert text.count("### ctxplat SLO summary") == 1  # the controller writes it, once
+    assert {r[0] for r in _rows(text)} == {"`test_gate.py::test_holds`",
+                                           "`test_gate.py::test_breaches`"}
