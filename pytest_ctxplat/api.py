@@ -27,7 +27,7 @@ from typing import Any, ParamSpec, TypeVar
 
 from .driver.limits import DEFAULT_LIMITS, ClientLimits
 from .errors import ConfigError, CtxplatError, SLOViolation
-from .orchestrator import HttpTarget, InProcessTarget, PlayOptions, format_breach, play
+from .orchestrator import HttpTarget, InProcessTarget, PlayOptions, Progress, format_breach, play
 from .report.result import RunResult
 from .servers.attach import AttachedServer
 from .servers.base import ServerHandle
@@ -147,6 +147,7 @@ async def arun_workload(
     time_scale: float | None = None,
     workload_dirs: list[Path] | None = None,
     limits: ClientLimits | None = None,
+    on_progress: Callable[[Progress], None] | None = None,
 ) -> RunResult:
     """Play ``workload`` against ``server`` (a URL or a started server's handle),
     measure, judge against ``slo``.
@@ -161,6 +162,8 @@ async def arun_workload(
     (:class:`~pytest_ctxplat.driver.limits.ClientLimits`). A server that the capability
     probe finds unreachable, or without a usable endpoint, raises
     :class:`~pytest_ctxplat.errors.ServerError` before anything is played.
+    ``on_progress`` is called with the run's
+    :class:`~pytest_ctxplat.orchestrator.progress.Progress` about every second.
     """
     handle: ServerHandle = AttachedServer(server) if isinstance(server, str) else server
     spec = resolve_workload(workload, overrides, dirs=workload_dirs or (), where=name)
@@ -171,7 +174,7 @@ async def arun_workload(
         slo=_slo(slo, name), seed=seed, name=name, token_salt=token_salt,
         results_dir=None if results_dir is None else Path(results_dir),
         sample_every_s=scrape_every_s, extra_body=dict(extra_body or {}),
-        max_connect_failures=lim.max_connect_failures))
+        max_connect_failures=lim.max_connect_failures, on_progress=on_progress))
     return _judged(result, check)
 
 
@@ -188,18 +191,22 @@ async def asimulate(
     check: bool = False,
     sample_every_s: float = 5.0,
     workload_dirs: list[Path] | None = None,
+    on_progress: Callable[[Progress], None] | None = None,
 ) -> RunResult:
     """Play ``workload`` against the simulated deployment ``profile`` (a built-in
     hardware profile name, a profile YAML file or a profile object, with dotted
     ``profile_overrides``) in this process, on the running loop's clock: virtual time
-    on a :class:`~pytest_ctxplat.sim.virtual.VirtualEventLoop` (:func:`simulate`)."""
+    on a :class:`~pytest_ctxplat.sim.virtual.VirtualEventLoop` (:func:`simulate`).
+    ``on_progress`` is called with the run's
+    :class:`~pytest_ctxplat.orchestrator.progress.Progress` at most every half second of
+    wall time."""
     spec = resolve_workload(workload, overrides, dirs=workload_dirs or (), where=name)
     prof = profile if isinstance(profile, HardwareProfile) else load_hardware(
         profile, profile_overrides)
     result = await play(spec, InProcessTarget(prof), PlayOptions(
         slo=_slo(slo, name), seed=seed, name=name,
         results_dir=None if results_dir is None else Path(results_dir),
-        sample_every_s=sample_every_s))
+        sample_every_s=sample_every_s, on_progress=on_progress))
     return _judged(result, check)
 
 

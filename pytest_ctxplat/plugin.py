@@ -186,7 +186,8 @@ def ctxplat_run(request: pytest.FixtureRequest, ctxplat_server: ServerHandle) ->
 
 class _Summary:
     """Collects ctxplat figures from test reports (they travel in ``user_properties``,
-    so this also works under xdist) and prints the SLO summary table."""
+    so this also works under xdist), prints the SLO summary table and writes the
+    Markdown summary (``--ctxplat-markdown``, ``$GITHUB_STEP_SUMMARY``)."""
 
     def __init__(self) -> None:
         self.rows: list[dict[str, Any]] = []
@@ -213,6 +214,10 @@ class _Summary:
 
             terminalreporter.write_sep("=", "ctxplat profile comparison")
             terminalreporter.write_line(profile_comparison(self.rows))
+        from .runtime import write_markdown_summaries
+
+        for line in write_markdown_summaries(terminalreporter.config, self.rows):
+            terminalreporter.write_line(line)
 
 
 @pytest.hookimpl(hookwrapper=True)

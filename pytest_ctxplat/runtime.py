@@ -13,6 +13,8 @@ from .api import arun_workload, run_sync
 from .errors import ConfigError, ServerError, SLOViolation
 from .orchestrator import format_breach
 from .orchestrator.http import check_server
+from .progress import LiveProgress
+from .report.markdown import comparison_text, objective_fields
 from .servers.base import ServerHandle
 from .servers.launchers import LaunchContext
 from .settings import item_key, kind_registry, settings_key
@@ -62,8 +64,9 @@ def start_profile(config: pytest.Config, name: str) -> ServerHandle:
 
 def properties(result: RunResult) -> list[tuple[str, Any]]:
     """The JUnit properties of a run: key figures, the count of each outcome class, the
-    verdict and each objective's target, observed value and result. A figure that was
-    not measured is left out (never written as "None")."""
+    verdict, each objective's target, observed value, interval (where judged with one),
+    verdict and result, and the changes against a baseline (where compared). A figure
+    that was not measured is left out (never written as "None")."""
     m = result.metrics
     o = result.observed
     v = result.verdict
@@ -90,10 +93,12 @@ def properties(result: RunResult) -> list[tuple[str, Any]]:
         "verdict": None if v is None else v.status,
         "incomplete": result.incomplete,
     }
+    comparison = getattr(result, "comparison", None)  # set when judged against a baseline
+    if comparison:
+        props["baseline_passed"] = comparison.get("passed")
+        props["baseline_changes"] = comparison_text(comparison)
     for c in v.checks if v is not None else ():
-        props[f"slo.{c.key}.target"] = c.target
-        props[f"slo.{c.key}.observed"] = c.observed
-        props[f"slo.{c.key}.result"] = "pass" if c.passed else "fail"
+        props.update({f"slo.{c.key}.{k}": x for k, x in objective_fields(c).items()})
     return [(f"ctxplat.{k}", _round(x)) for k, x in props.items() if x is not None]
 
 
@@ -123,9 +128,15 @@ async def run_item(item: pytest.Item, server: ServerHandle, workload: str | None
     if not server.alive():
         raise ServerError(f"the server under test is not running; log tail:\n"
                           f"{server.log_tail()}")
-    result = await arun_workload(server, wl, slo=spec.slo if spec else None, seed=s.seed,
-                                 model=s.model, name=item.nodeid, results_dir=s.results,
-                                 reset_cache=s.reset_cache, check=False, limits=s.limits)
+    display = live_progress(item)
+    try:
+        result = await arun_workload(server, wl, slo=spec.slo if spec else None, seed=s.seed,
+                                     model=s.model, name=item.nodeid, results_dir=s.results,
+                                     reset_cache=s.reset_cache, check=False, limits=s.limits,
+                                     on_progress=display)
+    finally:
+        if display is not None:
+            display.close()
     item.user_properties.extend(properties(result))
     config.pluginmanager.hook.pytest_ctxplat_result(config=config, item=item, result=result)
     if result.target.get("alive_after_run") is False:
@@ -141,12 +152,52 @@ async def run_item(item: pytest.Item, server: ServerHandle, workload: str | None
     return result
 
 
+def live_progress(item: pytest.Item) -> LiveProgress | None:
+    """The test's live progress display (None: progress is off). It writes with output
+    capture suspended, on a line of its own, and puts the cursor back where pytest left
+    it when it closes."""
+    config = item.config
+    if not config.stash[settings_key].progress:
+        return None
+    capman = config.pluginmanager.getplugin("capturemanager")
+    terminal = config.pluginmanager.getplugin("terminalreporter")
+    column = None
+    if terminal is not None:
+        writer = config.get_terminal_writer()
+        column = lambda: writer.width_of_current_line  # noqa: E731
+    return LiveProgress(item.name, force_terminal=True, column=column,
+                        guard=None if capman is None else capman.global_and_fixture_disabled)
+
+
 def judge(result: RunResult) -> None:
     """Raise :class:`SLOViolation` (the verdict table first) when ``result`` did not
     pass its objectives, or did not fill its measurement window."""
     __tracebackhide__ = True
     if result.verdict is not None and not result.verdict.passed:
         raise SLOViolation(format_breach(result), result.verdict)
+
+
+def write_markdown_summaries(config: pytest.Config, rows: list[dict[str, Any]]) -> list[str]:
+    """Write the Markdown summary of ``rows`` where ``--ctxplat-markdown`` and
+    ``$GITHUB_STEP_SUMMARY`` ask (controller only); returns one line per file for the
+    terminal. A file that cannot be written is reported, never fails the session."""
+    from .report.markdown import markdown_summary, write_markdown
+    from .settings import markdown_outputs
+
+    outputs = [] if hasattr(config, "workerinput") else markdown_outputs(config)
+    if not outputs:
+        return []
+    text = markdown_summary(rows)
+    lines = []
+    for path, append in outputs:
+        try:
+            write_markdown(path, text, append=append)
+        except OSError as exc:
+            lines.append(f"ctxplat: no Markdown summary written to {path}: {exc}")
+        else:
+            lines.append(f"ctxplat: Markdown summary {'appended' if append else 'written'} "
+                         f"to {path}")
+    return lines
 
 
 def readable_report(item: pytest.Item, call: pytest.CallInfo[None],

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -58,6 +59,12 @@ OPTIONS: list[tuple[str, Literal["string", "bool"], str, Any]] = [
     ("html", "string", "At the end of the session, write one self-contained HTML report "
      "(plots and SLO verdicts of every result JSON in the results directory) to this file.",
      None),
+    ("progress", "bool", "Show a live progress line (users, in flight, requests/s, TTFT "
+     "p95, hit rate, time left) while a run lasts longer than 2 s; 'auto': only on a "
+     "terminal, not with -q, not under CI (CI or CTXPLAT_CI set).", "auto"),
+    ("markdown", "string", "At the end of the session, write a Markdown table of the "
+     "ctxplat tests (verdict, key figures, failed objectives, baseline changes) to this "
+     "file; it is also appended to $GITHUB_STEP_SUMMARY when that is set.", None),
 ]
 
 
@@ -81,6 +88,7 @@ class Settings:
     kinds: KindRegistry | None = None  # built-ins + plugins, at collection
     limits: ClientLimits | None = None  # timeouts, throttling retries, circuit breaker
     marker_errors: list[str] = dataclasses.field(default_factory=list)  # bad servers()
+    progress: bool = False  # draw live progress (decided at configure)
 
     def launcher_registry(self) -> LauncherRegistry:
         assert self.launchers is not None, "built in pytest_configure"
@@ -166,6 +174,38 @@ def _number(config: pytest.Config, name: str, cast: type, lowest: float) -> Any:
 def _collect(hook: Any) -> list[tuple[str, Any]]:
     """Each implementation's result of a hook without arguments, with its plugin's name."""
     return [(impl.plugin_name, impl.function()) for impl in hook.get_hookimpls()]
+
+
+def progress_enabled(config: pytest.Config) -> bool:
+    """``--ctxplat-progress`` / ``--ctxplat-no-progress`` (or the ini twin), else auto:
+    on when standard output is a terminal, output is not quiet (``-q``) and no CI
+    variable is set. Never in an xdist worker (it has no terminal)."""
+    from .progress import progress_wanted
+
+    if hasattr(config, "workerinput"):
+        return False
+    choice = config.getoption("ctxplat_progress")
+    if choice is None:
+        ini = config.getini("ctxplat_progress")
+        choice = ini if isinstance(ini, bool) else None  # unset: the default, auto
+    return progress_wanted(choice, sys.stdout, quiet=(config.getoption("verbose") or 0) < 0)
+
+
+def markdown_outputs(config: pytest.Config) -> list[tuple[Path, bool]]:
+    """Where the session's Markdown summary goes, each with whether to append:
+    ``--ctxplat-markdown`` (relative to the current directory) or the ini value
+    ``ctxplat_markdown`` (relative to the rootdir), written afresh; then
+    ``$GITHUB_STEP_SUMMARY``, appended to (as GitHub Actions expects)."""
+    out: list[tuple[Path, bool]] = []
+    value = config.getoption("ctxplat_markdown")
+    if value:
+        out.append((Path(config.invocation_params.dir, value), False))
+    elif value is None and config.getini("ctxplat_markdown"):
+        out.append((Path(config.rootpath, config.getini("ctxplat_markdown")), False))
+    step = os.environ.get("GITHUB_STEP_SUMMARY")
+    if step:
+        out.append((Path(step), True))
+    return out
 
 
 def html_output(config: pytest.Config) -> tuple[str, Path] | None:
@@ -265,6 +305,7 @@ def read_settings(config: pytest.Config) -> Settings:
                       *(Path(p) for p in config.getini("ctxplat_profile_dirs"))],
         launchers=launchers,
         limits=_limits(config),
+        progress=progress_enabled(config),
     )
     html = html_output(config)  # a bad path is a usage error now, not a surprise at the end
     if html is not None and not html[1].resolve().is_relative_to(settings.results.resolve()):
@@ -275,6 +316,11 @@ def read_settings(config: pytest.Config) -> Settings:
             check_output(html[1])
         except ConfigError as exc:
             raise pytest.UsageError(f"{html[0]}: {exc}") from None
+    for path, append in markdown_outputs(config):  # a folder is a usage error now
+        if path.is_dir():
+            where = "$GITHUB_STEP_SUMMARY" if append else "--ctxplat-markdown"
+            raise pytest.UsageError(f"{where}: {path} is a directory; give a file name "
+                                    "(e.g. ctxplat-summary.md)")
     settings.check_servers(servers, "--ctxplat-server")
     return settings
 

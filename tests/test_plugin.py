@@ -187,6 +187,11 @@ def _assert_properties_match_json(props: dict[str, str], data: dict[str, Any]) -
         expected[f"slo.{check['key']}.target"] = check["target"]
         expected[f"slo.{check['key']}.observed"] = check["observed"]
         expected[f"slo.{check['key']}.result"] = "pass" if check["passed"] else "fail"
+        expected[f"slo.{check['key']}.verdict"] = check.get("status") or (
+            "pass" if check["passed"] else "fail")
+        if check.get("interval") is not None:
+            low, high = check["interval"]
+            expected[f"slo.{check['key']}.interval"] = f"[{low:.4g}, {high:.4g}]"
     got = {k[len("ctxplat."):]: v for k, v in props.items() if k.startswith("ctxplat.")}
     assert "None" not in got.values()
     for key, value in expected.items():

@@ -12,12 +12,16 @@ import yaml
 from ..errors import ConfigError
 
 if TYPE_CHECKING:
+    import argparse
+
+    from ..progress import LiveProgress
     from ..report.result import RunResult
     from ..slo import SLOSpec
     from ..workload.spec import WorkloadSpec
 
-__all__ = ["EXIT_BREACH", "EXIT_OK", "EXIT_SERVER", "EXIT_USAGE", "finish",
-           "parse_assignments", "print_result", "workload_and_slo"]
+__all__ = ["EXIT_BREACH", "EXIT_OK", "EXIT_SERVER", "EXIT_USAGE", "add_progress_option",
+           "finish", "live_progress", "parse_assignments", "print_result",
+           "workload_and_slo"]
 
 EXIT_OK = 0  # passed (or nothing to judge)
 EXIT_BREACH = 1  # an SLO was breached
@@ -41,6 +45,27 @@ def parse_assignments(items: Sequence[str], option: str) -> dict[str, Any]:
             raise ConfigError(f"{option} {key}: cannot read the value {value!r}: "
                               f"{exc}") from None
     return out
+
+
+def add_progress_option(p: argparse.ArgumentParser) -> None:
+    """``--progress`` / ``--no-progress``."""
+    import argparse
+
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="show a live progress line on standard error (users, in flight, "
+                   "requests/s, TTFT p95, hit rate, time left) once the run lasts 2 s. "
+                   "Default: only when standard error is a terminal and CI / CTXPLAT_CI "
+                   "are not set")
+
+
+def live_progress(args: Any, title: str) -> LiveProgress | None:
+    """The run's live progress display on standard error (None: ``--no-progress``, or
+    auto and not a terminal or under CI)."""
+    from ..progress import LiveProgress, progress_wanted
+
+    if not progress_wanted(args.progress, sys.stderr):
+        return None
+    return LiveProgress(title, stderr=True, force_terminal=bool(args.progress))
 
 
 def workload_and_slo(args: Any) -> tuple[WorkloadSpec, SLOSpec | None]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from .common import finish, workload_and_slo
+from .common import add_progress_option, finish, live_progress, workload_and_slo
 
 __all__ = ["add_parser", "run"]
 
@@ -33,6 +33,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--no-reset", action="store_true",
                    help="do not POST /reset_prefix_cache before the run")
     p.add_argument("--json", help="write the result JSON to this file")
+    add_progress_option(p)
     return p
 
 
@@ -46,10 +47,14 @@ def run(args: argparse.Namespace) -> int:
     server: str | ServerHandle | None = args.url
     if server is None:
         sim = server = start_sim({"speedup": args.sim_speedup, "seed": args.seed})
+    display = live_progress(args, args.name)
     try:
         result = run_workload(server, spec, slo=slo, seed=args.seed, name=args.name,
-                              model=args.model, reset_cache=not args.no_reset)
+                              model=args.model, reset_cache=not args.no_reset,
+                              on_progress=display)
     finally:
+        if display is not None:
+            display.close()
         if sim is not None:
             sim.close()
     return finish(result, args.json)

@@ -13,7 +13,14 @@ import argparse
 from typing import Any
 
 from ..errors import ConfigError
-from .common import EXIT_OK, finish, parse_assignments, workload_and_slo
+from .common import (
+    EXIT_OK,
+    add_progress_option,
+    finish,
+    live_progress,
+    parse_assignments,
+    workload_and_slo,
+)
 
 __all__ = ["add_parser", "run"]
 
@@ -41,6 +48,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--json", help="write the result JSON to this file")
     p.add_argument("--list-profiles", action="store_true",
                    help="list the built-in hardware profiles")
+    add_progress_option(p)
     return p
 
 
@@ -57,7 +65,13 @@ def run(args: argparse.Namespace) -> int:
     if not args.workload:
         raise ConfigError("give a WORKLOAD (a kind such as chat, or a YAML file)")
     spec, slo = workload_and_slo(args)
-    result = simulate(spec, args.profile,
-                      profile_overrides=parse_assignments(args.profile_set, "--profile-set"),
-                      slo=slo, seed=args.seed, name=args.name)
+    display = live_progress(args, args.name)
+    try:
+        result = simulate(spec, args.profile,
+                          profile_overrides=parse_assignments(args.profile_set,
+                                                              "--profile-set"),
+                          slo=slo, seed=args.seed, name=args.name, on_progress=display)
+    finally:
+        if display is not None:
+            display.close()
     return finish(result, args.json)

@@ -11,6 +11,7 @@ the rest the same way for both, so both produce the same
 from .core import PlayOptions, Preparation, Target, play
 from .http import HttpTarget
 from .inprocess import EngineSink, InProcessTarget
+from .progress import Progress
 from .results import build_result, format_breach
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "InProcessTarget",
     "PlayOptions",
     "Preparation",
+    "Progress",
     "Target",
     "build_result",
     "format_breach",

@@ -9,7 +9,7 @@ import dataclasses
 import datetime as _dt
 import time
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -18,6 +18,7 @@ from ..report.result import RunResult, write_json
 from ..servers.scrape import MetricsSnapshot
 from ..slo import SLOSpec
 from ..workload.spec import WorkloadSpec
+from .progress import Progress, ProgressTracker
 from .results import build_result
 
 __all__ = ["GAUGES", "PlayOptions", "Preparation", "Target", "play"]
@@ -91,7 +92,9 @@ class PlayOptions:
     ``max_connect_failures``: consecutive connection failures that trip the circuit
     breaker (timeouts and retries belong to the target's client). ``death_grace_s``:
     after the circuit breaker stopped the run, how long to wait for a dying server to be
-    seen dead before describing it.
+    seen dead before describing it. ``on_progress``: called with the run's
+    :class:`~pytest_ctxplat.orchestrator.progress.Progress` at each gauge sample, at
+    most every ``progress_every_s`` wall seconds (a display; it must return quickly).
     """
 
     slo: SLOSpec | None = None
@@ -104,6 +107,8 @@ class PlayOptions:
     extra_body: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     max_connect_failures: int = 10
     death_grace_s: float = 5.0
+    on_progress: Callable[[Progress], None] | None = None
+    progress_every_s: float = 0.5
 
 
 async def play(spec: WorkloadSpec, target: Target, options: PlayOptions | None = None
@@ -160,6 +165,10 @@ class _Run:
             max_connect_failures=opts.max_connect_failures))
         self.peaks: dict[str, float] = {}
         self.timeline: list[dict[str, float]] = []
+        self.progress = ProgressTracker(duration_s=prep.spec.bound_s,
+                                        max_requests=prep.spec.max_requests)
+        self.next_progress = 0.0
+        self.progress_failed: str | None = None
 
     def result(self, after: MetricsSnapshot | None, interrupted: str | None) -> RunResult:
         runner = self.runner
@@ -169,6 +178,8 @@ class _Run:
                                        "(input_tpm / output_tpm)")
         if runner.stop_reason:
             notes["run.stopped"] = runner.stop_reason
+        if self.progress_failed:
+            notes["run.progress"] = f"progress display stopped: {self.progress_failed}"
         return build_result(
             name=self.opts.name, target=self.target.describe(), spec=self.prep.spec,
             seed=self.opts.seed, started_at=self.started_at,
@@ -201,7 +212,19 @@ class _Run:
                         self.peaks[key] = max(self.peaks.get(key, 0.0), v)
                     point[key.split(":", 1)[1].removesuffix("_total")] = v
             self.timeline.append(point)
+            self.report_progress()
             if time.monotonic() >= next_checkpoint and self.opts.results_dir is not None:
                 # what finished so far survives even a SIGKILL (in_flight: not judged)
                 self.write(self.result(None, "in progress (a checkpoint of a running run)"))
                 next_checkpoint = time.monotonic() + self.opts.checkpoint_every_s
+
+    def report_progress(self) -> None:
+        """Call ``on_progress`` (throttled on the wall clock: cheap in virtual time)."""
+        callback = self.opts.on_progress
+        if callback is None or self.progress_failed or time.monotonic() < self.next_progress:
+            return
+        self.next_progress = time.monotonic() + self.opts.progress_every_s
+        try:
+            callback(self.progress.snapshot(self.runner.records, self.runner.now()))
+        except Exception as exc:  # a display never stops the sampling or the run
+            self.progress_failed = f"{type(exc).__name__}: {exc}"
