@@ -31,7 +31,7 @@ from ..version import __version__
 from .regression import Comparison, compare, samples_from_records
 from .result import RunResult, result_path
 
-__all__ = ["BASELINE_SCHEMA", "BaselineError", "available", "check_compatible",
+__all__ = ["BASELINE_SCHEMA", "BaselineError", "available", "check_compatible", "check_name",
            "compare_to_baseline", "entry_from_result", "git_commit", "hardware", "load_entry",
            "load_index", "provenance", "save_entry", "workload_hash"]
 
@@ -146,11 +146,16 @@ def entry_from_result(result: RunResult | Mapping[str, Any], *,
     }
 
 
-def _folder(directory: Path, name: str) -> Path:
+def check_name(name: str) -> str:
+    """``name`` if it can name a baseline folder, else a :class:`BaselineError`."""
     if not _NAME.match(name):
         raise BaselineError(f"baseline name {name!r}: use letters, digits, '.', '_' and "
                             "'-' (starting with a letter or digit)")
-    return Path(directory) / name
+    return name
+
+
+def _folder(directory: Path, name: str) -> Path:
+    return Path(directory) / check_name(name)
 
 
 def _write(path: Path, data: Any) -> None:

@@ -30,10 +30,11 @@ from typing import Any
 import numpy as np
 from tabulate import tabulate
 
-from ..errors import ConfigError
+from ..errors import ConfigError, SLOViolation
 
-__all__ = ["ALPHA", "COMPARED", "DEFAULT_TOLERANCES", "Comparison", "Row", "Tolerance",
-           "compare", "parse_tolerances", "samples_from_records", "tolerance_keys"]
+__all__ = ["ALPHA", "COMPARED", "DEFAULT_TOLERANCES", "BaselineRegression", "Comparison", "Row",
+           "Tolerance", "compare", "comparison_text", "detectable_slowdown", "parse_tolerances",
+           "samples_from_records", "tolerance_keys"]
 
 ALPHA = 0.05
 _POWER_Z = 1.6449 + 0.8416  # one-sided alpha 0.05, power 0.8
@@ -62,6 +63,11 @@ _FAMILY_DIRECTION = {"latency": "max", "speed": "min", "hit_rate": "min", "error
                      "goodput": "min", "other": "both"}
 # observed keys left out of the comparison (the compared percentiles cover them)
 _SKIPPED = re.compile(r"^(ttft_ms|itl_ms|e2e_ms|decode_tps|output_tokens)\.")
+
+
+class BaselineRegression(SLOViolation):
+    """A run regressed against its baseline; the message is the comparison table. (An
+    :class:`~pytest_ctxplat.errors.SLOViolation`, so a test fails the same way.)"""
 
 
 def tolerance_keys() -> list[str]:
@@ -97,6 +103,15 @@ class Tolerance:
             raise ValueError(f"must be a finite amount >= 0, got {value!r}")
         direction = {"+": "max", "-": "min"}.get(sign, _FAMILY_DIRECTION[family])
         return cls(amount / 100 if relative else amount, relative, direction)
+
+    @classmethod
+    def from_text(cls, text: str) -> Tolerance:
+        """The tolerance :meth:`text` wrote."""
+        direction = {"+": "max", "-": "min", "±": "both"}[text[0]]
+        return cls.parse(text[1:], "other").replace_direction(direction)
+
+    def replace_direction(self, direction: str) -> Tolerance:
+        return dataclasses.replace(self, direction=direction)
 
     def allowed(self, baseline: float) -> float:
         return self.amount * abs(baseline) if self.relative else self.amount
@@ -299,12 +314,29 @@ class Comparison:
         return (f"power: smallest slowdown detectable (80% power, p<{ALPHA:g}) with {n1} vs "
                 f"{n2} requests: {parts}; a slowdown must also exceed its tolerance")
 
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Comparison:
+        """The comparison :meth:`to_dict` wrote (e.g. read back from a result JSON)."""
+        rows = tuple(Row(r["metric"], r["baseline"], r["now"], r["delta"],
+                         Tolerance.from_text(r["tolerance"]), r["p_value"], r["verdict"])
+                     for r in d.get("rows", ()))
+        samples = d.get("samples") or {}
+        return cls(baseline=str(d.get("baseline")), test=str(d.get("test")), rows=rows,
+                   warnings=tuple(d.get("warnings", ())),
+                   detectable=dict(d.get("detectable_slowdown") or {}),
+                   samples=(int(samples.get("baseline", 0)), int(samples.get("now", 0))))
+
     def to_dict(self) -> dict[str, Any]:
         return {"baseline": self.baseline, "test": self.test, "passed": self.passed,
                 "status": self.status, "alpha": ALPHA, "warnings": list(self.warnings),
                 "detectable_slowdown": dict(self.detectable),
                 "samples": {"baseline": self.samples[0], "now": self.samples[1]},
                 "rows": [r.to_dict() for r in self.rows]}
+
+
+def comparison_text(comparison: Mapping[str, Any]) -> str:
+    """The table of a comparison stored as a mapping (``RunResult.comparison``)."""
+    return Comparison.from_dict(comparison).table()
 
 
 def _fmt(v: float | None) -> str:
