@@ -260,6 +260,8 @@ def _difference(a: Any, b: Any) -> str:
 
 
 def _short(value: Any) -> str:
+    if value is None:
+        return "unset"
     text = value if isinstance(value, str) else orjson.dumps(value).decode()
     return text if len(text) <= 80 else text[:77] + "..."
 

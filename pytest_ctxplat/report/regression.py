@@ -74,7 +74,7 @@ def tolerance_keys() -> list[str]:
     """Names a tolerance may be given for: metrics (``ttft_ms_p95`` or ``ttft_ms.p95``)
     and families (``latency``, ``speed``, ``hit_rate``, ``error_rate``, ``goodput``,
     ``other``)."""
-    return [*(m.replace(".", "_") for m in COMPARED), *DEFAULT_TOLERANCES]
+    return list(dict.fromkeys([*(m.replace(".", "_") for m in COMPARED), *DEFAULT_TOLERANCES]))
 
 
 @dataclasses.dataclass(frozen=True)
