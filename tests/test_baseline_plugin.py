@@ -9,7 +9,7 @@ import pytest
 import scipy.stats  # noqa: F401  (imported once: nested sessions would import it again)
 from junit_support import junit_properties
 
-import pytest_ctxplat.report.baseline  # noqa: F401
+import pytest_ctxplat.report.baseline
 import pytest_ctxplat.servers.version  # noqa: F401
 
 pytest_plugins = ["pytester"]

@@ -95,7 +95,7 @@ class Tolerance:
         sign = text[0] if text[:1] in ("+", "-") else ""
         relative = text.endswith("%")
         try:
-            amount = float(text.lstrip("+-").rstrip("%").strip())
+            amount = float(text[len(sign):].removesuffix("%").strip())
         except ValueError:
             raise ValueError(f"expected '+10%', '-10%', '10%' or a number, got {value!r}"
                              ) from None
