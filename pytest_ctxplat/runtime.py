@@ -111,7 +111,8 @@ def _comparison_properties(comparison: Any) -> dict[str, Any]:
 def against_baselines(item: pytest.Item, server: ServerHandle, result: RunResult) -> RunResult:
     """``--ctxplat-save``: store the result in the baseline; ``--ctxplat-compare``: judge
     it against its entry there (the comparison travels in the result and its JSON). A
-    test missing from the baseline is compared with nothing and says so (``missing``)."""
+    test missing from the baseline is compared with nothing and says so (``missing``);
+    a run that did not fill its window is not saved."""
     import dataclasses
 
     from .report.baseline import compare_to_baseline, entry_from_result, save_entry
@@ -133,7 +134,7 @@ def against_baselines(item: pytest.Item, server: ServerHandle, result: RunResult
             "baseline": s.compare, "test": item.nodeid, "status": "missing", "passed": True}
         result = dataclasses.replace(result, comparison=comparison)
         write_json(result, s.results)
-    if s.save:
+    if s.save and not (result.incomplete or result.interrupted):  # never a partial run
         save_entry(s.baseline_dir, s.save, entry_from_result(result, engine=engine,
                                                              rootdir=s.rootdir))
     return result
