@@ -173,3 +173,17 @@ def test_ctxplat_compare_exit_codes(release: Path, tmp_path: Path,
     assert main(["compare", str(tmp_path / "missing"), str(same)]) == 2
     err = capsys.readouterr().err
     assert "no test to compare" in err and "missing: no such file or directory" in err
+
+
+def test_baseline_entry_is_found_when_a_parallel_save_lost_its_index_update(
+        tmp_path: Path) -> None:
+    entry = entry_from_result(_run(name="test_a"))
+    save_entry(tmp_path, "v1", entry)
+    save_entry(tmp_path, "v1", {**entry, "test": "test_b"})
+    index_path = tmp_path / "v1" / "index.json"
+    index = json.loads(index_path.read_text())
+    del index["tests"]["test_b"]  # what a concurrent writer's stale index leaves
+    index_path.write_text(json.dumps(index))
+    found = load_entry(tmp_path, "v1", "test_b")
+    assert found is not None and found["test"] == "test_b"
+    assert load_entry(tmp_path, "v1", "test_c") is None

@@ -220,12 +220,15 @@ def load_entry(directory: Path, name: str, test: str) -> dict[str, Any] | None:
     """Test ``test``'s entry in baseline ``name``; None when the baseline lacks it."""
     index = load_index(directory, name)
     file = index["tests"].get(test)
-    if file is None:
-        return None
+    if file is None:  # saved by a parallel worker whose index update lost the race?
+        path = result_path(_folder(directory, name), test)
+        if not path.is_file():
+            return None
+        file = path.name
     entry = _read(_folder(directory, name) / str(file), f"baseline {name!r} for {test}")
     if not isinstance(entry, dict) or "observed" not in entry:
         raise BaselineError(f"baseline {name!r} for {test}: {file} is not a baseline entry")
-    return entry
+    return entry if entry.get("test") in (None, test) else None
 
 
 _REFUSED = (("workload_hash", "workload"), ("model", "model"), ("block_size", "block_size"))
