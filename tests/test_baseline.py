@@ -187,3 +187,17 @@ def test_baseline_entry_is_found_when_a_parallel_save_lost_its_index_update(
     found = load_entry(tmp_path, "v1", "test_b")
     assert found is not None and found["test"] == "test_b"
     assert load_entry(tmp_path, "v1", "test_c") is None
+
+
+def test_baseline_other_figures_are_judged_in_their_likely_direction() -> None:
+    base = {"observed": {"capacity.max_users": 40.0, "hit_rate.designed_ttl_300s": 0.8,
+                         "queue_depth": 10.0}, "metrics": {}}
+    better = {"observed": {"capacity.max_users": 60.0, "hit_rate.designed_ttl_300s": 0.81,
+                           "queue_depth": 10.5}, "metrics": {}}
+    verdicts = {r.metric: r.verdict for r in compare(better, base).rows}
+    assert verdicts == {"capacity.max_users": "improved", "hit_rate.designed_ttl_300s": "ok",
+                        "queue_depth": "ok"}
+    worse = {"observed": {"capacity.max_users": 30.0, "hit_rate.designed_ttl_300s": 0.7,
+                          "queue_depth": 13.0}, "metrics": {}}
+    assert {r.metric for r in compare(worse, base).regressions} == {
+        "capacity.max_users", "hit_rate.designed_ttl_300s", "queue_depth"}

@@ -11,7 +11,9 @@ A metric *regresses* only when both hold:
 So noise inside the interval passes, and a real regression fails. Default tolerances
 per metric family (:data:`DEFAULT_TOLERANCES`): latency ``+10%``, speeds ``-10%``, hit
 rates and goodput ``-0.02`` (absolute), error rate ``+0.01`` (absolute), any other
-numeric figure ``10%`` either way. A tolerance is written ``"+10%"`` (relative, higher
+numeric figure ``10%`` either way (a name with ``_ms`` counts as a latency, one with
+``tps``, ``per_s``, ``capacity`` or ``throughput`` as a speed, ``hit_rate.*`` as a hit
+rate). A tolerance is written ``"+10%"`` (relative, higher
 is worse), ``"-10%"`` (relative, lower is worse), ``"10%"`` (relative, the family's
 direction), or a number / ``"+0.01"`` (absolute).
 
@@ -122,7 +124,19 @@ class Tolerance:
 
 
 def _family(metric: str) -> str:
-    return COMPARED[metric][0] if metric in COMPARED else "other"
+    """A metric's family; for figures beyond :data:`COMPARED`, guessed from the name:
+    ``hit_rate.*`` hit rates, ``*_ms*`` latency, speeds and capacities (``tps``,
+    ``per_s``, ``capacity``, ``throughput``: higher is better), else ``other``."""
+    if metric in COMPARED:
+        return COMPARED[metric][0]
+    name = metric.lower()
+    if name.startswith("hit_rate."):
+        return "hit_rate"
+    if "_ms" in name or "latency" in name:
+        return "latency"
+    if any(word in name for word in ("tps", "per_s", "capacity", "throughput")):
+        return "speed"
+    return "other"
 
 
 def parse_tolerances(values: Mapping[str, Any], where: str) -> dict[str, Any]:
