@@ -52,12 +52,12 @@ def test_same_build_passes_its_own_baseline(baselines):
     assert comparison is not None and comparison.passed, comparison.table()
 
 
-def test_slowdown_inside_tolerance_passes(baselines):
+def test_slowdown_inside_tolerance_passes_the_baseline(baselines):
     comparison = compare_to_baseline(run_build(slowdown=1.05), baselines, "release")
     assert comparison is not None and comparison.passed, comparison.table()
 
 
-def test_thirty_percent_slowdown_fails_with_the_table(baselines):
+def test_thirty_percent_slowdown_fails_the_baseline_with_the_table(baselines):
     comparison = compare_to_baseline(run_build(slowdown=1.3), baselines, "release")
     assert comparison is not None and not comparison.passed
     table = comparison.table()
@@ -67,7 +67,7 @@ def test_thirty_percent_slowdown_fails_with_the_table(baselines):
     assert {"e2e_ms.p95", "decode_tps.p50"} <= regressed
 
 
-def test_a_looser_tolerance_lets_the_slowdown_through(baselines):
+def test_a_looser_tolerance_lets_the_slowdown_pass_the_baseline(baselines):
     # The tolerance marker does this per test: @pytest.mark.tolerance(latency="+40%", ...)
     loose = {"latency": "+40%", "speed": "-40%"}
     comparison = compare_to_baseline(run_build(slowdown=1.3), baselines, "release",

@@ -66,13 +66,13 @@ def test_baseline_index_and_entry_carry_provenance(release: Path) -> None:
     assert not list((release / "v1").glob("*.tmp"))  # written atomically
 
 
-def test_workload_hash_is_stable_and_order_free() -> None:
+def test_baseline_workload_hash_is_stable_and_order_free() -> None:
     a = workload_hash({"users": 2, "load": {"ramp_s": 1.0, "stages": ()}})
     assert a == workload_hash({"load": {"stages": [], "ramp_s": 1.0}, "users": 2})
     assert a != workload_hash({"users": 3, "load": {"ramp_s": 1.0, "stages": ()}})
 
 
-def test_git_commit_outside_a_repository_is_none(tmp_path: Path) -> None:
+def test_baseline_git_commit_outside_a_repository_is_none(tmp_path: Path) -> None:
     assert git_commit(tmp_path) is None
     assert git_commit(None) is None
 
@@ -159,7 +159,7 @@ def test_unknown_baseline_names_the_available_ones(release: Path) -> None:
     assert compare_to_baseline(_run(name="test_other"), release, "v1") is None
 
 
-def test_ctxplat_compare_exit_codes(release: Path, tmp_path: Path,
+def test_ctxplat_compare_against_a_baseline_exit_codes(release: Path, tmp_path: Path,
                                     capsys: pytest.CaptureFixture[str]) -> None:
     same = write_json(_run(), tmp_path / "same")
     slow = write_json(_run(slowdown=1.3), tmp_path / "slow")
