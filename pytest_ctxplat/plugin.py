@@ -48,6 +48,12 @@ def pytest_configure(config: pytest.Config) -> None:
         "servers(*profiles): run the test once per server profile (e.g. 'sim', 'vllm-cpu'); "
         "the terminal summary compares the profiles side by side.",
     )
+    config.addinivalue_line(
+        "markers",
+        "tolerance(**metric_or_family): baseline-comparison tolerances of this test, e.g. "
+        "tolerance(ttft_ms_p95='+15%', hit_rate_request=0.03, latency='+20%'); used with "
+        "--ctxplat-compare NAME.",
+    )
     config.stash[settings_key] = read_settings(config)
     config.pluginmanager.register(_Summary(), "ctxplat-summary")
     config.stash[_before_key] = _live_servers()
@@ -88,9 +94,15 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     if s is None:
         return []
     target = s.url if s.server == "url" else s.server
-    return [f"ctxplat: server={target} seed={s.seed} results={s.results} "
-            f"reset_cache={s.reset_cache}" + (f" sim_speedup={s.sim_speedup:g}"
-                                              if s.server == "sim" else "")]
+    lines = [f"ctxplat: server={target} seed={s.seed} results={s.results} "
+             f"reset_cache={s.reset_cache}" + (f" sim_speedup={s.sim_speedup:g}"
+                                               if s.server == "sim" else "")]
+    if s.sim_set:
+        lines.append("ctxplat: sim-set " + " ".join(f"{k}={v}" for k, v in s.sim_set.items()))
+    if s.save or s.compare:
+        lines.append(f"ctxplat: baselines={s.baseline_dir}" + (f" save={s.save}" if s.save
+                     else "") + (f" compare={s.compare}" if s.compare else ""))
+    return lines
 
 
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config,
@@ -209,6 +221,11 @@ class _Summary:
 
         terminalreporter.write_sep("=", "ctxplat SLO summary")
         terminalreporter.write_line(summary_table(self.rows))
+        for r in self.rows:
+            if r.get("comparison") == "missing":
+                terminalreporter.write_line(
+                    f"ctxplat: warning: baseline {r.get('comparison.baseline')!r} has no "
+                    f"entry for {r['nodeid']}: not compared (save one with --ctxplat-save)")
         if len({r.get("profile") for r in self.rows}) > 1:
             from .report.compare import profile_comparison
 

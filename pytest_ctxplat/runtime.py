@@ -56,7 +56,7 @@ def start_profile(config: pytest.Config, name: str) -> ServerHandle:
     try:
         profile = s.profile(name)
         ctx = LaunchContext(log_dir=s.results / "logs", rootdir=s.rootdir, seed=s.seed,
-                            sim_speedup=s.sim_speedup)
+                            sim_speedup=s.sim_speedup, sim_set=s.sim_set)
         return s.launcher_registry().start(profile, ctx)
     except ConfigError as exc:
         raise pytest.UsageError(str(exc)) from None
@@ -92,14 +92,55 @@ def properties(result: RunResult) -> list[tuple[str, Any]]:
         "slo_passed": None if v is None else v.passed,
         "verdict": None if v is None else v.status,
         "incomplete": result.incomplete,
+        **_comparison_properties(result.comparison),
     }
-    comparison = getattr(result, "comparison", None)  # set when judged against a baseline
-    if comparison:
-        props["baseline_passed"] = comparison.get("passed")
-        props["baseline_changes"] = comparison_text(comparison)
+    if result.comparison:  # judged against a baseline: what changed, in one line
+        props["baseline_changes"] = comparison_text(result.comparison)
     for c in v.checks if v is not None else ():
         props.update({f"slo.{c.key}.{k}": x for k, x in objective_fields(c).items()})
     return [(f"ctxplat.{k}", _round(x)) for k, x in props.items() if x is not None]
+
+
+def _comparison_properties(comparison: Any) -> dict[str, Any]:
+    """The baseline comparison's verdict (``pass``, ``regression``, ``missing``), its
+    baseline and the metrics that regressed."""
+    if not comparison:
+        return {}
+    regressed = [r["metric"] for r in comparison.get("rows", ()) if r["verdict"] == "REGRESSION"]
+    return {"comparison": comparison.get("status"), "comparison.baseline":
+            comparison.get("baseline"), "comparison.regressed": ",".join(regressed) or None}
+
+
+def against_baselines(item: pytest.Item, server: ServerHandle, result: RunResult) -> RunResult:
+    """``--ctxplat-save``: store the result in the baseline; ``--ctxplat-compare``: judge
+    it against its entry there (the comparison travels in the result and its JSON). A
+    test missing from the baseline is compared with nothing and says so (``missing``);
+    a run that did not fill its window is not saved."""
+    import dataclasses
+
+    from .report.baseline import compare_to_baseline, entry_from_result, save_entry
+    from .report.result import write_json
+    from .servers.version import engine_version
+
+    s = item.config.stash[settings_key]
+    if not (s.save or s.compare) or s.baseline_dir is None:
+        return result
+    if server.url not in s.engines:
+        s.engines[server.url] = engine_version(server)
+    engine = s.engines[server.url]
+    spec = item.stash.get(item_key, None)
+    if s.compare:
+        tolerances = {**s.tolerances, **(spec.tolerances if spec else {})}
+        found = compare_to_baseline(result, s.baseline_dir, s.compare, tolerances=tolerances,
+                                    engine=engine, rootdir=s.rootdir)
+        comparison = found.to_dict() if found is not None else {
+            "baseline": s.compare, "test": item.nodeid, "status": "missing", "passed": True}
+        result = dataclasses.replace(result, comparison=comparison)
+        write_json(result, s.results)
+    if s.save and not (result.incomplete or result.interrupted):  # never a partial run
+        save_entry(s.baseline_dir, s.save, entry_from_result(result, engine=engine,
+                                                             rootdir=s.rootdir))
+    return result
 
 
 def _round(v: Any) -> Any:
@@ -137,6 +178,7 @@ async def run_item(item: pytest.Item, server: ServerHandle, workload: str | None
     finally:
         if display is not None:
             display.close()
+    result = against_baselines(item, server, result)
     item.user_properties.extend(properties(result))
     config.pluginmanager.hook.pytest_ctxplat_result(config=config, item=item, result=result)
     if result.target.get("alive_after_run") is False:
@@ -171,9 +213,19 @@ def live_progress(item: pytest.Item) -> LiveProgress | None:
 
 def judge(result: RunResult) -> None:
     """Raise :class:`SLOViolation` (the verdict table first) when ``result`` did not
-    pass its objectives, or did not fill its measurement window."""
+    pass its objectives, or did not fill its measurement window; a regression against
+    the ``--ctxplat-compare`` baseline raises its subclass ``BaselineRegression`` (the
+    comparison table first, then any SLO breach)."""
     __tracebackhide__ = True
-    if result.verdict is not None and not result.verdict.passed:
+    breach = result.verdict is not None and not result.verdict.passed
+    comparison = result.comparison
+    if comparison is not None and not comparison.get("passed", True):
+        from .report.regression import BaselineRegression, comparison_text
+
+        text = comparison_text(comparison)
+        raise BaselineRegression(text + ("\n\n" + format_breach(result) if breach else ""),
+                                 result.verdict)
+    if breach:
         raise SLOViolation(format_breach(result), result.verdict)
 
 
@@ -212,7 +264,7 @@ def readable_report(item: pytest.Item, call: pytest.CallInfo[None],
         return
     spec = item.stash.get(item_key, None)
     if call.when == "call" and report.passed and spec is not None and spec.slo is not None \
-            and not spec.ran and not hasattr(report, "wasxfail"):
+            and spec.slo.objectives() and not spec.ran and not hasattr(report, "wasxfail"):
         report.outcome = "failed"
         report.longrepr = (f"{item.nodeid} has an slo marker but never called ctxplat_run: "
                            "its objectives were not judged")

@@ -65,6 +65,12 @@ OPTIONS: list[tuple[str, Literal["string", "bool"], str, Any]] = [
     ("markdown", "string", "At the end of the session, write a Markdown table of the "
      "ctxplat tests (verdict, key figures, failed objectives, baseline changes) to this "
      "file; it is also appended to $GITHUB_STEP_SUMMARY when that is set.", None),
+    ("save", "string", "Save each test's result, with provenance, as baseline NAME in the "
+     "baseline directory (one JSON per test; committable).", None),
+    ("compare", "string", "Judge each test against its entry in baseline NAME: per-metric "
+     "tolerances and a significance test; a regression fails the test.", None),
+    ("baseline_dir", "string", "Directory of saved baselines (relative to the rootdir).",
+     "ctxplat-baselines"),
 ]
 
 
@@ -89,6 +95,12 @@ class Settings:
     limits: ClientLimits | None = None  # timeouts, throttling retries, circuit breaker
     marker_errors: list[str] = dataclasses.field(default_factory=list)  # bad servers()
     progress: bool = False  # draw live progress (decided at configure)
+    save: str | None = None  # --ctxplat-save NAME
+    compare: str | None = None  # --ctxplat-compare NAME
+    baseline_dir: Path | None = None
+    tolerances: dict[str, Any] = dataclasses.field(default_factory=dict)  # ini overrides
+    sim_set: dict[str, Any] = dataclasses.field(default_factory=dict)  # --ctxplat-sim-set
+    engines: dict[str, Any] = dataclasses.field(default_factory=dict)  # url -> /version
 
     def launcher_registry(self) -> LauncherRegistry:
         assert self.launchers is not None, "built in pytest_configure"
@@ -125,6 +137,7 @@ class ItemSpec:
     slo: SLOSpec | None
     workload: WorkloadSpec | None
     ran: bool = False  # ctxplat_run was called (an slo marker without a run is an error)
+    tolerances: dict[str, Any] = dataclasses.field(default_factory=dict)  # tolerance()
 
 
 settings_key = pytest.StashKey[Settings]()
@@ -147,6 +160,15 @@ def add_options(parser: pytest.Parser) -> None:
     parser.addini("ctxplat_workload_dirs", "Directories searched for workload YAML files "
                   "(before the rootdir's workloads/ and the built-ins).", type="paths",
                   default=[])
+    group.addoption("--ctxplat-sim-set", action="append", default=None, metavar="KEY=VALUE",
+                    help="Simulator setting for every simulator server the session starts, "
+                    "repeatable: a SimConfig key (slowdown=1.3, jitter=0.05) or a dotted "
+                    "hardware-profile key. Default: none.")
+    parser.addini("ctxplat_sim_set", "Simulator settings KEY=VALUE, one a line (see "
+                  "--ctxplat-sim-set).", type="linelist", default=[])
+    parser.addini("ctxplat_tolerances", "Baseline comparison tolerances METRIC=VALUE, one a "
+                  "line (e.g. ttft_ms_p95=+15%, latency=+20%, hit_rate_request=0.03).",
+                  type="linelist", default=[])
     parser.addini("ctxplat_profile_dirs", "Directories searched for server profile YAML "
                   "files (after the rootdir's fixtures/servers, before the built-ins).",
                   type="paths", default=[])
@@ -322,7 +344,47 @@ def read_settings(config: pytest.Config) -> Settings:
             raise pytest.UsageError(f"{where}: {path} is a directory; give a file name "
                                     "(e.g. ctxplat-summary.md)")
     settings.check_servers(servers, "--ctxplat-server")
+    _read_baselines(config, settings)
     return settings
+
+
+def _read_baselines(config: pytest.Config, s: Settings) -> None:
+    """Baseline options, tolerances and simulator settings, checked now: an unknown
+    baseline to compare with is a usage error naming it and the baselines there are."""
+    from .assignments import parse_assignments
+    from .errors import ConfigError
+    from .report.baseline import check_name, load_index
+    from .report.regression import parse_tolerances
+
+    s.baseline_dir = Path(config.rootpath, _get(config, "baseline_dir"))
+    s.save, s.compare = _get(config, "save") or None, _get(config, "compare") or None
+    sim_set = config.getoption("ctxplat_sim_set")
+    where = "--ctxplat-sim-set" if sim_set is not None else "ctxplat_sim_set (ini)"
+    try:
+        s.tolerances = parse_tolerances(parse_assignments(
+            config.getini("ctxplat_tolerances"), "ctxplat_tolerances"), "ctxplat_tolerances")
+        s.sim_set = parse_assignments(sim_set if sim_set is not None
+                                      else config.getini("ctxplat_sim_set"), where)
+        if s.compare:
+            load_index(s.baseline_dir, s.compare)
+        if s.save:
+            check_name(s.save)
+        if s.sim_set:
+            _check_sim_set(s, where)
+    except ConfigError as exc:
+        option = "--ctxplat-compare" if "unknown baseline" in str(exc) else ""
+        raise pytest.UsageError(f"{option}: {exc}" if option else str(exc)) from None
+
+
+def _check_sim_set(s: Settings, where: str) -> None:
+    """Every simulator profile of the session accepts the ``--ctxplat-sim-set`` keys."""
+    from .servers.sim import apply_sim_set
+
+    for name in s.servers:
+        profile = s.profile(name)
+        if profile.launcher == "sim":
+            apply_sim_set({"seed": s.seed, **profile.sim}, s.sim_set,
+                          f"{where} (server {name})")
 
 
 def kind_registry(config: pytest.Config) -> KindRegistry:
@@ -345,7 +407,8 @@ def parse_markers(item: pytest.Item) -> ItemSpec:
     (and, for a workload file, its file and line)."""
     slo_m = item.get_closest_marker("slo")
     wl_m = item.get_closest_marker("workload")
-    if slo_m is None and wl_m is None:
+    tol_m = item.get_closest_marker("tolerance")
+    if slo_m is None and wl_m is None and tol_m is None:
         return ItemSpec(slo=None, workload=None)
     from .errors import ConfigError
     from .slo import parse_slo
@@ -365,6 +428,20 @@ def parse_markers(item: pytest.Item) -> ItemSpec:
                                   "then keyword overrides")
             wl = load_workload(wl_m.args[0], wl_m.kwargs, dirs=s.workload_dirs,
                                kinds=kind_registry(item.config), where=item.nodeid)
+        tolerances = _tolerances(tol_m, item.nodeid)
     except ConfigError as exc:
         raise pytest.UsageError(str(exc)) from None
-    return ItemSpec(slo=slo, workload=wl)
+    return ItemSpec(slo=slo, workload=wl, tolerances=tolerances)
+
+
+def _tolerances(marker: pytest.Mark | None, where: str) -> dict[str, Any]:
+    """The ``tolerance`` marker's overrides, checked (keyword arguments only)."""
+    from .errors import ConfigError
+    from .report.regression import parse_tolerances
+
+    if marker is None:
+        return {}
+    if marker.args:
+        raise ConfigError(f"{where}: tolerance() takes keyword arguments only, e.g. "
+                          "tolerance(ttft_ms_p95='+15%')")
+    return parse_tolerances(marker.kwargs, f"{where}: tolerance()")

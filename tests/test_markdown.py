@@ -89,17 +89,16 @@ def test_comparison_rows_that_changed_are_listed_compactly(result: RunResult) ->
         comparison: Mapping[str, Any] | None = None
 
     rows = [{"metric": "ttft_p95_ms", "baseline": 400.0, "now": 520.0, "delta": 0.3,
-             "tolerance": 0.1, "verdict": "fail"},
+             "tolerance": 0.1, "verdict": "REGRESSION"},
             {"metric": "decode_tps_p50", "baseline": 50.0, "now": 50.5, "delta": 0.01,
-             "tolerance": 0.1, "verdict": "pass"},
+             "tolerance": 0.1, "verdict": "ok"},
             {"metric": "hit_rate_request", "baseline": 0.9, "now": 0.8, "delta": -0.1,
-             "tolerance": 0.05, "verdict": "fail"}]
-    fields = {f.name: getattr(result, f.name) for f in dataclasses.fields(RunResult)}
-    compared = Compared(**fields, comparison={"baseline": "baselines/main.json",
-                                              "passed": False, "rows": rows})
+             "tolerance": 0.05, "verdict": "REGRESSION"}]
+    compared = dataclasses.replace(result, comparison={"baseline": "baselines/main.json",
+                                                       "passed": False, "rows": rows})
     (row,) = _rows(markdown_summary([compared]))
-    assert row[-1] == ("vs main.json: ttft_p95_ms 400 → 520 (+30.0%, fail); "
-                       "hit_rate_request 0.9 → 0.8 (-11.1%, fail)")
+    assert row[-1] == ("vs main.json: ttft_p95_ms 400 → 520 (+30.0%, REGRESSION); "
+                       "hit_rate_request 0.9 → 0.8 (-11.1%, REGRESSION)")
     assert comparison_text({"baseline": "b.json", "passed": True, "rows": rows[1:2]}) == \
         "within tolerance of b.json"
     many = {"baseline": "b.json", "rows": [{**rows[0], "metric": f"m{i}"} for i in range(6)]}

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
-
-from ..errors import ConfigError
+from ..assignments import parse_assignments
 
 if TYPE_CHECKING:
     import argparse
@@ -27,24 +24,6 @@ EXIT_OK = 0  # passed (or nothing to judge)
 EXIT_BREACH = 1  # an SLO was breached
 EXIT_USAGE = 2  # a usage or configuration error
 EXIT_SERVER = 3  # a server or infrastructure error
-
-
-def parse_assignments(items: Sequence[str], option: str) -> dict[str, Any]:
-    """``["users=8", "load={ramp_s: 5}"]`` -> ``{"users": 8, "load": {"ramp_s": 5}}``:
-    each value is read as YAML (numbers, booleans, lists, mappings; else a string)."""
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise ConfigError(f"{option} takes KEY=VALUE, got {item!r}")
-        try:
-            out[key] = yaml.safe_load(value)
-        except (yaml.YAMLError, ValueError, LookupError, AttributeError, TypeError,
-                RecursionError) as exc:  # also '2024-13-45', '!!int x', '!!bool x'
-            raise ConfigError(f"{option} {key}: cannot read the value {value!r}: "
-                              f"{exc}") from None
-    return out
 
 
 def add_progress_option(p: argparse.ArgumentParser) -> None:

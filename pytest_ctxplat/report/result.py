@@ -83,6 +83,7 @@ class RunResult:
     interrupted: bool = False
     incomplete: str | None = None
     errors_sample: tuple[str, ...] = ()
+    comparison: Mapping[str, Any] | None = None  # against a baseline (regression.Comparison)
 
     @property
     def passed(self) -> bool:
@@ -111,6 +112,7 @@ class RunResult:
             "errors_sample": list(self.errors_sample),
             "timeline": [dict(t) for t in self.timeline],
             "records": [r.to_dict() for r in self.records] if records else None,
+            "comparison": dict(self.comparison) if self.comparison is not None else None,
         }
 
 

@@ -10,8 +10,9 @@ path: a profile names a kind, the profile is validated, the registry starts it.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..errors import ConfigError
 from .attach import AttachedServer
@@ -24,12 +25,14 @@ __all__ = ["BUILTIN", "LaunchContext", "Launcher", "LauncherRegistry"]
 @dataclass(frozen=True, kw_only=True)
 class LaunchContext:
     """What a launcher may use besides the profile: where logs go, the rootdir (for
-    relative paths), and the session's seed and simulator speed-up."""
+    relative paths), the session's seed and simulator speed-up, and ``sim_set``:
+    simulator keys (``--ctxplat-sim-set``) applied to every simulator started."""
 
     log_dir: Path
     rootdir: Path | None = None
     seed: int = 0
     sim_speedup: float = 1.0
+    sim_set: Mapping[str, Any] = field(default_factory=dict)
 
 
 Launcher = Callable[[ServerProfile, LaunchContext], ServerHandle]
@@ -38,11 +41,13 @@ Launcher = Callable[[ServerProfile, LaunchContext], ServerHandle]
 def launch_sim(profile: ServerProfile, ctx: LaunchContext) -> ServerHandle:
     """The embedded simulator in a child process; ``speedup`` and ``seed`` come from
     the session unless the profile's ``sim`` settings fix them."""
-    from .sim import start_sim
+    from .sim import apply_sim_set, start_sim
 
     settings = {"speedup": ctx.sim_speedup, "seed": ctx.seed, **profile.sim}
     if profile.model:
         settings.setdefault("model", profile.model)
+    if ctx.sim_set:
+        settings = apply_sim_set(settings, ctx.sim_set)
     server = start_sim(settings, log_dir=ctx.log_dir, profile=profile.name,
                        ready_timeout_s=profile.ready_timeout_s or 30.0)
     server.reset_cache = profile.reset_cache

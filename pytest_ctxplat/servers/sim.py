@@ -13,11 +13,38 @@ from .base import ServerInfo
 from .probe import Capabilities
 from .process import ManagedProcess, make_temp_dir, owner_pids, remove_temp_dir
 
-__all__ = ["SIM_CAPABILITIES", "SimServer", "start_sim"]
+__all__ = ["SIM_CAPABILITIES", "SimServer", "apply_sim_set", "start_sim"]
 
 # The simulator implements everything the capability probe looks for.
 SIM_CAPABILITIES = Capabilities(token_id_prompts=True, chat=True, stream_usage=True,
                                 cached_tokens=True, metrics=True, prefix_cache_metrics=True)
+
+
+def apply_sim_set(settings: Mapping[str, Any], sim_set: Mapping[str, Any],
+                  where: str = "--ctxplat-sim-set") -> dict[str, Any]:
+    """``settings`` (SimConfig fields) with ``sim_set`` applied: a SimConfig field
+    (``slowdown``, ``jitter``, ``speedup``, ...) is set; any other key is a dotted
+    hardware-profile key (``tiers.1.capacity_gb``) added to ``profile_overrides``, which
+    needs a ``profile``. The result is checked now: an error names ``where`` and the key."""
+    from ..errors import ConfigError
+    from ..sim.config import SimConfig
+    from ..sim.hardware import load_hardware
+
+    out = dict(settings)
+    fields = SimConfig.field_names()
+    for key, value in sim_set.items():
+        if key in fields:
+            out[key] = value
+        elif out.get("profile") is None:
+            raise ConfigError(f"{where}: {key}: unknown simulator key; valid: "
+                              + ", ".join(fields) + " (or a dotted hardware-profile key "
+                              "when the server's sim settings name a profile)")
+        else:
+            out["profile_overrides"] = {**(out.get("profile_overrides") or {}), key: value}
+    config = SimConfig.from_mapping(out, where)
+    if config.profile is not None and sim_set:
+        load_hardware(config.profile, config.profile_overrides)
+    return out
 
 
 class SimServer:

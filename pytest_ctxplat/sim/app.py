@@ -46,6 +46,7 @@ from pytest_ctxplat.sim.protocol import (
 )
 from pytest_ctxplat.sim.request import Request, TokenEvent
 from pytest_ctxplat.sim.tokenizer import Tokenizer
+from pytest_ctxplat.version import __version__
 
 __all__ = ["create_app"]
 
@@ -200,7 +201,7 @@ class _Api:
         return Response(status_code=200)
 
     async def version(self, request: HttpRequest) -> Response:
-        return _json({"version": "ctxplat-sim"})
+        return _json({"name": "ctxplat-sim", "version": __version__})
 
     async def reset_prefix_cache(self, request: HttpRequest) -> Response:
         for engine in self.engines:

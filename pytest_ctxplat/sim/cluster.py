@@ -106,7 +106,7 @@ class Cluster:
             dec = [Engine(config, clock, profile=profile, name=f"decode{i}")
                    for i in range(d.decode_replicas)]
             for e in dec:
-                e.kv_link = KvLink(d.transfer_gbs, d.latency_s)
+                e.kv_link = KvLink(d.transfer_gbs / e.slowdown, d.latency_s * e.slowdown)
             self.engines = pre + dec
             self.prefill = Router(pre, profile.router)
             self.decode = Router(dec, profile.router)

@@ -12,7 +12,10 @@ given here are then ignored. ``profile_overrides`` are dotted profile keys
 (``{"tiers.1.capacity_gb": 64}``).
 
 Timing is in *model* seconds; ``speedup`` makes real time run that many times faster
-(every sleep is divided by it).
+(every sleep is divided by it). ``slowdown`` multiplies every modelled duration (step
+times, tier and KV-link transfers; with a profile, on top of the profile's own) and
+``jitter`` is the sigma of lognormal noise on each step time (seeded by ``jitter_seed``,
+else OS entropy): knobs to check that a release gate catches a regression.
 """
 
 from __future__ import annotations
@@ -51,11 +54,15 @@ class SimConfig(Validated):
     profile: str | None = setting(None, non_empty=True, doc="a hardware profile: a "
                                   "built-in name or a YAML file")
     profile_overrides: Mapping[str, Any] | None = setting(None, doc="dotted profile keys")
+    slowdown: float = setting(1.0, gt=0, doc="multiplies every modelled duration")
+    jitter: float = setting(0.0, ge=0, le=2, doc="sigma of lognormal noise per step")
+    jitter_seed: int | None = setting(None, ge=0, doc="seed of the noise (None: OS "
+                                      "entropy)")
 
     def validate(self) -> None:
         for name in ("prefill_s_per_token", "prefill_s_per_cached_token",
                      "decode_step_base_s", "decode_s_per_seq", "decode_s_per_context_token",
-                     "speedup"):
+                     "speedup", "slowdown", "jitter"):
             if not math.isfinite(getattr(self, name)):
                 raise FieldError(name, f"must be finite, got {getattr(self, name)!r}")
         if self.kv_capacity_tokens < self.block_size:

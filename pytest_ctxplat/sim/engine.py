@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -40,12 +41,20 @@ from pytest_ctxplat.errors import EngineStoppedError, RequestError
 from pytest_ctxplat.sim.burst import BurstParts, decode_burst
 from pytest_ctxplat.sim.cache import PrefixCache, block_hashes, mix64, token_array
 from pytest_ctxplat.sim.config import SimConfig
-from pytest_ctxplat.sim.hardware import HardwareProfile, load_hardware
+from pytest_ctxplat.sim.hardware import HardwareProfile, TierSpec, load_hardware
 from pytest_ctxplat.sim.request import Request, RequestState, TokenEvent
 from pytest_ctxplat.sim.roofline import RooflineTimingModel
 from pytest_ctxplat.sim.stats import EngineStats
 from pytest_ctxplat.sim.tiers import TierChain
-from pytest_ctxplat.sim.timing import Clock, LinearTimingModel, RealClock, StepWork, TimingModel
+from pytest_ctxplat.sim.timing import (
+    Clock,
+    LinearTimingModel,
+    Perturbed,
+    RealClock,
+    StepWork,
+    TimingModel,
+    jitter_rng,
+)
 from pytest_ctxplat.sim.tokenizer import NUM_SPECIAL_TOKENS
 
 __all__ = [
@@ -87,6 +96,26 @@ def effective_config(config: SimConfig, profile: HardwareProfile) -> SimConfig:
         max_num_seqs=profile.max_num_seqs, max_num_batched_tokens=profile.max_num_batched_tokens)
 
 
+def knobs(config: SimConfig, profile: HardwareProfile | None) -> tuple[float, float, int | None]:
+    """``(slowdown, jitter, jitter_seed)`` of an engine: the config's slowdown times the
+    profile's; the profile's jitter (and seed) where it sets one, else the config's."""
+    if profile is None:
+        return config.slowdown, config.jitter, config.jitter_seed
+    if profile.jitter:
+        return config.slowdown * profile.slowdown, profile.jitter, profile.jitter_seed
+    return config.slowdown * profile.slowdown, config.jitter, config.jitter_seed
+
+
+def slowed_tiers(tiers: Sequence[TierSpec], slowdown: float) -> tuple[TierSpec, ...]:
+    """``tiers`` with transfers ``slowdown`` times longer (bandwidths divided by it,
+    latencies multiplied)."""
+    if slowdown == 1.0:
+        return tuple(tiers)
+    return tuple(dataclasses.replace(t, read_gbs=t.read_gbs / slowdown,
+                                     write_gbs=t.write_gbs / slowdown,
+                                     latency_s=t.latency_s * slowdown) for t in tiers)
+
+
 def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
@@ -113,10 +142,15 @@ class Engine:
         self.clock: Clock = clock if clock is not None else RealClock(config.speedup)
         if timing is None and profile is not None:
             timing = RooflineTimingModel(profile)
-        self.timing: TimingModel = timing if timing is not None else LinearTimingModel(config)
+        base: TimingModel = timing if timing is not None else LinearTimingModel(config)
+        self.slowdown, jitter, jitter_seed = knobs(config, profile)
+        if self.slowdown != 1.0 or jitter:
+            base = Perturbed(base, self.slowdown, jitter, jitter_rng(jitter_seed, name))
+        self.timing: TimingModel = base
         self.cache = PrefixCache(config.num_kv_blocks, config.block_size)
         block_bytes = profile.block_bytes if profile is not None else config.block_size
-        self.tiers = TierChain(profile.tiers[1:] if profile is not None else (),
+        self.tiers = TierChain(slowed_tiers(profile.tiers[1:], self.slowdown)
+                               if profile is not None else (),
                                config.block_size, block_bytes,
                                profile.write_policy if profile is not None else "drop")
         self.block_bytes = block_bytes
@@ -131,8 +165,10 @@ class Engine:
         # finish a request (see _next_visible); the shortest possible step
         self.peers: list[Engine] = []
         self.quiet_until = float("inf")
-        self.min_step_s = max(0.0, min(self.timing.step_time(StepWork(decode_seqs=1)),
-                                       self.timing.step_time(StepWork(prefill_tokens=1))))
+        inner = base.inner if isinstance(base, Perturbed) else base
+        floor = base.min_factor if isinstance(base, Perturbed) else 1.0
+        self.min_step_s = max(0.0, floor * min(inner.step_time(StepWork(decode_seqs=1)),
+                                               inner.step_time(StepWork(prefill_tokens=1))))
         self.finish_listeners: list[Callable[[Request], None]] = []
         self._waiting: deque[Request] = deque()
         self._running: list[Request] = []

@@ -11,8 +11,10 @@ override).
 Profile keys: ``model`` and ``accelerator`` (a built-in name or an inline mapping),
 ``tp`` (tensor-parallel degree), ``scheduler`` (``block_size``, ``max_num_seqs``,
 ``max_num_batched_tokens``), ``tiers`` (a list, HBM first), ``write_policy`` (``drop`` or
-``stall``), ``replicas``, ``router``, ``disaggregation`` and ``calibration`` (a file
-written by ``scripts/calibrate_gpu.py``).
+``stall``), ``replicas``, ``router``, ``disaggregation``, ``calibration`` (a file
+written by ``scripts/calibrate_gpu.py``), and the knobs ``slowdown`` (default 1.0:
+multiplies every modelled duration), ``jitter`` (default 0: sigma of lognormal noise on
+each step time) and ``jitter_seed`` (default: OS entropy).
 """
 
 from __future__ import annotations
@@ -103,8 +105,13 @@ class HardwareConfig(Validated):
     router: str = setting("prefix", choices=ROUTERS)
     disaggregation: DisaggSpec | None = None
     calibration: str | None = setting(None, path=True, doc="a calibration file")
+    slowdown: float = setting(1.0, gt=0, doc="multiplies every modelled duration")
+    jitter: float = setting(0.0, ge=0, le=2, doc="sigma of lognormal noise per step")
+    jitter_seed: int | None = setting(None, ge=0, doc="seed of the noise")
 
     def validate(self) -> None:
+        if not math.isfinite(self.slowdown):
+            raise FieldError("slowdown", f"must be finite, got {self.slowdown!r}")
         names: set[str] = set()
         for i, t in enumerate(self.tiers):
             if (i == 0) != (t.name == "hbm"):
@@ -157,6 +164,9 @@ class HardwareProfile:
     router: str = "prefix"
     disaggregation: DisaggSpec | None = None
     calibration: str | None = None
+    slowdown: float = 1.0
+    jitter: float = 0.0
+    jitter_seed: int | None = None
 
     @property
     def hbm(self) -> TierSpec:
@@ -179,6 +189,8 @@ class HardwareProfile:
             "tiers": [{"name": t.name, "capacity_tokens": t.capacity_tokens,
                        "read_gbs": t.read_gbs, "write_gbs": t.write_gbs, "ttl_s": t.ttl_s}
                       for t in self.tiers],
+            **({"slowdown": self.slowdown} if self.slowdown != 1.0 else {}),
+            **({"jitter": self.jitter} if self.jitter else {}),
         }  # fmt: skip
 
 
@@ -258,7 +270,8 @@ def resolve(cfg: HardwareConfig, src: Source, name: str = "custom") -> HardwareP
         max_num_seqs=cfg.scheduler.max_num_seqs,
         max_num_batched_tokens=cfg.scheduler.max_num_batched_tokens, tiers=tiers,
         write_policy=cfg.write_policy, replicas=cfg.replicas, router=cfg.router,
-        disaggregation=cfg.disaggregation, calibration=cfg.calibration)
+        disaggregation=cfg.disaggregation, calibration=cfg.calibration,
+        slowdown=cfg.slowdown, jitter=cfg.jitter, jitter_seed=cfg.jitter_seed)
 
 
 def _tier(t: TierConfig, i: int, src: Source, model: ModelSpec, accel: AcceleratorSpec,

@@ -5,19 +5,25 @@ model, memory tiers or a virtual clock can replace them later:
 
 * a :class:`Clock` gives ``now()`` and ``await sleep(dt)`` in *model* seconds;
 * a :class:`TimingModel` turns the work of one engine step (:class:`StepWork`) into a
-  duration in model seconds.
+  duration in model seconds; :class:`Perturbed` wraps one to make every step
+  ``slowdown`` times longer and, with ``jitter``, noisy (to prove a release gate works).
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
+import zlib
 from dataclasses import dataclass
 from typing import Protocol
+
+import numpy as np
 
 from pytest_ctxplat.errors import SimulatorError
 from pytest_ctxplat.sim.config import SimConfig
 
-__all__ = ["Clock", "LinearTimingModel", "RealClock", "StepWork", "TimingModel"]
+__all__ = ["Clock", "LinearTimingModel", "Perturbed", "RealClock", "StepWork", "TimingModel",
+           "jitter_rng"]
 
 
 class Clock(Protocol):
@@ -104,4 +110,42 @@ class LinearTimingModel:
                 + work.decode_seqs * c.decode_s_per_seq
                 + work.decode_context_tokens * c.decode_s_per_context_token
             )
+        return t
+
+
+# Lognormal noise is clipped to this many sigmas, so a step is never shorter than
+# ``Perturbed.min_factor`` times its modelled time (virtual time relies on a floor).
+_JITTER_CLIP_SIGMAS = 3.0
+
+
+def jitter_rng(seed: int | None, stream: str) -> np.random.Generator:
+    """The noise generator of one engine: seeded by ``seed`` and the engine's name (so
+    replicas differ), or from OS entropy when ``seed`` is None."""
+    if seed is None:
+        return np.random.default_rng()
+    return np.random.default_rng([seed, zlib.crc32(stream.encode())])
+
+
+class Perturbed:
+    """``inner``'s step times times ``slowdown``, each multiplied by lognormal noise of
+    sigma ``jitter`` (clipped to +-3 sigma; 0: none) drawn from ``rng``."""
+
+    def __init__(self, inner: TimingModel, slowdown: float = 1.0, jitter: float = 0.0,
+                 rng: np.random.Generator | None = None) -> None:
+        if not (math.isfinite(slowdown) and slowdown > 0):
+            raise SimulatorError(f"slowdown must be a finite number > 0, got {slowdown!r}")
+        if not (math.isfinite(jitter) and jitter >= 0):
+            raise SimulatorError(f"jitter must be a finite number >= 0, got {jitter!r}")
+        self.inner = inner
+        self.slowdown = slowdown
+        self.jitter = jitter
+        self.rng = rng if rng is not None else np.random.default_rng()
+        self.min_factor = slowdown * math.exp(-_JITTER_CLIP_SIGMAS * jitter)
+
+    def step_time(self, work: StepWork) -> float:
+        t = self.inner.step_time(work) * self.slowdown
+        if self.jitter and t > 0:
+            z = min(max(float(self.rng.standard_normal()), -_JITTER_CLIP_SIGMAS),
+                    _JITTER_CLIP_SIGMAS)
+            t *= math.exp(self.jitter * z)
         return t
