@@ -11,6 +11,7 @@ the rest the same way for both, so both produce the same
 from .core import PlayOptions, Preparation, Target, play
 from .http import HttpTarget
 from .inprocess import EngineSink, InProcessTarget
+from .repeat import play_judged
 from .results import build_result, format_breach
 
 __all__ = [
@@ -23,4 +24,5 @@ __all__ = [
     "build_result",
     "format_breach",
     "play",
+    "play_judged",
 ]

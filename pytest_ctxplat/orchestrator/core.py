@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ..driver.runner import RequestSink, Runner, RunOptions
+from ..report.records import RequestRecord
 from ..report.result import RunResult, write_json
 from ..servers.scrape import MetricsSnapshot
 from ..slo import SLOSpec
@@ -91,7 +92,9 @@ class PlayOptions:
     ``max_connect_failures``: consecutive connection failures that trip the circuit
     breaker (timeouts and retries belong to the target's client). ``death_grace_s``:
     after the circuit breaker stopped the run, how long to wait for a dying server to be
-    seen dead before describing it.
+    seen dead before describing it. ``earlier_runs``: records of earlier runs of the
+    same workload judged together with this one (``repeat``, reruns); ``policy``
+    overrides the SLO's ``on_inconclusive`` (see :func:`~.repeat.play_judged`).
     """
 
     slo: SLOSpec | None = None
@@ -104,6 +107,8 @@ class PlayOptions:
     extra_body: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     max_connect_failures: int = 10
     death_grace_s: float = 5.0
+    earlier_runs: tuple[tuple[RequestRecord, ...], ...] = ()
+    policy: str | None = None
 
 
 async def play(spec: WorkloadSpec, target: Target, options: PlayOptions | None = None
@@ -176,7 +181,8 @@ class _Run:
             before=self.before, after=after, peaks=self.peaks, timeline=self.timeline,
             slo_spec=self.opts.slo, notes=notes, interrupted=interrupted is not None,
             incomplete=interrupted or runner.stop_reason, server_block_size=self.block_size,
-            designed_variants=runner.designed_variants)
+            designed_variants=runner.designed_variants,
+            earlier_runs=self.opts.earlier_runs, policy=self.opts.policy)
 
     def write(self, result: RunResult) -> None:
         if self.opts.results_dir is not None:

@@ -83,6 +83,7 @@ class RunResult:
     interrupted: bool = False
     incomplete: str | None = None
     errors_sample: tuple[str, ...] = ()
+    window: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
@@ -108,6 +109,7 @@ class RunResult:
             "hit_rates": self.hit_rates.to_dict(),
             "server": self.server.to_dict() if self.server else None,
             "observed": dict(self.observed),
+            "window": dict(self.window),
             "errors_sample": list(self.errors_sample),
             "timeline": [dict(t) for t in self.timeline],
             "records": [r.to_dict() for r in self.records] if records else None,
