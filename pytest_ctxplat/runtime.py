@@ -4,6 +4,7 @@ the work itself is done by the library (:mod:`pytest_ctxplat.api`)."""
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import TYPE_CHECKING, Any
 
@@ -77,6 +78,7 @@ def properties(result: RunResult) -> list[tuple[str, Any]]:
         "ttft_p50_ms": o.get("ttft_ms.p50"),
         "ttft_p95_ms": o.get("ttft_ms.p95"),
         "ttft_p99_ms": o.get("ttft_ms.p99"),
+        "effective_ttft_p95_ms": o.get("effective_ttft_ms.p95"),
         "itl_p99_ms": o.get("itl_ms.p99"),
         "e2e_p95_ms": o.get("e2e_ms.p95"),
         "decode_tps_p10": o.get("decode_tps.p10"),
@@ -89,12 +91,23 @@ def properties(result: RunResult) -> list[tuple[str, Any]]:
         "slo_passed": None if v is None else v.passed,
         "verdict": None if v is None else v.status,
         "incomplete": result.incomplete,
+        "requests_judged": result.window.get("judged"),
+        "confidence": None if v is None else v.confidence,
+        "on_inconclusive": None if result.slo is None else result.slo.on_inconclusive,
     }
     for c in v.checks if v is not None else ():
         props[f"slo.{c.key}.target"] = c.target
         props[f"slo.{c.key}.observed"] = c.observed
-        props[f"slo.{c.key}.result"] = "pass" if c.passed else "fail"
+        props[f"slo.{c.key}.result"] = c.status
+        if c.interval is not None:
+            props[f"slo.{c.key}.interval_low"] = _finite(c.interval[0])
+            props[f"slo.{c.key}.interval_high"] = _finite(c.interval[1])
     return [(f"ctxplat.{k}", _round(x)) for k, x in props.items() if x is not None]
+
+
+def _finite(v: float) -> float | str:
+    """An interval bound for JUnit: ``inf`` where the sample is too small for one."""
+    return v if math.isfinite(v) else ("inf" if v > 0 else "-inf")
 
 
 def _round(v: Any) -> Any:

@@ -6,7 +6,7 @@ logarithmic buckets. Its quantiles have a bounded *relative* error:
 statistic at rank ``q * (n - 1)`` (numpy's ``percentile(..., method="lower")``),
 whatever the distribution. Sketches of several runs or periods merge exactly (the
 merged sketch is the sketch of the pooled values), and serialize to a small mapping
-(bucket index -> count) for the result JSON.
+(``[bucket index, count]`` pairs) for the result JSON.
 
 Exact percentiles of a run are still computed from its records (``report.stats``); the
 sketches serve where values are pooled or sliced: repeated runs, measurement periods.
@@ -64,10 +64,11 @@ class Sketch:
         return self.quantile(p / 100.0)
 
     def to_dict(self) -> dict[str, Any]:
-        """A compact form: the non-empty buckets (index -> count) and summary figures."""
+        """A compact form: the non-empty buckets (``[index, count]`` pairs) and summary
+        figures."""
         dd = self._dd
         store = dd._store
-        bins = {str(i + store.offset): int(c) for i, c in enumerate(store.bins) if c}
+        bins = [[i + store.offset, int(c)] for i, c in enumerate(store.bins) if c]
         return {"relative_accuracy": RELATIVE_ACCURACY, "count": self.count,
                 "zero_count": int(dd._zero_count), "sum": float(dd.sum),
                 "min": float(dd._min) if self.count else None,
@@ -81,7 +82,7 @@ class Sketch:
                              f"is not {RELATIVE_ACCURACY}")
         out = cls()
         dd = out._dd
-        for key, count in dict(data.get("bins") or {}).items():
+        for key, count in data.get("bins") or ():
             dd._store.add(int(key), float(count))
         dd._zero_count = float(data.get("zero_count", 0))
         dd._count = float(data.get("count", 0))
