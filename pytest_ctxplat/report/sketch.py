@@ -17,6 +17,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 from ddsketch import DDSketch
 
 __all__ = ["RELATIVE_ACCURACY", "Sketch"]
@@ -29,11 +31,29 @@ class Sketch:
 
     __slots__ = ("_dd",)
 
-    def __init__(self, values: Iterable[float] = ()) -> None:
+    def __init__(self, values: Iterable[float] | npt.NDArray[np.float64] = ()) -> None:
         self._dd = DDSketch(RELATIVE_ACCURACY)
-        add = self._dd.add
-        for v in values:
-            add(float(v))
+        arr = np.asarray(values if isinstance(values, np.ndarray) else list(values),
+                         dtype=np.float64)
+        if arr.size:
+            self._add_many(arr)
+
+    def _add_many(self, arr: npt.NDArray[np.float64]) -> None:
+        """``DDSketch.add`` for many values at once: bucket keys with numpy."""
+        dd = self._dd
+        mapping = dd._mapping
+        positive = arr[arr > mapping.min_possible]
+        if positive.size:
+            keys = np.ceil(np.log2(positive) * mapping._multiplier) + mapping._offset
+            uniq, counts = np.unique(keys.astype(np.int64), return_counts=True)
+            for key, count in zip(uniq.tolist(), counts.tolist(), strict=True):
+                dd._store.add(key, float(count))
+            dd._count += float(positive.size)
+            dd._sum += float(positive.sum())
+            dd._min = min(dd._min, float(positive.min()))
+            dd._max = max(dd._max, float(positive.max()))
+        for v in arr[arr <= mapping.min_possible].tolist():  # zero or negative: rare
+            dd.add(v)
 
     @property
     def count(self) -> int:
