@@ -123,3 +123,28 @@ def test_inconclusive_rerun_stops_once_the_verdict_is_clear() -> None:
     r = simulate("chat", PROFILE, overrides=SMALL,
                  slo={"ttft_p50_ms": 5000, "on_inconclusive": "rerun", "max_reruns": 2})
     assert r.window["runs"] == 1 and r.verdict.status == "pass"
+
+
+def test_inconclusive_under_fail_policy_fails_the_pytest_test(pytester: pytest.Pytester
+                                                               ) -> None:
+    pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
+    pytester.makepyfile(test_gate="""
+        import pytest
+
+        @pytest.mark.slo(ttft_p99_ms=60000, on_inconclusive="fail")
+        @pytest.mark.workload("chat", users=2, turns=3, think_time_s=0.2,
+                              start_spread_s=0.5, system_prompt_tokens=256, user_tokens=32,
+                              output_tokens=4, block_size=16)
+        def test_gate(ctxplat_run):
+            ctxplat_run()
+    """)
+    result = pytester.runpytest("--ctxplat-sim-speedup=20", "-p", "no:cacheprovider",
+                                "--ctxplat-results=res")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines([
+        "*SLOViolation: SLO inconclusive (1 of 1 objectives*",
+        "*ttft_p99_ms*<= 60000*INCONCLUSIVE: 6 requests judged; a 95% bound on this "
+        "percentile needs at least 368*inf]*",
+        "*test_gate.py::test_gate*failed*inconclusive*",
+        "WARNING test_gate.py::test_gate: SLO inconclusive (failed, on_inconclusive='fail')*",
+    ])
