@@ -165,6 +165,7 @@ async def arun_workload(
     handle: ServerHandle = AttachedServer(server) if isinstance(server, str) else server
     spec = resolve_workload(workload, overrides, dirs=workload_dirs or (), where=name)
     lim = limits or DEFAULT_LIMITS
+
     def target() -> HttpTarget:
         return HttpTarget(handle, model=model, reset_cache=reset_cache,
                           time_scale=time_scale, limits=lim)

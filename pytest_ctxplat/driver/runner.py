@@ -362,11 +362,13 @@ class Runner:
                 task.cancel()
 
     async def _timed_send(self, req: TimedRequest, prev: asyncio.Task[None] | None) -> None:
-        if prev is not None:
+        scheduled = req.t_s
+        if prev is not None:  # the answer it waits for is due first: not queueing
             await asyncio.wait([prev])
             if not self._may_send():
                 return
-        await self._send(req.user, req.session_id, req.index, req.plan, req.t_s)
+            scheduled = max(scheduled, self.now())
+        await self._send(req.user, req.session_id, req.index, req.plan, scheduled)
 
     # -- requests -----------------------------------------------------------------------
     def render_body(self, plan: RequestPlan, tokens: npt.NDArray[np.int64]) -> bytes:

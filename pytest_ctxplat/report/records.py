@@ -55,9 +55,10 @@ class RequestRecord:
 
     ``scheduled_s`` is when the workload's plan wanted the request sent (closed loop:
     when the step's think time ended; open loop: the session's arrival; timed replay:
-    the request's timestamp); ``None`` where no plan says (the streams driver). Time
-    between it and ``start_s`` is client-side queueing (token-budget waits, a
-    concurrency limit): :attr:`effective_ttft_s` adds it to the server's TTFT.
+    the request's timestamp, or when the answer it waits for came); ``None`` where no
+    plan says (the streams driver). Time between it and ``start_s`` is client-side
+    queueing (token-budget waits, a concurrency limit): :attr:`effective_ttft_s` adds
+    it to the server's TTFT.
     """
 
     session_id: str
