@@ -70,6 +70,13 @@ def test_open_loop_concurrency_limit_shows_in_effective_ttft() -> None:
     assert by_key["ttft_p50_ms"].status == "pass"
 
 
+def test_token_budget_waits_count_as_queueing() -> None:
+    r = simulate("chat", PROFILE, overrides={**SMALL, "turns": 6, "load": {"input_tpm": 2000}})
+    queued = [rec for rec in r.records if rec.queue_s > 1.0]
+    assert queued and all(rec.effective_ttft_s > rec.ttft_s + 1.0 for rec in queued)
+    assert r.metrics["effective_ttft_ms"]["max"] > 1000 > r.metrics["ttft_ms"]["max"]
+
+
 def test_closed_loop_requests_are_sent_when_scheduled() -> None:
     r = simulate("chat", PROFILE, overrides=SMALL)
     assert all(rec.scheduled_s is not None and rec.queue_s == 0 for rec in r.records)
