@@ -27,7 +27,14 @@ from typing import Any, ParamSpec, TypeVar
 
 from .driver.limits import DEFAULT_LIMITS, ClientLimits
 from .errors import ConfigError, CtxplatError, SLOViolation
-from .orchestrator import HttpTarget, InProcessTarget, PlayOptions, Progress, format_breach, play
+from .orchestrator import (
+    HttpTarget,
+    InProcessTarget,
+    PlayOptions,
+    Progress,
+    format_breach,
+    play_judged,
+)
 from .report.result import RunResult
 from .servers.attach import AttachedServer
 from .servers.base import ServerHandle
@@ -168,9 +175,12 @@ async def arun_workload(
     handle: ServerHandle = AttachedServer(server) if isinstance(server, str) else server
     spec = resolve_workload(workload, overrides, dirs=workload_dirs or (), where=name)
     lim = limits or DEFAULT_LIMITS
-    target = HttpTarget(handle, model=model, reset_cache=reset_cache, time_scale=time_scale,
-                        limits=lim)
-    result = await play(spec, target, PlayOptions(
+
+    def target() -> HttpTarget:
+        return HttpTarget(handle, model=model, reset_cache=reset_cache,
+                          time_scale=time_scale, limits=lim)
+
+    result = await play_judged(spec, target, PlayOptions(
         slo=_slo(slo, name), seed=seed, name=name, token_salt=token_salt,
         results_dir=None if results_dir is None else Path(results_dir),
         sample_every_s=scrape_every_s, extra_body=dict(extra_body or {}),
@@ -203,7 +213,7 @@ async def asimulate(
     spec = resolve_workload(workload, overrides, dirs=workload_dirs or (), where=name)
     prof = profile if isinstance(profile, HardwareProfile) else load_hardware(
         profile, profile_overrides)
-    result = await play(spec, InProcessTarget(prof), PlayOptions(
+    result = await play_judged(spec, lambda: InProcessTarget(prof), PlayOptions(
         slo=_slo(slo, name), seed=seed, name=name,
         results_dir=None if results_dir is None else Path(results_dir),
         sample_every_s=sample_every_s, on_progress=on_progress))

@@ -35,7 +35,11 @@ def pytest_configure(config: pytest.Config) -> None:
         "itl_p99_ms=None, e2e_p95_ms=None, decode_tps_p10=None, decode_tps_p50=None, "
         "output_tokens_per_request_min=None, cache_hit_rate_min=None, "
         "cache_hit_source='request'|'designed'|'server', error_rate_max=None, "
-        "goodput_min=None, good_ttft_ms=None, good_e2e_ms=None, good_decode_tps=None): "
+        "goodput_min=None, good_ttft_ms=None, good_e2e_ms=None, good_decode_tps=None, "
+        "effective_ttft_p50_ms=None, effective_ttft_p95_ms=None, effective_ttft_p99_ms=None, "
+        "warmup_s=None, warmup_requests=0, cooldown_s=None, period_s=None, "
+        "periods_met_min=None, confidence=0.95, on_inconclusive='warn'|'fail'|'rerun', "
+        "max_reruns=2, repeat=1): "
         "service-level objectives judged by ctxplat_run; select SLO tests with -m slo.",
     )
     config.addinivalue_line(
@@ -226,6 +230,10 @@ class _Summary:
                 terminalreporter.write_line(
                     f"ctxplat: warning: baseline {r.get('comparison.baseline')!r} has no "
                     f"entry for {r['nodeid']}: not compared (save one with --ctxplat-save)")
+        from .report.table import inconclusive_lines
+
+        for line in inconclusive_lines(self.rows):
+            terminalreporter.write_line(line, yellow=True)
         if len({r.get("profile") for r in self.rows}) > 1:
             from .report.compare import profile_comparison
 

@@ -80,6 +80,7 @@ def properties(result: RunResult) -> list[tuple[str, Any]]:
         "ttft_p50_ms": o.get("ttft_ms.p50"),
         "ttft_p95_ms": o.get("ttft_ms.p95"),
         "ttft_p99_ms": o.get("ttft_ms.p99"),
+        "effective_ttft_p95_ms": o.get("effective_ttft_ms.p95"),
         "itl_p99_ms": o.get("itl_ms.p99"),
         "e2e_p95_ms": o.get("e2e_ms.p95"),
         "decode_tps_p10": o.get("decode_tps.p10"),
@@ -93,6 +94,9 @@ def properties(result: RunResult) -> list[tuple[str, Any]]:
         "verdict": None if v is None else v.status,
         "incomplete": result.incomplete,
         **_comparison_properties(result.comparison),
+        "requests_judged": result.window.get("judged"),
+        "confidence": None if v is None else v.confidence,
+        "on_inconclusive": None if result.slo is None else result.slo.on_inconclusive,
     }
     if result.comparison:  # judged against a baseline: what changed, in one line
         props["baseline_changes"] = comparison_text(result.comparison)

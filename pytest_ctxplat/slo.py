@@ -9,6 +9,7 @@ margin. An objective whose metric could not be measured fails, with the reason.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -17,9 +18,11 @@ from tabulate import tabulate
 
 from .config import FieldError, Validated, build, setting
 
-__all__ = ["HIT_SOURCES", "SLO_METRICS", "Check", "SLOSpec", "Verdict", "evaluate", "parse_slo"]
+__all__ = ["HIT_SOURCES", "INCONCLUSIVE_POLICIES", "SLO_METRICS", "Check", "SLOSpec",
+           "Verdict", "evaluate", "parse_slo"]
 
 HIT_SOURCES = ("designed", "request", "server")
+INCONCLUSIVE_POLICIES = ("warn", "fail", "rerun")
 
 # key -> (observed metric name, direction, unit). "max": observed <= target passes.
 SLO_METRICS: dict[str, tuple[str, str, str]] = {
@@ -27,6 +30,9 @@ SLO_METRICS: dict[str, tuple[str, str, str]] = {
     "ttft_p90_ms": ("ttft_ms.p90", "max", "ms"),
     "ttft_p95_ms": ("ttft_ms.p95", "max", "ms"),
     "ttft_p99_ms": ("ttft_ms.p99", "max", "ms"),
+    "effective_ttft_p50_ms": ("effective_ttft_ms.p50", "max", "ms"),
+    "effective_ttft_p95_ms": ("effective_ttft_ms.p95", "max", "ms"),
+    "effective_ttft_p99_ms": ("effective_ttft_ms.p99", "max", "ms"),
     "itl_p99_ms": ("itl_ms.p99", "max", "ms"),
     "e2e_p95_ms": ("e2e_ms.p95", "max", "ms"),
     "decode_tps_p10": ("decode_tps.p10", "min", "tok/s"),
@@ -49,6 +55,19 @@ class SLOSpec(Validated):
     workload plan), ``request`` (``usage.prompt_tokens_details.cached_tokens``) or
     ``server`` (``/metrics`` deltas). ``goodput_min`` is the share of requests that
     succeeded and met every ``good_*`` per-request threshold given.
+    ``effective_ttft_*`` is TTFT plus client-side queueing (the time between when the
+    plan wanted a request sent and when it was sent).
+
+    The window and the verdict: ``warmup_s`` / ``warmup_requests`` / ``cooldown_s``
+    leave requests out of the judged window (see :mod:`pytest_ctxplat.report.window`
+    for the defaults); with ``period_s`` the window is also judged per period, and
+    ``periods_met_min`` makes each percentile objective pass when met in at least that
+    share of the periods. A percentile is judged on its ``confidence`` interval: pass
+    when the pessimistic bound meets the objective, fail when the optimistic one misses
+    it, otherwise inconclusive; ``on_inconclusive`` says what that does (``warn``: pass
+    with a warning; ``fail``; ``rerun``: play the workload again, up to ``max_reruns``
+    times, pooling the requests, then ``fail``). ``repeat`` plays the workload that many
+    times (different token salts) and judges the pooled requests.
     """
 
     ttft_p50_ms: float | None = setting(None, ge=0)
@@ -67,8 +86,28 @@ class SLOSpec(Validated):
     good_ttft_ms: float | None = setting(None, ge=0)
     good_e2e_ms: float | None = setting(None, ge=0)
     good_decode_tps: float | None = setting(None, gt=0)
+    effective_ttft_p50_ms: float | None = setting(None, ge=0)
+    effective_ttft_p95_ms: float | None = setting(None, ge=0)
+    effective_ttft_p99_ms: float | None = setting(None, ge=0)
+    warmup_s: float | None = setting(None, ge=0, doc="requests started before this are "
+                                     "not judged (default: 10% of a time-bounded run, "
+                                     "at most 60 s)")
+    warmup_requests: int = setting(0, ge=0, doc="the first N requests are not judged")
+    cooldown_s: float | None = setting(None, ge=0, doc="requests started this long before "
+                                       "the bound are not judged (default: those in "
+                                       "flight at the bound)")
+    period_s: float | None = setting(None, gt=0, doc="judge the window per period")
+    periods_met_min: float | None = setting(None, ge=0, le=1, doc="share of periods that "
+                                            "must meet each percentile objective")
+    confidence: float = setting(0.95, gt=0.5, lt=1, doc="of percentile intervals")
+    on_inconclusive: str = setting("warn", choices=INCONCLUSIVE_POLICIES)
+    max_reruns: int = setting(2, ge=0, doc="reruns under on_inconclusive='rerun'")
+    repeat: int = setting(1, ge=1, doc="runs of the workload judged together")
 
     def validate(self) -> None:
+        if self.periods_met_min is not None and self.period_s is None:
+            raise FieldError("periods_met_min", "needs period_s (the period's length in "
+                                                "seconds)")
         if self.goodput_min is not None and not self.good_thresholds():
             raise FieldError("goodput_min", "needs at least one per-request threshold: "
                                             "good_ttft_ms, good_e2e_ms or good_decode_tps")
@@ -104,15 +143,27 @@ def parse_slo(values: Mapping[str, Any], where: str) -> SLOSpec:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Check:
-    """One judged objective."""
+    """One judged objective. ``status`` is ``pass``, ``fail`` or ``inconclusive`` (the
+    ``interval`` straddles the target); ``passed`` applies the ``policy``
+    (``on_inconclusive``): only ``warn`` lets an inconclusive check pass. ``interval``
+    is ``(low, high)`` in the metric's unit (``inf``: no bound at this sample size);
+    ``periods`` is ``(met, judged)`` when judged per period."""
 
     key: str
     metric: str
     direction: str  # "max" or "min"
     target: float
     observed: float | None
-    passed: bool
+    status: str
+    interval: tuple[float, float] | None = None
+    periods: tuple[int, int] | None = None
+    policy: str = "warn"
     note: str = ""
+
+    @property
+    def passed(self) -> bool:
+        return self.status == "pass" or (self.status == "inconclusive"
+                                          and self.policy == "warn")
 
     @property
     def margin(self) -> float | None:
@@ -128,8 +179,18 @@ class Check:
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
+        d["interval"] = None if self.interval is None else [
+            None if math.isinf(x) else x for x in self.interval]
+        d["passed"] = self.passed
         d["margin"] = self.margin
         return d
+
+    def result_text(self) -> str:
+        if self.status == "pass":
+            return "ok"
+        text = "FAIL" if self.status == "fail" else (
+            "inconclusive (warn)" if self.passed else "INCONCLUSIVE")
+        return text + (f": {self.note}" if self.note else "")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,6 +201,7 @@ class Verdict:
 
     checks: tuple[Check, ...]
     incomplete: str | None = None
+    confidence: float = 0.95
 
     @property
     def passed(self) -> bool:
@@ -147,14 +209,23 @@ class Verdict:
 
     @property
     def status(self) -> str:
-        """``pass``, ``fail`` or ``incomplete``."""
+        """``pass``, ``fail``, ``inconclusive`` (no check failed, one could not tell)
+        or ``incomplete``."""
         if self.incomplete is not None:
             return "incomplete"
-        return "pass" if self.passed else "fail"
+        statuses = {c.status for c in self.checks}
+        for s in ("fail", "inconclusive"):
+            if s in statuses:
+                return s
+        return "pass"
 
     @property
     def failed(self) -> tuple[Check, ...]:
         return tuple(c for c in self.checks if not c.passed)
+
+    @property
+    def inconclusive(self) -> tuple[Check, ...]:
+        return tuple(c for c in self.checks if c.status == "inconclusive")
 
     def table(self) -> str:
         rows = []
@@ -167,17 +238,22 @@ class Verdict:
                     f"{op} {_fmt(c.target)}",
                     "n/a" if c.observed is None else _fmt(c.observed),
                     "" if margin is None or math.isinf(margin) else f"{margin:+.1%}",
-                    "ok" if c.passed else "FAIL" + (f": {c.note}" if c.note else ""),
+                    c.result_text(),
+                    "" if c.interval is None else
+                    f"[{_fmt(c.interval[0])}, {_fmt(c.interval[1])}]",
                 ]
             )
-        return tabulate(rows, headers=["metric", "target", "observed", "margin", "result"])
+        return tabulate(rows, headers=["metric", "target", "observed", "margin", "result",
+                                       f"{self.confidence:.0%} interval"])
 
     def to_dict(self) -> dict[str, Any]:
         return {"passed": self.passed, "status": self.status, "incomplete": self.incomplete,
-                "checks": [c.to_dict() for c in self.checks]}
+                "confidence": self.confidence, "checks": [c.to_dict() for c in self.checks]}
 
 
 def _fmt(v: float) -> str:
+    if math.isinf(v):
+        return "inf" if v > 0 else "-inf"
     if v == int(v) and abs(v) >= 1:
         return str(int(v))
     return f"{v:.4g}"
@@ -185,27 +261,71 @@ def _fmt(v: float) -> str:
 
 def evaluate(
     spec: SLOSpec, observed: Mapping[str, float | None], notes: Mapping[str, str] | None = None,
-    incomplete: str | None = None,
+    incomplete: str | None = None, *,
+    intervals: Mapping[str, tuple[float, float] | None] | None = None,
+    rate_intervals: Mapping[str, tuple[float, float] | None] | None = None,
+    periods: Mapping[str, tuple[int, int]] | None = None, policy: str | None = None,
 ) -> Verdict:
     """Judge ``observed`` (metric name -> value or None) against ``spec``.
 
     ``notes`` maps metric names to why they are missing (e.g. the server does not
-    report ``cached_tokens``); a missing metric fails its objective with that note.
-    ``incomplete`` (why the run ended early) makes the verdict ``incomplete``.
+    report ``cached_tokens``) or why their interval is wide; a missing metric fails its
+    objective with that note. ``intervals`` maps metric names to ``(low, high)``: such a
+    metric passes when its pessimistic bound meets the target, fails when its optimistic
+    one misses it, and is inconclusive otherwise; a metric without an interval (a rate,
+    a count) is judged on its observed value (``rate_intervals`` are shown beside it
+    for information). ``periods`` maps metric names to ``(met,
+    judged)`` periods, judged against ``spec.periods_met_min`` when that is set.
+    ``policy`` overrides ``spec.on_inconclusive``. ``incomplete`` (why the run ended
+    early) makes the verdict ``incomplete``.
     """
     notes = notes or {}
+    intervals = intervals or {}
+    rate_intervals = rate_intervals or {}
+    periods = periods or {}
+    policy = policy or spec.on_inconclusive
     checks = []
     for key, target in spec.objectives().items():
         metric, direction, _unit = SLO_METRICS[key]
         if key == "cache_hit_rate_min":
             metric = f"hit_rate.{spec.cache_hit_source}"
         value = observed.get(metric)
+        make = functools.partial(Check, key=key, metric=metric, direction=direction,
+                                 target=target, policy=policy)
         if value is None or (isinstance(value, float) and math.isnan(value)):
             note = notes.get(metric, "not measured")
-            checks.append(Check(key=key, metric=metric, direction=direction, target=target,
-                                observed=None, passed=False, note=note))
+            checks.append(make(observed=None, status="fail", note=note))
             continue
-        ok = value <= target if direction == "max" else value >= target
-        checks.append(Check(key=key, metric=metric, direction=direction, target=target,
-                            observed=float(value), passed=ok))
-    return Verdict(tuple(checks), incomplete)
+        interval = intervals.get(metric)
+        counts = periods.get(metric)
+        note = ""
+        if spec.periods_met_min is not None and counts is not None:
+            met, judged = counts
+            ok = judged > 0 and met / judged >= spec.periods_met_min
+            status = "pass" if ok else "fail"
+            note = (f"met in {met} of {judged} periods of {spec.period_s:g} s, needs "
+                    f"{spec.periods_met_min:.0%}")
+        elif interval is not None:
+            status = _judge_interval(interval, direction, target)
+            if status == "inconclusive":
+                note = notes.get(metric, f"the {spec.confidence:.0%} interval straddles "
+                                         "the target")
+        else:
+            ok = value <= target if direction == "max" else value >= target
+            status = "pass" if ok else "fail"
+            interval = rate_intervals.get(metric)
+        checks.append(make(observed=float(value), status=status, interval=interval,
+                            periods=counts, note=note))
+    return Verdict(tuple(checks), incomplete, spec.confidence)
+
+
+def _judge_interval(interval: tuple[float, float], direction: str, target: float) -> str:
+    low, high = interval
+    pessimistic, optimistic = (high, low) if direction == "max" else (low, high)
+
+    def meets(x: float) -> bool:
+        return x <= target if direction == "max" else x >= target
+
+    if meets(pessimistic):
+        return "pass"
+    return "inconclusive" if meets(optimistic) else "fail"

@@ -385,6 +385,8 @@ def _merge(reports: Sequence[WorkerReport], t0: float, wall_s: float) -> Streams
     records = [r for rep in reports for r in rep.records]
     for rec in records:
         rec.start_s -= t0
+        if rec.scheduled_s is not None:
+            rec.scheduled_s -= t0
         if rec.end_s is not None:
             rec.end_s -= t0
     records.sort(key=lambda r: r.start_s)

@@ -249,17 +249,23 @@ class Runner:
             if not await self._play(user, session):
                 return
 
-    async def _play(self, user: int, session: SessionPlan) -> bool:
-        """Walk one session's steps; False once the run is over."""
+    async def _play(self, user: int, session: SessionPlan,
+                    arrival: float | None = None) -> bool:
+        """Walk one session's steps; False once the run is over. ``arrival``: when an
+        open-loop session was due (a concurrency limit may have held it back)."""
         load = self.workload.load
         for index, step in enumerate(session.steps):
             if not await self._sleep(step.delay_s):
                 return False
+            planned = self.now()  # when the plan wants the request sent
+            if arrival is not None and index == 0:
+                planned = min(planned, arrival + step.delay_s)
             if load.stages:
                 t = self.now()
                 nxt = load.next_active(user, t)
                 if nxt > t and not await self._sleep_until(nxt):
                     return False
+                planned = max(planned, nxt)
             if isinstance(step, SpawnStep):
                 await self._spawn(user, step)
                 if not self._may_send():
@@ -267,7 +273,7 @@ class Runner:
                 continue
             if not await self._admit(user, step):
                 return False
-            await self._send(user, session.session_id, index, step)
+            await self._send(user, session.session_id, index, step, planned)
         return True
 
     async def _spawn(self, user: int, step: SpawnStep) -> None:
@@ -315,7 +321,7 @@ class Runner:
                 session = next(iter(self.workload.user_sessions(k, ctx)), None)
                 if session is None:
                     break
-                task = asyncio.create_task(self._arrival(k, session, limit))
+                task = asyncio.create_task(self._arrival(k, session, limit, t))
                 live.add(task)
                 task.add_done_callback(live.discard)
                 k += 1
@@ -325,9 +331,9 @@ class Runner:
                 task.cancel()
 
     async def _arrival(self, user: int, session: SessionPlan,
-                       limit: asyncio.Semaphore | None) -> None:
+                       limit: asyncio.Semaphore | None, arrival: float) -> None:
         try:
-            await self._play(user, session)
+            await self._play(user, session, arrival)
         finally:
             if limit is not None:
                 limit.release()
@@ -356,11 +362,13 @@ class Runner:
                 task.cancel()
 
     async def _timed_send(self, req: TimedRequest, prev: asyncio.Task[None] | None) -> None:
-        if prev is not None:
+        scheduled = req.t_s
+        if prev is not None:  # the answer it waits for is due first: not queueing
             await asyncio.wait([prev])
             if not self._may_send():
                 return
-        await self._send(req.user, req.session_id, req.index, req.plan)
+            scheduled = max(scheduled, self.now())
+        await self._send(req.user, req.session_id, req.index, req.plan, scheduled)
 
     # -- requests -----------------------------------------------------------------------
     def render_body(self, plan: RequestPlan, tokens: npt.NDArray[np.int64]) -> bytes:
@@ -381,7 +389,8 @@ class Runner:
         payload.update(self.options.extra_body)
         return orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY)
 
-    async def _send(self, user: int, session_id: str, index: int, plan: RequestPlan) -> None:
+    async def _send(self, user: int, session_id: str, index: int, plan: RequestPlan,
+                    scheduled_s: float | None = None) -> None:
         self.started += 1
         request = OutgoingRequest(self, plan, self._path)
         now = self.now()
@@ -393,6 +402,7 @@ class Runner:
             max_tokens=plan.output_tokens,
             min_tokens=self._min_tokens(plan.output_tokens),
             designed_cached_tokens=self._designed.observe(plan),
+            scheduled_s=now if scheduled_s is None else scheduled_s,
         )
         for v in self._variants:
             self.designed_variants[v.label].append(v.observe(plan, now))

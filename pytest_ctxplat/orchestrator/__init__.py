@@ -12,6 +12,7 @@ from .core import PlayOptions, Preparation, Target, play
 from .http import HttpTarget
 from .inprocess import EngineSink, InProcessTarget
 from .progress import Progress
+from .repeat import play_judged
 from .results import build_result, format_breach
 
 __all__ = [
@@ -25,4 +26,5 @@ __all__ = [
     "build_result",
     "format_breach",
     "play",
+    "play_judged",
 ]

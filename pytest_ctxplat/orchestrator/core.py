@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ..driver.runner import RequestSink, Runner, RunOptions
+from ..report.records import RequestRecord
 from ..report.result import RunResult, write_json
 from ..servers.scrape import MetricsSnapshot
 from ..slo import SLOSpec
@@ -95,6 +96,9 @@ class PlayOptions:
     seen dead before describing it. ``on_progress``: called with the run's
     :class:`~pytest_ctxplat.orchestrator.progress.Progress` at each gauge sample, at
     most every ``progress_every_s`` wall seconds (a display; it must return quickly).
+    ``earlier_runs``: records of earlier runs of the
+    same workload judged together with this one (``repeat``, reruns); ``policy``
+    overrides the SLO's ``on_inconclusive`` (see :func:`~.repeat.play_judged`).
     """
 
     slo: SLOSpec | None = None
@@ -109,6 +113,8 @@ class PlayOptions:
     death_grace_s: float = 5.0
     on_progress: Callable[[Progress], None] | None = None
     progress_every_s: float = 0.5
+    earlier_runs: tuple[tuple[RequestRecord, ...], ...] = ()
+    policy: str | None = None
 
 
 async def play(spec: WorkloadSpec, target: Target, options: PlayOptions | None = None
@@ -187,7 +193,8 @@ class _Run:
             before=self.before, after=after, peaks=self.peaks, timeline=self.timeline,
             slo_spec=self.opts.slo, notes=notes, interrupted=interrupted is not None,
             incomplete=interrupted or runner.stop_reason, server_block_size=self.block_size,
-            designed_variants=runner.designed_variants)
+            designed_variants=runner.designed_variants,
+            earlier_runs=self.opts.earlier_runs, policy=self.opts.policy)
 
     def write(self, result: RunResult) -> None:
         if self.opts.results_dir is not None:

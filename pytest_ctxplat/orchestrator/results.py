@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..report import stats
+from ..report.judging import add_figures, judge_inputs
 from ..report.records import RequestRecord
 from ..report.result import HitRates, RunResult, ServerMetrics
 from ..servers.scrape import MetricsSnapshot, server_delta
@@ -23,46 +24,78 @@ def build_result(*, name: str, target: Mapping[str, Any], spec: WorkloadSpec, se
                  timeline: Sequence[Mapping[str, float]] = (), slo_spec: SLOSpec | None = None,
                  notes: Mapping[str, str] | None = None, interrupted: bool = False,
                  incomplete: str | None = None, server_block_size: int = 1,
-                 designed_variants: Mapping[str, Sequence[int]] | None = None) -> RunResult:
+                 designed_variants: Mapping[str, Sequence[int]] | None = None,
+                 earlier_runs: Sequence[Sequence[RequestRecord]] = (),
+                 policy: str | None = None) -> RunResult:
     """Assemble a :class:`RunResult` from request records and two ``/metrics`` snapshots
     (either may be None when the server has no metrics). Used by HTTP runs and by the
     in-process simulator alike. ``designed_variants`` (``Runner.designed_variants``) adds
     designed hit rates for a TTL or capacity as ``hit_rate.designed_ttl_<s>s`` /
     ``hit_rate.designed_cap_<tokens>`` observed metrics. ``incomplete`` says why the run
-    ended before its bound (the verdict is then ``incomplete``)."""
+    ended before its bound (the verdict is then ``incomplete``).
+
+    ``observed`` is judged on the measurement window (:mod:`~pytest_ctxplat.report.window`)
+    of this run pooled with ``earlier_runs`` (the records of earlier runs of the same
+    workload: ``repeat``, reruns); ``metrics`` describe this run whole; hit rates and
+    the error rate cover every run whole. ``policy`` overrides the spec's
+    ``on_inconclusive``."""
     records = tuple(records)
+    runs = [*earlier_runs, records]
+    every = tuple(r for run in runs for r in run)
     summary = stats.summarize(records, wall_s)
     delta = server_delta(before, after, peaks) if before is not None and after is not None \
         else None
-    rates, rate_notes = stats.hit_rates(records, delta)
+    rates, rate_notes = stats.hit_rates(every, delta)
     if designed_variants:
         rates.update(stats.designed_variant_rates(records, designed_variants))
     rate_notes.update(notes or {})
-    good = stats.goodput(records, slo_spec.good_thresholds()) if slo_spec else None
-    observed = stats.observed_metrics(summary, rates, good)
+    judge_spec = slo_spec or SLOSpec()
+    window = judge_inputs(runs, judge_spec, spec.bound_s)
+    judged = window.judged
+    good = stats.goodput(judged, slo_spec.good_thresholds()) if slo_spec else None
+    observed = stats.observed_metrics(stats.summarize(judged, wall_s), rates, good)
+    observed["error_rate"] = stats.summarize(every, wall_s)["error_rate"] if earlier_runs \
+        else summary["error_rate"]
+    add_figures(window, runs, judge_spec, observed)
     missing = {}
-    if not any(r.ok for r in records):
+    if not any(r.ok for r in every):
         missing = {k: "no successful requests" for k, v in observed.items() if v is None}
+    elif not any(r.ok for r in judged):
+        missing = {k: f"no successful requests in the measurement window "
+                      f"({window.section['excluded_warmup']} warm-up, "
+                      f"{window.section['excluded_cooldown']} cool-down excluded)"
+                   for k, v in observed.items() if v is None}
     missing.update(rate_notes)
-    verdict = evaluate(slo_spec, observed, missing, incomplete) if slo_spec is not None \
-        else None
-    server_metrics = None
-    if delta is not None:
-        server_metrics = ServerMetrics(prefix_hit_rate=delta.get("prefix_hit_rate"),
-                                       external_hit_rate=delta.get("external_hit_rate"),
-                                       figures={k: v for k, v in delta.items()
-                                                if k not in ("prefix_hit_rate",
-                                                             "external_hit_rate")})
-    target = dict(target)
-    target["server_block_size"] = server_block_size
-    errors = [f"{r.session_id}#{r.index}: {r.error}" for r in records if r.error][:10]
-    return RunResult(name=name, target=target, workload=spec.describe(), seed=seed,
-                     started_at=started_at, wall_s=wall_s, metrics=summary,
+    verdict = None
+    if slo_spec is not None:
+        verdict = evaluate(slo_spec, observed, {**window.notes, **missing}, incomplete,
+                           intervals=window.intervals, rate_intervals=window.rate_intervals,
+                           periods=window.periods, policy=policy)
+    return RunResult(name=name, target=_target(target, server_block_size),
+                     workload=spec.describe(), seed=seed, started_at=started_at,
+                     wall_s=wall_s, metrics=summary,
                      hit_rates=HitRates(designed=rates["designed"], request=rates["request"],
                                         server=rates["server"], notes=rate_notes),
-                     server=server_metrics, observed=observed, slo=slo_spec, verdict=verdict,
-                     records=records, timeline=tuple(timeline), interrupted=interrupted,
-                     incomplete=incomplete, errors_sample=tuple(errors))
+                     server=_server(delta), observed=observed, slo=slo_spec, verdict=verdict,
+                     records=every, timeline=tuple(timeline), interrupted=interrupted,
+                     incomplete=incomplete, window=window.section,
+                     errors_sample=tuple(f"{r.session_id}#{r.index}: {r.error}"
+                                         for r in every if r.error)[:10])
+
+
+def _target(target: Mapping[str, Any], server_block_size: int) -> dict[str, Any]:
+    out = dict(target)
+    out["server_block_size"] = server_block_size
+    return out
+
+
+def _server(delta: Mapping[str, Any] | None) -> ServerMetrics | None:
+    if delta is None:
+        return None
+    return ServerMetrics(prefix_hit_rate=delta.get("prefix_hit_rate"),
+                         external_hit_rate=delta.get("external_hit_rate"),
+                         figures={k: v for k, v in delta.items()
+                                  if k not in ("prefix_hit_rate", "external_hit_rate")})
 
 
 def format_breach(result: RunResult) -> str:
@@ -70,9 +103,14 @@ def format_breach(result: RunResult) -> str:
     few lines of cause (outcomes, the first errors, the end of a dead server's log)."""
     v = result.verdict
     assert v is not None
-    head = (f"run incomplete ({v.incomplete}) for {result.name}" if v.incomplete
-            else f"SLO breached ({len(v.failed)} of {len(v.checks)} objectives) for "
-                 f"{result.name}")
+    if v.incomplete:
+        head = f"run incomplete ({v.incomplete}) for {result.name}"
+    elif v.status == "inconclusive":
+        head = (f"SLO inconclusive ({len(v.inconclusive)} of {len(v.checks)} objectives: "
+                f"the {v.confidence:.0%} interval straddles the target) for {result.name}")
+    else:
+        head = (f"SLO breached ({len(v.failed)} of {len(v.checks)} objectives) for "
+                f"{result.name}")
     lines = [head, "", v.table(), "", _context_line(result)]
     if result.errors_sample:
         lines += ["first errors:", *("  " + e for e in result.errors_sample[:3])]

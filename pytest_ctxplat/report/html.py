@@ -126,11 +126,12 @@ def _verdict(run: dict[str, Any]) -> str:
     rows = []
     for c in v.get("checks", []):
         ok = c.get("passed")
+        text = "inconclusive" if c.get("status") == "inconclusive" else \
+            "pass" if ok else "FAIL"
         rows.append([_e(c.get("key")), _e(c.get("metric")), _e(c.get("direction")),
                      _num(c.get("target"), "{:g}"), _num(c.get("observed"), "{:.4g}"),
                      _num(c.get("margin"), "{:.4g}"),
-                     f'<span class="{"pass" if ok else "fail"}">'
-                     f'{"pass" if ok else "FAIL"}</span>'])
+                     f'<span class="{"pass" if ok else "fail"}">{text}</span>'])
     verdict = ('<span class="pass">SLO met</span>' if v.get("passed")
                else f'<span class="fail">incomplete: {_e(v["incomplete"])}</span>'
                if v.get("incomplete") else '<span class="fail">SLO breached</span>')

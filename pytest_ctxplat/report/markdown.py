@@ -30,14 +30,13 @@ _MAX_CHANGES = 4
 def objective_fields(check: Check) -> dict[str, Any]:
     """The recorded fields of one judged objective: ``target``, ``observed``,
     ``interval`` (``[low, high]``, when the check has one), ``verdict`` (the check's
-    ``status`` where it has one: ``pass``, ``fail`` or ``inconclusive``) and ``result``
-    (``pass`` / ``fail``). A value that is None is left out."""
-    status = getattr(check, "status", None)
+    ``status``: ``pass``, ``fail`` or ``inconclusive``) and ``result`` (``pass`` /
+    ``fail``: how it counted under ``on_inconclusive``). A value that is None is left out."""
     fields: dict[str, Any] = {
         "target": check.target,
         "observed": check.observed,
-        "interval": _interval(getattr(check, "interval", None)),
-        "verdict": status if status is not None else ("pass" if check.passed else "fail"),
+        "interval": _interval(check.interval),
+        "verdict": check.status,
         "result": "pass" if check.passed else "fail",
     }
     return {k: v for k, v in fields.items() if v is not None}
@@ -93,7 +92,7 @@ def result_row(result: RunResult, outcome: str = "") -> dict[str, Any]:
         "hit_rate_designed": result.hit_rates.designed,
         "hit_rate_server": result.hit_rates.server,
         "verdict": None if v is None else v.status,
-        "baseline_changes": comparison_text(getattr(result, "comparison", None)),
+        "baseline_changes": comparison_text(result.comparison),
     }
     for c in v.checks if v is not None else ():
         row.update({f"slo.{c.key}.{k}": x for k, x in objective_fields(c).items()})

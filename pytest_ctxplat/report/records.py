@@ -52,6 +52,13 @@ class RequestRecord:
     the request demanded (``max_tokens`` with ``ignore_eos``, or ``min_tokens``): fewer
     is ``incomplete``. ``outcome`` is None while the request is in flight, then one of
     :data:`OUTCOMES`; ``error`` details any other outcome than ``ok``.
+
+    ``scheduled_s`` is when the workload's plan wanted the request sent (closed loop:
+    when the step's think time ended; open loop: the session's arrival; timed replay:
+    the request's timestamp, or when the answer it waits for came); ``None`` where no
+    plan says (the streams driver). Time between it and ``start_s`` is client-side
+    queueing (token-budget waits, a concurrency limit): :attr:`effective_ttft_s` adds
+    it to the server's TTFT.
     """
 
     session_id: str
@@ -62,6 +69,7 @@ class RequestRecord:
     designed_cached_tokens: int = 0
     min_tokens: int = 0
     start_s: float = 0.0
+    scheduled_s: float | None = None
     ttft_s: float | None = None
     end_s: float | None = None
     output_tokens: int = 0
@@ -84,6 +92,20 @@ class RequestRecord:
         if self.end_s is None:
             return None
         return self.end_s - self.start_s
+
+    @property
+    def queue_s(self) -> float:
+        """Client-side queueing before the request was sent (0 when unknown)."""
+        if self.scheduled_s is None:
+            return 0.0
+        return max(0.0, self.start_s - self.scheduled_s)
+
+    @property
+    def effective_ttft_s(self) -> float | None:
+        """Time to first token as the plan's user saw it: queueing plus server TTFT."""
+        if self.ttft_s is None:
+            return None
+        return self.ttft_s + self.queue_s
 
     @property
     def decode_tps(self) -> float | None:
@@ -119,6 +141,7 @@ class RequestRecord:
             "max_tokens": self.max_tokens,
             "min_tokens": self.min_tokens,
             "designed_cached_tokens": self.designed_cached_tokens,
+            "scheduled_s": self.scheduled_s,
             "start_s": self.start_s,
             "ttft_s": self.ttft_s,
             "end_s": self.end_s,

@@ -84,6 +84,7 @@ class RunResult:
     incomplete: str | None = None
     errors_sample: tuple[str, ...] = ()
     comparison: Mapping[str, Any] | None = None  # against a baseline (regression.Comparison)
+    window: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
@@ -109,6 +110,7 @@ class RunResult:
             "hit_rates": self.hit_rates.to_dict(),
             "server": self.server.to_dict() if self.server else None,
             "observed": dict(self.observed),
+            "window": dict(self.window),
             "errors_sample": list(self.errors_sample),
             "timeline": [dict(t) for t in self.timeline],
             "records": [r.to_dict() for r in self.records] if records else None,

@@ -13,8 +13,8 @@ import numpy as np
 
 from .records import ERROR_OUTCOMES, OUTCOMES, RequestRecord
 
-__all__ = ["PERCENTILES", "designed_variant_rates", "hit_rates", "observed_metrics",
-           "summarize"]
+__all__ = ["PERCENTILES", "SAMPLED", "designed_variant_rates", "hit_rates",
+           "observed_metrics", "samples", "summarize"]
 
 PERCENTILES: dict[str, float] = {"p10": 10, "p50": 50, "p90": 90, "p95": 95, "p99": 99}
 
@@ -38,6 +38,7 @@ def summarize(records: Sequence[RequestRecord], wall_s: float) -> dict[str, Any]
     errors = sum(outcomes[o] for o in ERROR_OUTCOMES)
     judged = len(records) - outcomes["cancelled"] - outcomes["in_flight"]
     ttft = [r.ttft_s for r in ok if r.ttft_s is not None]
+    effective = [v for v in (r.effective_ttft_s for r in ok) if v is not None]
     e2e = [r.e2e_s for r in ok if r.e2e_s is not None]
     tps = [v for v in (r.decode_tps for r in ok) if v is not None]
     gaps = np.concatenate([np.frombuffer(r.chunk_gaps_s, dtype=np.float64) for r in ok]) if ok \
@@ -52,6 +53,8 @@ def summarize(records: Sequence[RequestRecord], wall_s: float) -> dict[str, Any]
         "error_rate": (errors / judged) if judged else None,
         "outcomes": outcomes,
         "ttft_ms": _dist(ttft, 1000.0),
+        "effective_ttft_ms": _dist(effective, 1000.0),
+        "queue_ms": _dist([r.queue_s for r in ok], 1000.0),
         "itl_ms": _dist(gaps, 1000.0),
         "e2e_ms": _dist(e2e, 1000.0),
         "decode_tps": _dist(tps),
@@ -169,7 +172,8 @@ def observed_metrics(
 ) -> dict[str, float | None]:
     """Flatten figures to the metric names SLO keys refer to (``ttft_ms.p95`` ...)."""
     out: dict[str, float | None] = {}
-    for group in ("ttft_ms", "itl_ms", "e2e_ms", "decode_tps", "output_tokens"):
+    for group in ("ttft_ms", "effective_ttft_ms", "itl_ms", "e2e_ms", "decode_tps",
+                  "output_tokens"):
         dist = summary.get(group)
         for name in (*PERCENTILES, "mean", "min", "max"):
             out[f"{group}.{name}"] = dist[name] if dist else None
@@ -178,3 +182,27 @@ def observed_metrics(
         out[f"hit_rate.{source}"] = value
     out["goodput"] = goodput_value
     return out
+
+
+# metric groups whose percentiles are judged with intervals: one value per request (per
+# token gap for itl_ms) of the successful requests
+SAMPLED = ("ttft_ms", "effective_ttft_ms", "itl_ms", "e2e_ms", "decode_tps")
+
+
+def samples(records: Sequence[RequestRecord]) -> dict[str, np.ndarray]:
+    """The values behind each :data:`SAMPLED` group's percentiles (ms, tokens/s)."""
+    ok = [r for r in records if r.ok]
+
+    def arr(values: list[float], scale: float = 1.0) -> np.ndarray:
+        return np.asarray(values, dtype=np.float64) * scale
+
+    gaps = np.concatenate([np.frombuffer(r.chunk_gaps_s, dtype=np.float64) for r in ok]) \
+        if ok else np.zeros(0)
+    return {
+        "ttft_ms": arr([r.ttft_s for r in ok if r.ttft_s is not None], 1000.0),
+        "effective_ttft_ms": arr([v for v in (r.effective_ttft_s for r in ok)
+                                  if v is not None], 1000.0),
+        "itl_ms": gaps * 1000.0,
+        "e2e_ms": arr([v for v in (r.e2e_s for r in ok) if v is not None], 1000.0),
+        "decode_tps": arr([v for v in (r.decode_tps for r in ok) if v is not None]),
+    }

@@ -7,7 +7,7 @@ from typing import Any
 
 from tabulate import tabulate
 
-__all__ = ["summary_table"]
+__all__ = ["inconclusive_lines", "summary_table"]
 
 
 def _pct(v: Any) -> str:
@@ -27,7 +27,8 @@ def _num(v: Any, fmt: str = ".0f") -> str:
 _SHORT = {"http_status": "http", "connect_error": "connect", "protocol_error": "protocol",
           "timeout": "timeout", "incomplete": "short", "throttled": "429/503",
           "cancelled": "cancelled"}
-_VERDICT = {"pass": "pass", "fail": "FAIL", "incomplete": "INCOMPLETE"}
+_VERDICT = {"pass": "pass", "fail": "FAIL", "incomplete": "INCOMPLETE",
+            "inconclusive": "inconclusive"}
 
 
 def _errors(r: Mapping[str, Any]) -> str:
@@ -58,3 +59,21 @@ def summary_table(rows: Sequence[Mapping[str, Any]]) -> str:
     return tabulate(out, headers=["test", "outcome", "server", "req/err", "errors by class",
                                   "TTFT p95 ms", "decode tok/s p50", "out tok/s",
                                   "hit designed / request / server", "SLO"])
+
+
+def inconclusive_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """One warning line per SLO test whose verdict was inconclusive, naming the
+    objectives its interval could not decide and what the policy made of it."""
+    out = []
+    for r in rows:
+        if r.get("verdict") != "inconclusive":
+            continue
+        keys = [k[len("slo."):-len(".verdict")] for k, v in r.items()
+                if k.startswith("slo.") and k.endswith(".verdict") and v == "inconclusive"]
+        spans = [f"{k} {r.get(f'slo.{k}.interval', '[?]')} vs {r.get(f'slo.{k}.target')}"
+                 for k in keys]
+        how = "passed with this warning" if r.get("slo_passed") else "failed"
+        out.append(f"WARNING {r.get('nodeid', '')}: SLO inconclusive ({how}, "
+                   f"on_inconclusive={r.get('on_inconclusive')!r}): " + "; ".join(spans)
+                   + " - run longer or with repeat=N for a clear verdict")
+    return out
