@@ -28,7 +28,8 @@ from pytest_ctxplat.report.baseline import compare_to_baseline, entry_from_resul
 pytestmark = pytest.mark.slo
 
 PROFILE = "h100-llama8b"  # a simulated deployment (see ctxplat simulate --list-profiles)
-WORKLOAD = {"users": 8, "max_requests": 200}  # the built-in chat workload, made short
+# the built-in chat workload, made short: 8 users start new chats until 200 requests
+WORKLOAD = {"users": 8, "max_requests": 200, "recycle": True}
 
 
 def run_build(slowdown: float = 1.0):

@@ -53,6 +53,9 @@ COMPARED: dict[str, tuple[str, str | None]] = {
     "hit_rate.request": ("hit_rate", "hit_rate.request"),
     "hit_rate.server": ("hit_rate", None), "error_rate": ("error_rate", "errors"),
     "goodput": ("goodput", None),
+    "effective_ttft_ms.p50": ("latency", "effective_ttft_ms"),
+    "effective_ttft_ms.p95": ("latency", "effective_ttft_ms"),
+    "effective_ttft_ms.p99": ("latency", "effective_ttft_ms"),
 }
 # metrics tested on a sample that moves the other way (ITL up = decode speed down)
 _INVERTED = frozenset({"itl_ms.p50", "itl_ms.p99", "output_tokens_per_s"})
@@ -64,7 +67,7 @@ DEFAULT_TOLERANCES: dict[str, str] = {"latency": "+10%", "speed": "-10%", "hit_r
 _FAMILY_DIRECTION = {"latency": "max", "speed": "min", "hit_rate": "min", "error_rate": "max",
                      "goodput": "min", "other": "both"}
 # observed keys left out of the comparison (the compared percentiles cover them)
-_SKIPPED = re.compile(r"^(ttft_ms|itl_ms|e2e_ms|decode_tps|output_tokens)\.")
+_SKIPPED = re.compile(r"^(ttft_ms|effective_ttft_ms|itl_ms|e2e_ms|decode_tps|output_tokens)\.")
 
 
 class BaselineRegression(SLOViolation):
@@ -168,10 +171,12 @@ def _tolerance(metric: str, overrides: Mapping[str, Any]) -> Tolerance:
 
 
 def samples_from_records(records: Iterable[Mapping[str, Any]]) -> dict[str, list[float]]:
-    """Per-request samples (from result-JSON records) the significance test uses: TTFT
-    and e2e in ms, decode speed, per-request hit rates (designed and reported) and
+    """Per-request samples (from result-JSON records) the significance test uses: TTFT,
+    effective TTFT (with the client-side wait from ``scheduled_s``) and e2e in ms,
+    decode speed, per-request hit rates (designed and reported) and
     errors (1 per failed request, 0 per successful one)."""
-    out: dict[str, list[float]] = {k: [] for k in ("ttft_ms", "e2e_ms", "decode_tps",
+    out: dict[str, list[float]] = {k: [] for k in ("ttft_ms", "effective_ttft_ms", "e2e_ms",
+                                                   "decode_tps",
                                                    "hit_rate.designed", "hit_rate.request",
                                                    "errors")}
     for r in records:
@@ -184,6 +189,9 @@ def samples_from_records(records: Iterable[Mapping[str, Any]]) -> dict[str, list
         start, ttft, end = r.get("start_s"), r.get("ttft_s"), r.get("end_s")
         if ttft is not None:
             out["ttft_ms"].append(ttft * 1000)
+            scheduled = r.get("scheduled_s")
+            wait = max(0.0, start - scheduled) if scheduled is not None else 0.0
+            out["effective_ttft_ms"].append((ttft + wait) * 1000)
         if end is not None:
             out["e2e_ms"].append((end - start) * 1000)
         n = r.get("output_tokens") or 0
