@@ -35,6 +35,7 @@ SLO_METRICS: dict[str, tuple[str, str, str]] = {
     "cache_hit_rate_min": ("hit_rate.<source>", "min", ""),
     "error_rate_max": ("error_rate", "max", ""),
     "goodput_min": ("goodput", "min", ""),
+    "min_sustained_users": ("capacity.sustained_users", "min", "users"),
 }
 
 
@@ -49,6 +50,8 @@ class SLOSpec(Validated):
     workload plan), ``request`` (``usage.prompt_tokens_details.cached_tokens``) or
     ``server`` (``/metrics`` deltas). ``goodput_min`` is the share of requests that
     succeeded and met every ``good_*`` per-request threshold given.
+    ``min_sustained_users`` gates on capacity: the users an SLO-governed controller (or a
+    sweep) sustained while meeting every other objective.
     """
 
     ttft_p50_ms: float | None = setting(None, ge=0)
@@ -67,6 +70,7 @@ class SLOSpec(Validated):
     good_ttft_ms: float | None = setting(None, ge=0)
     good_e2e_ms: float | None = setting(None, ge=0)
     good_decode_tps: float | None = setting(None, gt=0)
+    min_sustained_users: int | None = setting(None, ge=1)
 
     def validate(self) -> None:
         if self.goodput_min is not None and not self.good_thresholds():

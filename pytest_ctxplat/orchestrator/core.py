@@ -157,7 +157,7 @@ class _Run:
             model=prep.model, seed=opts.seed, token_salt=salt, time_scale=prep.time_scale,
             server_block_size=self.block_size, extra_body=dict(opts.extra_body),
             chat_overhead_tokens=prep.chat_overhead_tokens,
-            max_connect_failures=opts.max_connect_failures))
+            max_connect_failures=opts.max_connect_failures, slo=opts.slo))
         self.peaks: dict[str, float] = {}
         self.timeline: list[dict[str, float]] = []
 
@@ -176,7 +176,8 @@ class _Run:
             before=self.before, after=after, peaks=self.peaks, timeline=self.timeline,
             slo_spec=self.opts.slo, notes=notes, interrupted=interrupted is not None,
             incomplete=interrupted or runner.stop_reason, server_block_size=self.block_size,
-            designed_variants=runner.designed_variants)
+            designed_variants=runner.designed_variants,
+            capacity=runner.capacity.report() if runner.capacity is not None else None)
 
     def write(self, result: RunResult) -> None:
         if self.opts.results_dir is not None:

@@ -13,7 +13,11 @@ from ..servers.scrape import MetricsSnapshot, server_delta
 from ..slo import SLOSpec, evaluate
 from ..workload.spec import WorkloadSpec
 
-__all__ = ["build_result", "format_breach"]
+__all__ = ["NOT_A_CAPACITY_RUN", "build_result", "format_breach"]
+
+NOT_A_CAPACITY_RUN = ("not a capacity run: min_sustained_users needs closed-loop users "
+                      "without stages or ramp_s (the controller then starts with "
+                      "defaults), or set load.controller in the workload, or use a sweep")
 
 
 def build_result(*, name: str, target: Mapping[str, Any], spec: WorkloadSpec, seed: int,
@@ -23,13 +27,15 @@ def build_result(*, name: str, target: Mapping[str, Any], spec: WorkloadSpec, se
                  timeline: Sequence[Mapping[str, float]] = (), slo_spec: SLOSpec | None = None,
                  notes: Mapping[str, str] | None = None, interrupted: bool = False,
                  incomplete: str | None = None, server_block_size: int = 1,
-                 designed_variants: Mapping[str, Sequence[int]] | None = None) -> RunResult:
+                 designed_variants: Mapping[str, Sequence[int]] | None = None,
+                 capacity: Mapping[str, Any] | None = None) -> RunResult:
     """Assemble a :class:`RunResult` from request records and two ``/metrics`` snapshots
     (either may be None when the server has no metrics). Used by HTTP runs and by the
     in-process simulator alike. ``designed_variants`` (``Runner.designed_variants``) adds
     designed hit rates for a TTL or capacity as ``hit_rate.designed_ttl_<s>s`` /
     ``hit_rate.designed_cap_<tokens>`` observed metrics. ``incomplete`` says why the run
-    ended before its bound (the verdict is then ``incomplete``)."""
+    ended before its bound (the verdict is then ``incomplete``). ``capacity`` is the
+    SLO-governed controller's report (observed as ``capacity.sustained_users``)."""
     records = tuple(records)
     summary = stats.summarize(records, wall_s)
     delta = server_delta(before, after, peaks) if before is not None and after is not None \
@@ -40,10 +46,14 @@ def build_result(*, name: str, target: Mapping[str, Any], spec: WorkloadSpec, se
     rate_notes.update(notes or {})
     good = stats.goodput(records, slo_spec.good_thresholds()) if slo_spec else None
     observed = stats.observed_metrics(summary, rates, good)
+    if capacity is not None:
+        observed["capacity.sustained_users"] = capacity["sustained_users"]
     missing = {}
     if not any(r.ok for r in records):
         missing = {k: "no successful requests" for k, v in observed.items() if v is None}
     missing.update(rate_notes)
+    if capacity is None:
+        missing["capacity.sustained_users"] = NOT_A_CAPACITY_RUN
     verdict = evaluate(slo_spec, observed, missing, incomplete) if slo_spec is not None \
         else None
     server_metrics = None
@@ -62,7 +72,8 @@ def build_result(*, name: str, target: Mapping[str, Any], spec: WorkloadSpec, se
                                         server=rates["server"], notes=rate_notes),
                      server=server_metrics, observed=observed, slo=slo_spec, verdict=verdict,
                      records=records, timeline=tuple(timeline), interrupted=interrupted,
-                     incomplete=incomplete, errors_sample=tuple(errors))
+                     incomplete=incomplete, errors_sample=tuple(errors),
+                     capacity=capacity)
 
 
 def format_breach(result: RunResult) -> str:

@@ -83,6 +83,7 @@ class RunResult:
     interrupted: bool = False
     incomplete: str | None = None
     errors_sample: tuple[str, ...] = ()
+    capacity: Mapping[str, Any] | None = None  # the SLO-governed controller's report
 
     @property
     def passed(self) -> bool:
@@ -109,6 +110,7 @@ class RunResult:
             "server": self.server.to_dict() if self.server else None,
             "observed": dict(self.observed),
             "errors_sample": list(self.errors_sample),
+            "capacity": dict(self.capacity) if self.capacity is not None else None,
             "timeline": [dict(t) for t in self.timeline],
             "records": [r.to_dict() for r in self.records] if records else None,
         }
