@@ -125,6 +125,7 @@ class CapacitySearch:
         self.held = 0
         self.grown_from: int | None = None
         self.tps_at: dict[int, float] = {}
+        self.step_cap = config.step_max  # halved by each plateau (a bisection)
         self.windows: list[WindowFigures] = []
         self.trajectory: list[dict[str, Any]] = []
         self.stop_reason: str | None = None
@@ -157,6 +158,7 @@ class CapacitySearch:
                 w.output_tokens_per_s < before * (1 + cfg.plateau_gain * added):
             gain = w.output_tokens_per_s / before - 1 if before else 0.0
             self._failed_at(level)
+            self.step_cap = max(1, (level - grown_from) // 2)  # type: ignore[operator]
             self.level = grown_from  # type: ignore[assignment]
             self.held = 0
             return f"back off: throughput plateau ({gain:+.1%} tok/s)"
@@ -165,7 +167,7 @@ class CapacitySearch:
         ceiling = self._ceiling()
         if level < ceiling:
             room = level * w.headroom if math.isfinite(w.headroom) else cfg.step_max
-            step = max(1, min(cfg.step_max, math.floor(room)))
+            step = max(1, min(self.step_cap, math.floor(room)))
             self.level = min(level + step, ceiling)
             self.grown_from = level
             self.held = 0
