@@ -84,6 +84,7 @@ class RunResult:
     incomplete: str | None = None
     errors_sample: tuple[str, ...] = ()
     capacity: Mapping[str, Any] | None = None  # the SLO-governed controller's report
+    sweep: tuple[Mapping[str, Any], ...] | None = None  # a sweep's points
 
     @property
     def passed(self) -> bool:
@@ -111,6 +112,7 @@ class RunResult:
             "observed": dict(self.observed),
             "errors_sample": list(self.errors_sample),
             "capacity": dict(self.capacity) if self.capacity is not None else None,
+            "sweep": [dict(p) for p in self.sweep] if self.sweep is not None else None,
             "timeline": [dict(t) for t in self.timeline],
             "records": [r.to_dict() for r in self.records] if records else None,
         }
