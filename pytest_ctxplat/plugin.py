@@ -35,13 +35,19 @@ def pytest_configure(config: pytest.Config) -> None:
         "itl_p99_ms=None, e2e_p95_ms=None, decode_tps_p10=None, decode_tps_p50=None, "
         "output_tokens_per_request_min=None, cache_hit_rate_min=None, "
         "cache_hit_source='request'|'designed'|'server', error_rate_max=None, "
-        "goodput_min=None, good_ttft_ms=None, good_e2e_ms=None, good_decode_tps=None): "
+        "goodput_min=None, good_ttft_ms=None, good_e2e_ms=None, good_decode_tps=None, "
+        "min_sustained_users=None): "
         "service-level objectives judged by ctxplat_run; select SLO tests with -m slo.",
     )
     config.addinivalue_line(
         "markers",
         "workload(name, **overrides): the workload ctxplat_run plays: a kind ('chat') or a "
         "YAML definition name, with field overrides such as users=8, duration_s=30.",
+    )
+    config.addinivalue_line(
+        "markers",
+        "sweep(*, users=[...] | rates=[...]): ctxplat_run plays the workload once per "
+        "point (same seed); the result carries the curve and the largest passing point.",
     )
     config.addinivalue_line(
         "markers",
