@@ -157,3 +157,19 @@ def test_capacity_workload_yaml_turns_the_controller_on_and_the_gate_fails(
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["*SLO breached (1 of 2 objectives)*",
                                  "*min_sustained_users*>= 4*3*FAIL*"])
+
+
+def test_capacity_objectives_judged_at_the_sustained_level_not_on_the_probes() -> None:
+    """Starting far above capacity breaches on purpose: the whole run's TTFT p95 is over
+    the target, but the verdict judges the requests of the windows it held."""
+    overrides = {**CAPACITY_WORKLOAD,
+                 "load": {"controller": {"max_users": 256, "step_max": 16,
+                                         "start_users": 24}}}
+    result = simulate("chat", PROFILE, overrides=overrides, slo=SLO)
+    cap = result.capacity
+    assert cap is not None and cap["stop_reason"] == "converged"
+    assert cap["trajectory"][0]["decision"].startswith("back off: breach")
+    assert result.metrics["ttft_ms"]["p95"] > SLO["ttft_p95_ms"]
+    assert result.observed["ttft_ms.p95"] is not None
+    assert result.observed["ttft_ms.p95"] <= SLO["ttft_p95_ms"]
+    assert result.verdict is not None and result.verdict.passed

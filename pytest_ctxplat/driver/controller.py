@@ -2,7 +2,8 @@
 every objective of the test (capacity at the SLO).
 
 The runner starts ``max_users`` user tasks, but only the first ``active`` may send. The
-controller sets ``active``: after each change it waits ``cooldown_s``, then judges each
+controller sets ``active``: after each change it waits ``cooldown_s`` (and for the
+requests sent before the change to end, at most ``window_s`` longer), then judges each
 window of requests that completed since (and were sent after the cooldown) against the
 test's objectives with :func:`~pytest_ctxplat.slo.evaluate`:
 
@@ -130,6 +131,7 @@ class CapacitySearch:
         self.trajectory: list[dict[str, Any]] = []
         self.stop_reason: str | None = None
         self.sustained: int | None = None
+        self._passed_records: list[tuple[int, Sequence[RequestRecord]]] = []
 
     @property
     def highest_passed(self) -> int:
@@ -139,9 +141,12 @@ class CapacitySearch:
         top = self.config.max_users
         return top if self.lowest_failed is None else min(top, self.lowest_failed - 1)
 
-    def decide(self, w: WindowFigures) -> str:
-        """Take window ``w`` (judged at ``self.level``) and say what to do next."""
+    def decide(self, w: WindowFigures, records: Sequence[RequestRecord] = ()) -> str:
+        """Take window ``w`` (judged at ``self.level``, on ``records``) and say what to
+        do next."""
         self.windows.append(w)
+        if w.passed:
+            self._passed_records.append((w.active_users, records))
         decision = self._on_pass(w) if w.passed else self._on_breach(w)
         self.trajectory.append({"t": round(w.t, 3), "active_users": w.active_users,
                                 "ttft_p95_ms": w.ttft_p95_ms,
@@ -204,6 +209,12 @@ class CapacitySearch:
             self.stop_reason = reason
             self.sustained = self.highest_passed if sustained is None else sustained
 
+    def sustained_records(self) -> list[RequestRecord]:
+        """The requests of the passing windows at the sustained level: what the run's
+        objectives are judged on (not the probes above or below it)."""
+        level = self.sustained if self.sustained is not None else self.highest_passed
+        return [r for lv, recs in self._passed_records if lv == level for r in recs]
+
     def report(self) -> dict[str, Any]:
         """The result's ``capacity`` section."""
         sustained = self.sustained if self.sustained is not None else self.highest_passed
@@ -252,7 +263,7 @@ async def govern(run: Governed, search: CapacitySearch, slo: SLOSpec | None) -> 
     while search.stop_reason is None:
         level = search.level
         run.set_active(level)
-        over = await run.wait(cfg.cooldown_s)
+        over = await _cool_down(run, cfg)
         open_t = since = run.now()
         while over is None and search.level == level and search.stop_reason is None:
             over = await run.wait(cfg.window_s)
@@ -266,11 +277,26 @@ async def govern(run: Governed, search: CapacitySearch, slo: SLOSpec | None) -> 
                 break
             now = run.now()
             search.decide(window_figures(recs, spec, t=now, active_users=level,
-                                         duration_s=now - since))
+                                         duration_s=now - since), recs)
             since = now
         if over is not None:
             search.finish(over)
     run.end_search()
+
+
+async def _cool_down(run: Governed, cfg: ControllerConfig) -> str | None:
+    """Wait ``cooldown_s``, then until the requests sent before the change have ended
+    (a backlog left by a breach would otherwise be blamed on the new level), at most
+    ``window_s`` longer."""
+    changed = run.now()
+    over = await run.wait(cfg.cooldown_s)
+    waited = 0.0
+    step = max(cfg.window_s / 20, 0.05)
+    while over is None and waited < cfg.window_s and any(
+            r.end_s is None and r.start_s < changed for r in reversed(run.records)):
+        over = await run.wait(step)
+        waited += step
+    return over
 
 
 def _window(records: Sequence[RequestRecord], sent_after: float, ended_after: float

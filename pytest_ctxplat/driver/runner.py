@@ -199,6 +199,7 @@ class Runner:
         timed = wl.timed_requests(ctx)
         self._t0 = loop.time()
         if timed is not None:
+            self.capacity = None  # a replay at the trace's own times: no users to govern
             tasks = [asyncio.create_task(self._timed(timed))]
         elif wl.load.open_loop:
             tasks = [asyncio.create_task(self._open_loop(ctx))]

@@ -177,7 +177,9 @@ class _Run:
             slo_spec=self.opts.slo, notes=notes, interrupted=interrupted is not None,
             incomplete=interrupted or runner.stop_reason, server_block_size=self.block_size,
             designed_variants=runner.designed_variants,
-            capacity=runner.capacity.report() if runner.capacity is not None else None)
+            capacity=runner.capacity.report() if runner.capacity is not None else None,
+            judged_records=runner.capacity.sustained_records()
+            if runner.capacity is not None else None)
 
     def write(self, result: RunResult) -> None:
         if self.opts.results_dir is not None:

@@ -28,14 +28,17 @@ def build_result(*, name: str, target: Mapping[str, Any], spec: WorkloadSpec, se
                  notes: Mapping[str, str] | None = None, interrupted: bool = False,
                  incomplete: str | None = None, server_block_size: int = 1,
                  designed_variants: Mapping[str, Sequence[int]] | None = None,
-                 capacity: Mapping[str, Any] | None = None) -> RunResult:
+                 capacity: Mapping[str, Any] | None = None,
+                 judged_records: Sequence[RequestRecord] | None = None) -> RunResult:
     """Assemble a :class:`RunResult` from request records and two ``/metrics`` snapshots
     (either may be None when the server has no metrics). Used by HTTP runs and by the
     in-process simulator alike. ``designed_variants`` (``Runner.designed_variants``) adds
     designed hit rates for a TTL or capacity as ``hit_rate.designed_ttl_<s>s`` /
     ``hit_rate.designed_cap_<tokens>`` observed metrics. ``incomplete`` says why the run
     ended before its bound (the verdict is then ``incomplete``). ``capacity`` is the
-    SLO-governed controller's report (observed as ``capacity.sustained_users``)."""
+    SLO-governed controller's report (observed as ``capacity.sustained_users``); then
+    ``judged_records`` (the requests at the sustained level) give the observed figures
+    the objectives are judged on, not the whole run with its probes."""
     records = tuple(records)
     summary = stats.summarize(records, wall_s)
     delta = server_delta(before, after, peaks) if before is not None and after is not None \
@@ -47,7 +50,7 @@ def build_result(*, name: str, target: Mapping[str, Any], spec: WorkloadSpec, se
     good = stats.goodput(records, slo_spec.good_thresholds()) if slo_spec else None
     observed = stats.observed_metrics(summary, rates, good)
     if capacity is not None:
-        observed["capacity.sustained_users"] = capacity["sustained_users"]
+        observed = _at_capacity(observed, capacity, judged_records or (), slo_spec)
     missing = {}
     if not any(r.ok for r in records):
         missing = {k: "no successful requests" for k, v in observed.items() if v is None}
@@ -74,6 +77,21 @@ def build_result(*, name: str, target: Mapping[str, Any], spec: WorkloadSpec, se
                      records=records, timeline=tuple(timeline), interrupted=interrupted,
                      incomplete=incomplete, errors_sample=tuple(errors),
                      capacity=capacity)
+
+
+def _at_capacity(observed: Mapping[str, float | None], capacity: Mapping[str, Any],
+                 judged: Sequence[RequestRecord], slo_spec: SLOSpec | None
+                 ) -> dict[str, float | None]:
+    """Observed figures of a capacity run: those of the requests at the sustained level
+    (server counters stay run-wide), and ``capacity.sustained_users``."""
+    out = dict(observed)
+    if judged:
+        rates, _ = stats.hit_rates(judged, None)
+        rates["server"] = observed.get("hit_rate.server")
+        good = stats.goodput(judged, slo_spec.good_thresholds()) if slo_spec else None
+        out.update(stats.observed_metrics(stats.summarize(judged, 0.0), rates, good))
+    out["capacity.sustained_users"] = capacity["sustained_users"]
+    return out
 
 
 def format_breach(result: RunResult) -> str:
