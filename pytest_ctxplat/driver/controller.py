@@ -158,13 +158,12 @@ class CapacitySearch:
         level, cfg = self.level, self.config
         grown_from, self.grown_from = self.grown_from, None
         before = self.tps_at.get(grown_from) if grown_from is not None else None
-        added = level / grown_from - 1 if grown_from else 0.0
-        if before is not None and \
-                w.output_tokens_per_s < before * (1 + cfg.plateau_gain * added):
+        if grown_from is not None and before is not None and w.output_tokens_per_s < \
+                before * (1 + cfg.plateau_gain * (level / grown_from - 1)):
             gain = w.output_tokens_per_s / before - 1 if before else 0.0
             self._failed_at(level)
-            self.step_cap = max(1, (level - grown_from) // 2)  # type: ignore[operator]
-            self.level = grown_from  # type: ignore[assignment]
+            self.step_cap = max(1, (level - grown_from) // 2)
+            self.level = grown_from
             self.held = 0
             return f"back off: throughput plateau ({gain:+.1%} tok/s)"
         self.passed_levels.add(level)
