@@ -127,8 +127,10 @@ def test_capacity(ctxplat_run):
 TINY = ('users=2, turns=4, recycle=True, think_time_s=0.2, start_spread_s=0, '
         'system_prompt_tokens=256, user_tokens=32, output_tokens=8, block_size=16, '
         'duration_s=60')
+# real time (the simulator 20 x faster): short windows measure tokens/s too coarsely to
+# call a plateau, so the TTFT objective alone governs
 CONTROLLER = ('load={"controller": {"max_users": 3, "cooldown_s": 1, "window_s": 2, '
-              '"hold_windows": 1, "min_requests": 2}}')
+              '"hold_windows": 1, "min_requests": 2, "plateau_gain": 0}}')
 
 
 def test_capacity_marker_override_turns_the_controller_on(pytester: pytest.Pytester) -> None:
@@ -151,7 +153,7 @@ def test_capacity_workload_yaml_turns_the_controller_on_and_the_gate_fails(
         "start_spread_s: 0\nsystem_prompt_tokens: 256\nuser_tokens: 32\n"
         "output_tokens: 8\nblock_size: 16\nduration_s: 60\n"
         "load:\n  controller: {max_users: 3, cooldown_s: 1, window_s: 2,\n"
-        "               hold_windows: 1, min_requests: 2}\n")
+        "               hold_windows: 1, min_requests: 2, plateau_gain: 0}\n")
     pytester.makepyfile(CAPACITY_TEST.format(gate=4, workload="governed", overrides=""))
     result = pytester.runpytest("--ctxplat-sim-speedup=20", "-p", "no:cacheprovider")
     result.assert_outcomes(failed=1)

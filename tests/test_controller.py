@@ -194,3 +194,29 @@ def test_controller_gate_lets_only_active_users_send() -> None:
         assert t >= allowed_at - 1e-9, (user, t, allowed_at)
     assert result.verdict is not None and result.verdict.passed
     assert result.incomplete is None
+
+
+def _governed(**over: object) -> dict[str, object]:
+    return {"turns": 4, "recycle": True, "think_time_s": 0.5, "output_tokens": 16,
+            "user_tokens": 64, "system_prompt_tokens": 256, "start_spread_s": 0,
+            "load": {"controller": {"start_users": 1, "max_users": 50, "step_max": 1,
+                                    "cooldown_s": 2, "window_s": 5, "hold_windows": 2,
+                                    "min_requests": 2}}, **over}
+
+
+def test_controller_stops_at_the_run_bound_with_what_passed() -> None:
+    result = simulate("chat", "h100-llama8b", overrides=_governed(duration_s=30),
+                      slo={"ttft_p95_ms": 10_000})
+    cap = result.capacity
+    assert cap is not None and cap["stop_reason"] == "run bound (duration_s)"
+    passed = [p["active_users"] for p in cap["trajectory"] if p["passed"]]
+    assert passed and cap["sustained_users"] == max(passed)
+    assert result.incomplete is None  # the run filled its window
+
+
+def test_controller_stops_when_the_workload_runs_out_of_sessions() -> None:
+    result = simulate("chat", "h100-llama8b", overrides=_governed(recycle=False, turns=3),
+                      slo={"ttft_p95_ms": 10_000})
+    cap = result.capacity
+    assert cap is not None
+    assert cap["stop_reason"] == "workload ended (the active users ran out of sessions)"

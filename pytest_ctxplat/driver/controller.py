@@ -158,7 +158,8 @@ class CapacitySearch:
         level, cfg = self.level, self.config
         grown_from, self.grown_from = self.grown_from, None
         before = self.tps_at.get(grown_from) if grown_from is not None else None
-        if grown_from is not None and before is not None and w.output_tokens_per_s < \
+        if cfg.plateau_gain > 0 and grown_from is not None and before is not None and \
+                w.output_tokens_per_s < \
                 before * (1 + cfg.plateau_gain * (level / grown_from - 1)):
             gain = w.output_tokens_per_s / before - 1 if before else 0.0
             self._failed_at(level)

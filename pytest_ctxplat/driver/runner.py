@@ -17,6 +17,7 @@ cancelled and recorded as such.
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -174,7 +175,7 @@ class Runner:
         self.capacity = CapacitySearch(config) if config is not None else None
         self._active = 0  # with a controller: the users that may send
         self._gate = asyncio.Event()  # set (and replaced) when _active changes
-        self._users_done = False
+        self._ended: set[int] = set()  # users whose task ended
 
     def now(self) -> float:
         """Model time since the run started."""
@@ -226,19 +227,12 @@ class Runner:
         """User tasks up to ``max_users`` and the controller that gates them."""
         users = [asyncio.create_task(self._user(u, ctx))
                  for u in range(search.config.max_users)]
-        left = len(users)
-
-        def done(_: asyncio.Task[None]) -> None:
-            nonlocal left
-            left -= 1
-            if left == 0:  # every user ran out of sessions: the search cannot go on
-                self._users_done = True
-                self._stop.set()
-                self._gate.set()
-
-        for t in users:
-            t.add_done_callback(done)
+        for u, t in enumerate(users):
+            t.add_done_callback(functools.partial(self._user_ended, u))
         return [*users, asyncio.create_task(govern(self, search, self.options.slo))]
+
+    def _user_ended(self, user: int, _: asyncio.Task[None]) -> None:
+        self._ended.add(user)
 
     def set_active(self, users: int) -> None:
         """Let the first ``users`` users send (the controller's decision)."""
@@ -253,9 +247,10 @@ class Runner:
     async def wait(self, seconds: float) -> str | None:
         """The controller's sleep: None, or why the run is over."""
         if await self._sleep(seconds):
+            if self._active and len(self._ended) >= self._active and \
+                    all(u in self._ended for u in range(self._active)):
+                return "workload ended (the active users ran out of sessions)"
             return None
-        if self._users_done:
-            return "workload ended (every user ran out of sessions)"
         if self.stop_reason is not None:
             return f"run stopped: {self.stop_reason}"
         if self.now() >= self._deadline:

@@ -64,7 +64,7 @@ class ControllerConfig(Validated):
     plateau_gain: float = setting(0.2, ge=0, doc="a growth step must raise output "
                                   "tokens/s by this share of the users it added (0.2: "
                                   "+10% users, at least +2% tokens/s), else it is a "
-                                  "plateau")
+                                  "plateau (0: never back off on a plateau)")
     hold_windows: int = setting(3, ge=1, doc="passing windows in a row that confirm the "
                                 "sustained level")
 
