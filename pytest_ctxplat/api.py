@@ -28,7 +28,7 @@ from typing import Any, ParamSpec, TypeVar
 from .driver.limits import DEFAULT_LIMITS, ClientLimits
 from .errors import ConfigError, CtxplatError, SLOViolation
 from .orchestrator import HttpTarget, InProcessTarget, PlayOptions, format_breach, play
-from .orchestrator.sweep import SweepSpec, plan_sweep, run_sweep, sweep_result
+from .orchestrator.sweep import plan_sweep, run_sweep, sweep_result, sweep_spec
 from .report.result import RunResult, write_json
 from .servers.attach import AttachedServer
 from .servers.base import ServerHandle
@@ -247,7 +247,7 @@ async def asweep(
     ``results_dir``."""
     if (server is None) == (profile is None):
         raise ConfigError(f"{name}: a sweep needs a server or a simulator profile (one)")
-    points = SweepSpec(users=tuple(users), rates=tuple(rates))
+    points = sweep_spec({"users": list(users), "rates": list(rates)}, name)
     spec = resolve_workload(workload, overrides, dirs=workload_dirs or (), where=name)
     target_slo = _slo(slo, name)
 
@@ -280,7 +280,7 @@ def _sweep_virtual(workload: str | WorkloadSpec, *, profile: str | HardwareProfi
                    slo: SLOSpec | Mapping[str, Any] | None = None, name: str = "sweep",
                    results_dir: str | Path | None = None, check: bool = False,
                    workload_dirs: list[Path] | None = None, **options: Any) -> RunResult:
-    points = SweepSpec(users=tuple(users), rates=tuple(rates))
+    points = sweep_spec({"users": list(users), "rates": list(rates)}, name)
     spec = resolve_workload(workload, overrides, dirs=workload_dirs or (), where=name)
     target_slo = _slo(slo, name)
     results = [simulate(point, profile, slo=point_slo, name=point_name, **options)
