@@ -196,16 +196,17 @@ def throughput_vs_users(runs: Sequence[Mapping[str, Any]]) -> bytes:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(8, 3.8))
     series = throughput_curves(runs)
-    for s in series:
+    for i, s in enumerate(series):
         xs = [p[0] for p in s["points"]]
         ys = [p[1] for p in s["points"]]
+        color = f"C{i % 10}"  # one color per series, lines and points alike
         if s["kind"] == "capacity":
-            ax.scatter(xs, ys, marker="*", s=120, label=s["label"], zorder=3)
+            ax.scatter(xs, ys, marker="*", s=140, color=color, label=s["label"], zorder=3)
         elif len(xs) > 1:
             ax.plot(xs, ys, marker="o", linestyle="--" if s["kind"] == "sweep" else "-",
-                    label=s["label"])
+                    color=color, label=s["label"])
         else:
-            ax.scatter(xs, ys, marker="o", label=s["label"])
+            ax.scatter(xs, ys, marker="o", color=color, label=s["label"], zorder=3)
     ax.set_xlabel("users")
     ax.set_ylabel("output tokens/s")
     ax.set_title("throughput against users, per workload and server profile")
