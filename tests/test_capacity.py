@@ -175,3 +175,14 @@ def test_capacity_objectives_judged_at_the_sustained_level_not_on_the_probes() -
     assert result.observed["ttft_ms.p95"] is not None
     assert result.observed["ttft_ms.p95"] <= SLO["ttft_p95_ms"]
     assert result.verdict is not None and result.verdict.passed
+
+
+def test_capacity_gate_from_the_command_line(capsys: pytest.CaptureFixture[str]) -> None:
+    from pytest_ctxplat.cli import main
+
+    code = main(["simulate", "chat-steady", "--profile", PROFILE, "--set", "duration_s=600",
+                 "--slo", "ttft_p95_ms=500", "--slo", "min_sustained_users=10"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "capacity: sustained users" in out and "max_users reached" in out
+    assert "min_sustained_users  >= 10" in out
