@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from pytest_ctxplat.api import simulate, sweep
-from pytest_ctxplat.errors import ConfigError
+from pytest_ctxplat.errors import ConfigError, SLOViolation
 from pytest_ctxplat.orchestrator.sweep import SweepSpec, sweep_spec
 
 pytest_plugins = ["pytester"]
@@ -70,7 +70,7 @@ def test_sweep_capacity_gate_passes_and_fails() -> None:
     assert missed.verdict is not None and not missed.verdict.passed
     (check,) = missed.verdict.failed
     assert check.key == "min_sustained_users" and check.observed == 16
-    with pytest.raises(Exception, match="min_sustained_users"):
+    with pytest.raises(SLOViolation, match="min_sustained_users"):
         sweep("chat-steady", slo={**SLO, "min_sustained_users": 32}, check=True, **kwargs)
 
 
