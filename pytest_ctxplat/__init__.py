@@ -14,7 +14,15 @@ from typing import TYPE_CHECKING, Any
 from .version import __version__
 
 if TYPE_CHECKING:
-    from .api import arun_workload, asimulate, run_workload, simulate, write_html_report
+    from .api import (
+        arun_workload,
+        asimulate,
+        asweep,
+        run_workload,
+        simulate,
+        sweep,
+        write_html_report,
+    )
     from .config import FieldError, Validated, setting
     from .errors import (
         ConfigError,
@@ -44,6 +52,7 @@ if TYPE_CHECKING:
 _LAZY = {
     # library API
     "arun_workload": "api", "asimulate": "api", "run_workload": "api", "simulate": "api",
+    "asweep": "api", "sweep": "api",
     "write_html_report": "api", "play": "orchestrator", "Target": "orchestrator",
     "HttpTarget": "orchestrator", "InProcessTarget": "orchestrator",
     # results and objectives
@@ -106,12 +115,14 @@ __all__ = [
     "__version__",
     "arun_workload",
     "asimulate",
+    "asweep",
     "load_hardware",
     "load_workload",
     "play",
     "run_workload",
     "setting",
     "simulate",
+    "sweep",
     "write_html_report",
 ]
 

@@ -35,7 +35,8 @@ from .orchestrator import (
     format_breach,
     play_judged,
 )
-from .report.result import RunResult
+from .orchestrator.sweep import plan_sweep, run_sweep, sweep_result, sweep_spec
+from .report.result import RunResult, write_json
 from .servers.attach import AttachedServer
 from .servers.base import ServerHandle
 from .sim.hardware import HardwareProfile, load_hardware
@@ -44,8 +45,8 @@ from .slo import SLOSpec, parse_slo
 from .workload.loader import resolve_workload
 from .workload.spec import WorkloadSpec
 
-__all__ = ["arun_workload", "asimulate", "run_sync", "run_workload", "simulate",
-           "write_html_report"]
+__all__ = ["arun_workload", "asimulate", "asweep", "run_sync", "run_workload", "simulate",
+           "sweep", "write_html_report"]
 
 T = TypeVar("T")
 P = ParamSpec("P")
@@ -235,6 +236,76 @@ run_workload = _sync(arun_workload, run_sync,
 simulate = _sync(asimulate, run_virtual,
                  "Play ``workload`` against ``profile`` in virtual time: :func:`asimulate` "
                  "on a fresh virtual-time loop (same parameters).")
+
+
+async def asweep(
+    workload: str | WorkloadSpec,
+    *,
+    users: Sequence[int] = (),
+    rates: Sequence[float] = (),
+    server: str | ServerHandle | None = None,
+    profile: str | HardwareProfile | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    slo: SLOSpec | Mapping[str, Any] | None = None,
+    name: str = "sweep",
+    results_dir: str | Path | None = None,
+    check: bool = False,
+    workload_dirs: list[Path] | None = None,
+    **options: Any,
+) -> RunResult:
+    """Play ``workload`` once per point, ``users`` (closed-loop users) or ``rates``
+    (open-loop session arrivals per second), against ``server`` (as
+    :func:`arun_workload`) or the simulated ``profile`` (as :func:`asimulate`), with the
+    same seed, and combine the points (:mod:`~pytest_ctxplat.orchestrator.sweep`): the
+    result carries ``sweep`` (the curve: tokens/s, TTFT p95, decode speed, hit rates and
+    verdict per point) and ``capacity`` (the largest passing point, which
+    ``min_sustained_users`` gates on). ``options`` go to each point's run (``seed``,
+    ``profile_overrides``, ``model``, ...). Only the combined result is written to
+    ``results_dir``."""
+    if (server is None) == (profile is None):
+        raise ConfigError(f"{name}: a sweep needs a server or a simulator profile (one)")
+    points = sweep_spec({"users": list(users), "rates": list(rates)}, name)
+    spec = resolve_workload(workload, overrides, dirs=workload_dirs or (), where=name)
+    target_slo = _slo(slo, name)
+
+    async def play_point(point: WorkloadSpec, point_slo: SLOSpec | None,
+                         point_name: str) -> RunResult:
+        if server is not None:
+            return await arun_workload(server, point, slo=point_slo, name=point_name,
+                                       **options)
+        assert profile is not None
+        return await asimulate(point, profile, slo=point_slo, name=point_name, **options)
+
+    result = await run_sweep(spec, points, target_slo, name, play_point)
+    if results_dir is not None:
+        write_json(result, Path(results_dir))
+    return _judged(result, check)
+
+
+def sweep(workload: str | WorkloadSpec, **kwargs: Any) -> RunResult:
+    """Synchronous :func:`asweep` (same parameters): against a simulator ``profile``
+    each point runs in virtual time on a fresh loop (exactly as :func:`simulate` would
+    run it alone); against a ``server`` in real time."""
+    if kwargs.get("profile") is None:
+        return run_sync(asweep(workload, **kwargs))
+    return _sweep_virtual(workload, **kwargs)
+
+
+def _sweep_virtual(workload: str | WorkloadSpec, *, profile: str | HardwareProfile,
+                   users: Sequence[int] = (), rates: Sequence[float] = (),
+                   overrides: Mapping[str, Any] | None = None,
+                   slo: SLOSpec | Mapping[str, Any] | None = None, name: str = "sweep",
+                   results_dir: str | Path | None = None, check: bool = False,
+                   workload_dirs: list[Path] | None = None, **options: Any) -> RunResult:
+    points = sweep_spec({"users": list(users), "rates": list(rates)}, name)
+    spec = resolve_workload(workload, overrides, dirs=workload_dirs or (), where=name)
+    target_slo = _slo(slo, name)
+    results = [simulate(point, profile, slo=point_slo, name=point_name, **options)
+               for point, point_slo, point_name in plan_sweep(spec, points, target_slo, name)]
+    result = sweep_result(name, points, results, target_slo)
+    if results_dir is not None:
+        write_json(result, Path(results_dir))
+    return _judged(result, check)
 
 
 def write_html_report(results_dir: str | Path, output: str | Path | None = None, *,

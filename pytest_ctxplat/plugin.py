@@ -39,13 +39,18 @@ def pytest_configure(config: pytest.Config) -> None:
         "effective_ttft_p50_ms=None, effective_ttft_p95_ms=None, effective_ttft_p99_ms=None, "
         "warmup_s=None, warmup_requests=0, cooldown_s=None, period_s=None, "
         "periods_met_min=None, confidence=0.95, on_inconclusive='warn'|'fail'|'rerun', "
-        "max_reruns=2, repeat=1): "
+        "max_reruns=2, repeat=1, min_sustained_users=None): "
         "service-level objectives judged by ctxplat_run; select SLO tests with -m slo.",
     )
     config.addinivalue_line(
         "markers",
         "workload(name, **overrides): the workload ctxplat_run plays: a kind ('chat') or a "
         "YAML definition name, with field overrides such as users=8, duration_s=30.",
+    )
+    config.addinivalue_line(
+        "markers",
+        "sweep(*, users=[...] | rates=[...]): ctxplat_run plays the workload once per "
+        "point (same seed); the result carries the curve and the largest passing point.",
     )
     config.addinivalue_line(
         "markers",

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from .api import arun_workload, run_sync
+from .api import arun_workload, asweep, run_sync
 from .errors import ConfigError, ServerError, SLOViolation
 from .orchestrator import format_breach
 from .orchestrator.http import check_server
@@ -97,6 +97,7 @@ def properties(result: RunResult) -> list[tuple[str, Any]]:
         "requests_judged": result.window.get("judged"),
         "confidence": None if v is None else v.confidence,
         "on_inconclusive": None if result.slo is None else result.slo.on_inconclusive,
+        "capacity_sustained_users": o.get("capacity.sustained_users"),
     }
     if result.comparison:  # judged against a baseline: what changed, in one line
         props["baseline_changes"] = comparison_text(result.comparison)
@@ -173,15 +174,25 @@ async def run_item(item: pytest.Item, server: ServerHandle, workload: str | None
     if not server.alive():
         raise ServerError(f"the server under test is not running; log tail:\n"
                           f"{server.log_tail()}")
-    display = live_progress(item)
-    try:
-        result = await arun_workload(server, wl, slo=spec.slo if spec else None, seed=s.seed,
-                                     model=s.model, name=item.nodeid, results_dir=s.results,
-                                     reset_cache=s.reset_cache, check=False, limits=s.limits,
-                                     on_progress=display)
-    finally:
-        if display is not None:
-            display.close()
+    common: dict[str, Any] = {"seed": s.seed, "model": s.model,
+                              "reset_cache": s.reset_cache, "limits": s.limits}
+    slo = spec.slo if spec else None
+    if spec is not None and spec.sweep is not None:
+        try:
+            result = await asweep(wl, users=spec.sweep.users, rates=spec.sweep.rates,
+                                  server=server, slo=slo, name=item.nodeid,
+                                  results_dir=s.results, **common)
+        except ConfigError as exc:
+            raise ConfigError(f"{item.nodeid}: {exc}") from None
+    else:
+        display = live_progress(item)
+        try:
+            result = await arun_workload(server, wl, slo=slo, name=item.nodeid,
+                                         results_dir=s.results, check=False,
+                                         on_progress=display, **common)
+        finally:
+            if display is not None:
+                display.close()
     result = against_baselines(item, server, result)
     item.user_properties.extend(properties(result))
     config.pluginmanager.hook.pytest_ctxplat_result(config=config, item=item, result=result)

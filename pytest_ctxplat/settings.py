@@ -20,6 +20,7 @@ import pytest
 
 if TYPE_CHECKING:
     from .driver.limits import ClientLimits
+    from .orchestrator.sweep import SweepSpec
     from .servers.launchers import LauncherRegistry
     from .servers.profiles import ServerProfile
     from .slo import SLOSpec
@@ -136,6 +137,7 @@ class Settings:
 class ItemSpec:
     slo: SLOSpec | None
     workload: WorkloadSpec | None
+    sweep: SweepSpec | None = None  # the sweep marker: one run per load point
     ran: bool = False  # ctxplat_run was called (an slo marker without a run is an error)
     tolerances: dict[str, Any] = dataclasses.field(default_factory=dict)  # tolerance()
 
@@ -402,15 +404,17 @@ def kind_registry(config: pytest.Config) -> KindRegistry:
 
 
 def parse_markers(item: pytest.Item) -> ItemSpec:
-    """The test's ``slo`` and ``workload`` markers, parsed and checked now (at
-    collection, before any server starts); a bad one is a usage error naming the test
-    (and, for a workload file, its file and line)."""
+    """The test's ``slo``, ``workload`` and ``sweep`` markers, parsed and checked now
+    (at collection, before any server starts); a bad one is a usage error naming the
+    test (and, for a workload file, its file and line)."""
     slo_m = item.get_closest_marker("slo")
     wl_m = item.get_closest_marker("workload")
     tol_m = item.get_closest_marker("tolerance")
-    if slo_m is None and wl_m is None and tol_m is None:
+    sweep_m = item.get_closest_marker("sweep")
+    if slo_m is None and wl_m is None and tol_m is None and sweep_m is None:
         return ItemSpec(slo=None, workload=None)
     from .errors import ConfigError
+    from .orchestrator.sweep import point_overrides, sweep_spec
     from .slo import parse_slo
     from .workload.loader import load_workload
 
@@ -428,10 +432,21 @@ def parse_markers(item: pytest.Item) -> ItemSpec:
                                   "then keyword overrides")
             wl = load_workload(wl_m.args[0], wl_m.kwargs, dirs=s.workload_dirs,
                                kinds=kind_registry(item.config), where=item.nodeid)
+        sweep = None
+        if sweep_m is not None:
+            if sweep_m.args:
+                raise ConfigError(f"{item.nodeid}: sweep() takes keyword arguments only: "
+                                  "users=[...] or rates=[...]")
+            sweep = sweep_spec(sweep_m.kwargs, f"{item.nodeid}: sweep")
+            if wl is not None:  # a load shape that would ignore the points: say so now
+                try:
+                    point_overrides(wl, sweep, sweep.points[0])
+                except ConfigError as exc:
+                    raise ConfigError(f"{item.nodeid}: {exc}") from None
         tolerances = _tolerances(tol_m, item.nodeid)
     except ConfigError as exc:
         raise pytest.UsageError(str(exc)) from None
-    return ItemSpec(slo=slo, workload=wl, tolerances=tolerances)
+    return ItemSpec(slo=slo, workload=wl, sweep=sweep, tolerances=tolerances)
 
 
 def _tolerances(marker: pytest.Mark | None, where: str) -> dict[str, Any]:

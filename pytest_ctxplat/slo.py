@@ -41,6 +41,7 @@ SLO_METRICS: dict[str, tuple[str, str, str]] = {
     "cache_hit_rate_min": ("hit_rate.<source>", "min", ""),
     "error_rate_max": ("error_rate", "max", ""),
     "goodput_min": ("goodput", "min", ""),
+    "min_sustained_users": ("capacity.sustained_users", "min", "users"),
 }
 
 
@@ -68,6 +69,8 @@ class SLOSpec(Validated):
     with a warning; ``fail``; ``rerun``: play the workload again, up to ``max_reruns``
     times, pooling the requests, then ``fail``). ``repeat`` plays the workload that many
     times (different token salts) and judges the pooled requests.
+    ``min_sustained_users`` gates on capacity: the users an SLO-governed controller (or a
+    sweep) sustained while meeting every other objective.
     """
 
     ttft_p50_ms: float | None = setting(None, ge=0)
@@ -103,6 +106,7 @@ class SLOSpec(Validated):
     on_inconclusive: str = setting("warn", choices=INCONCLUSIVE_POLICIES)
     max_reruns: int = setting(2, ge=0, doc="reruns under on_inconclusive='rerun'")
     repeat: int = setting(1, ge=1, doc="runs of the workload judged together")
+    min_sustained_users: int | None = setting(None, ge=1)
 
     def validate(self) -> None:
         if self.periods_met_min is not None and self.period_s is None:

@@ -97,6 +97,12 @@ def print_result(result: RunResult) -> None:
          " / ".join("n/a" if v is None else f"{v:.1%}" for v in (h.designed, h.request,
                                                                   h.server))],
     ]
+    cap = result.capacity
+    if cap and "sustained_users" in cap:
+        iv = cap.get("interval") or {}
+        rows.append(["capacity: sustained users", f"{cap['sustained_users']} (passed "
+                     f"{iv.get('highest_passed')}, failed {iv.get('lowest_failed')}; "
+                     f"{cap.get('stop_reason')})"])
     print(tabulate(rows, tablefmt="plain"))
     if result.verdict is not None:
         print()

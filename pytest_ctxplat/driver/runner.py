@@ -4,8 +4,9 @@ Each user is one task that walks its sessions step by step: wait the step's dela
 the request, wait for it to finish (closed loop). A spawn step starts subagent sessions
 as concurrent tasks and waits for them. The workload's ``load`` shapes who may send:
 users ramped in or staged over time, open-loop session arrivals (Poisson or gamma), and
-per-user token budgets with backoff. Trace replay with original timestamps sends each
-request at its own time instead.
+per-user token budgets with backoff; or the SLO-governed controller
+(:mod:`~pytest_ctxplat.driver.controller`) sets how many users may send. Trace replay
+with original timestamps sends each request at its own time instead.
 
 All times come from the event loop's clock, so the runner works in real time and on a
 virtual clock alike. Bounds (``duration_s`` or the stages' length, ``max_requests``)
@@ -16,6 +17,7 @@ cancelled and recorded as such.
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -26,11 +28,13 @@ import numpy.typing as npt
 import orjson
 
 from ..report.records import RequestRecord
+from ..slo import SLOSpec
 from ..workload.load import TokenBudget
 from ..workload.model import DesignedCache, RequestPlan, SessionPlan, SpawnStep, TimedRequest
 from ..workload.render import render_messages
 from ..workload.spec import WorkloadContext, WorkloadSpec
 from ..workload.tokens import TokenSpace
+from .controller import CapacitySearch, controller_config, govern
 
 __all__ = ["HttpSink", "OutgoingRequest", "RequestSink", "RunOptions", "Runner",
            "StreamingClient"]
@@ -106,8 +110,10 @@ class RunOptions:
     time, delay and bound is in model time. ``chat_overhead_tokens`` is the chat
     template's tokens per message (see :mod:`~pytest_ctxplat.workload.render`).
     ``grace_s`` is how long requests in flight at the run's bound may finish (in model
-    seconds) before they are cancelled. After ``max_connect_failures`` connection
-    failures in a row the run stops (a circuit breaker; 0: never).
+    seconds) before they are cancelled. ``slo`` is what the SLO-governed controller
+    judges (the workload's ``load.controller``, or implied by ``min_sustained_users``).
+    After ``max_connect_failures`` connection failures in a row the run stops (a circuit
+    breaker; 0: never).
     """
 
     model: str
@@ -122,6 +128,7 @@ class RunOptions:
     token_min: int = 100
     token_max: int = 4096
     chat_overhead_tokens: int = 0
+    slo: SLOSpec | None = None
 
 
 class Runner:
@@ -129,7 +136,8 @@ class Runner:
     so whatever was measured survives an interruption. ``in_flight`` and ``completed``
     count requests sent and not yet ended, and ended. ``designed_variants`` holds, per
     TTL / capacity variant of the designed cache, the designed cached tokens of each
-    record (same order as ``records``)."""
+    record (same order as ``records``). ``capacity`` is the SLO-governed controller's
+    search (None: the run has none)."""
 
     def __init__(self, workload: WorkloadSpec, sink: RequestSink | StreamingClient,
                  options: RunOptions):
@@ -163,6 +171,11 @@ class Runner:
         self._deadline = math.inf
         self._path = "/v1/chat/completions" if workload.api == "chat" else "/v1/completions"
         self._budgets: dict[int, TokenBudget] = {}
+        config = controller_config(workload, options.slo)
+        self.capacity = CapacitySearch(config) if config is not None else None
+        self._active = 0  # with a controller: the users that may send
+        self._gate = asyncio.Event()  # set (and replaced) when _active changes
+        self._ended: set[int] = set()  # users whose task ended
 
     def now(self) -> float:
         """Model time since the run started."""
@@ -174,6 +187,7 @@ class Runner:
         if reason is not None and self.stop_reason is None:
             self.stop_reason = reason
         self._stop.set()
+        self._gate.set()
 
     async def run(self) -> list[RequestRecord]:
         loop = asyncio.get_running_loop()
@@ -186,9 +200,12 @@ class Runner:
         timed = wl.timed_requests(ctx)
         self._t0 = loop.time()
         if timed is not None:
+            self.capacity = None  # a replay at the trace's own times: no users to govern
             tasks = [asyncio.create_task(self._timed(timed))]
         elif wl.load.open_loop:
             tasks = [asyncio.create_task(self._open_loop(ctx))]
+        elif self.capacity is not None:
+            tasks = self._governed(ctx, self.capacity)
         else:
             tasks = [asyncio.create_task(self._user(u, ctx)) for u in range(wl.user_count())]
         end = None if math.isinf(self._deadline) else \
@@ -203,6 +220,51 @@ class Runner:
                 t.cancel()
             await asyncio.gather(*rest, return_exceptions=True)
         return self.records
+
+    # -- SLO-governed closed loop ---------------------------------------------------------
+    def _governed(self, ctx: WorkloadContext, search: CapacitySearch
+                  ) -> list[asyncio.Task[Any]]:
+        """User tasks up to ``max_users`` and the controller that gates them."""
+        users = [asyncio.create_task(self._user(u, ctx))
+                 for u in range(search.config.max_users)]
+        for u, t in enumerate(users):
+            t.add_done_callback(functools.partial(self._user_ended, u))
+        return [*users, asyncio.create_task(govern(self, search, self.options.slo))]
+
+    def _user_ended(self, user: int, _: asyncio.Task[None]) -> None:
+        self._ended.add(user)
+
+    def set_active(self, users: int) -> None:
+        """Let the first ``users`` users send (the controller's decision)."""
+        self._active = users
+        gate, self._gate = self._gate, asyncio.Event()
+        gate.set()
+
+    def end_search(self) -> None:
+        self._stop.set()
+        self._gate.set()
+
+    async def wait(self, seconds: float) -> str | None:
+        """The controller's sleep: None, or why the run is over."""
+        if await self._sleep(seconds):
+            if self._active and len(self._ended) >= self._active and \
+                    all(u in self._ended for u in range(self._active)):
+                return "workload ended (the active users ran out of sessions)"
+            return None
+        if self.stop_reason is not None:
+            return f"run stopped: {self.stop_reason}"
+        if self.now() >= self._deadline:
+            return "run bound (duration_s)"
+        if self.workload.max_requests is not None and \
+                self.started >= self.workload.max_requests:
+            return "run bound (max_requests)"
+        return "run stopped"
+
+    async def _until_active(self, user: int) -> bool:
+        """Wait while the controller keeps ``user`` inactive; False once the run is over."""
+        while user >= self._active and self._may_send():
+            await self._gate.wait()
+        return self._may_send()
 
     async def _wait(self, tasks: set[asyncio.Task[Any]], end: float | None) -> None:
         """Wait for ``tasks`` until loop time ``end``: cancel what is left then, raise
@@ -266,6 +328,11 @@ class Runner:
                 if nxt > t and not await self._sleep_until(nxt):
                     return False
                 planned = max(planned, nxt)
+            if self.capacity is not None and user >= self._active:
+                # an inactive user is not a queued request: its plan starts when let in
+                if not await self._until_active(user):
+                    return False
+                planned = self.now()
             if isinstance(step, SpawnStep):
                 await self._spawn(user, step)
                 if not self._may_send():

@@ -168,7 +168,7 @@ class _Run:
             model=prep.model, seed=opts.seed, token_salt=salt, time_scale=prep.time_scale,
             server_block_size=self.block_size, extra_body=dict(opts.extra_body),
             chat_overhead_tokens=prep.chat_overhead_tokens,
-            max_connect_failures=opts.max_connect_failures))
+            max_connect_failures=opts.max_connect_failures, slo=opts.slo))
         self.peaks: dict[str, float] = {}
         self.timeline: list[dict[str, float]] = []
         self.progress = ProgressTracker(duration_s=prep.spec.bound_s,
@@ -194,7 +194,10 @@ class _Run:
             slo_spec=self.opts.slo, notes=notes, interrupted=interrupted is not None,
             incomplete=interrupted or runner.stop_reason, server_block_size=self.block_size,
             designed_variants=runner.designed_variants,
-            earlier_runs=self.opts.earlier_runs, policy=self.opts.policy)
+            earlier_runs=self.opts.earlier_runs, policy=self.opts.policy,
+            capacity=runner.capacity.report() if runner.capacity is not None else None,
+            judged_records=runner.capacity.sustained_records()
+            if runner.capacity is not None else None)
 
     def write(self, result: RunResult) -> None:
         if self.opts.results_dir is not None:

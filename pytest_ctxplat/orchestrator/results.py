@@ -14,7 +14,11 @@ from ..servers.scrape import MetricsSnapshot, server_delta
 from ..slo import SLOSpec, evaluate
 from ..workload.spec import WorkloadSpec
 
-__all__ = ["build_result", "format_breach"]
+__all__ = ["NOT_A_CAPACITY_RUN", "build_result", "format_breach"]
+
+NOT_A_CAPACITY_RUN = ("not a capacity run: min_sustained_users needs closed-loop users "
+                      "without stages or ramp_s (the controller then starts with "
+                      "defaults), or set load.controller in the workload, or use a sweep")
 
 
 def build_result(*, name: str, target: Mapping[str, Any], spec: WorkloadSpec, seed: int,
@@ -26,7 +30,9 @@ def build_result(*, name: str, target: Mapping[str, Any], spec: WorkloadSpec, se
                  incomplete: str | None = None, server_block_size: int = 1,
                  designed_variants: Mapping[str, Sequence[int]] | None = None,
                  earlier_runs: Sequence[Sequence[RequestRecord]] = (),
-                 policy: str | None = None) -> RunResult:
+                 policy: str | None = None,
+                 capacity: Mapping[str, Any] | None = None,
+                 judged_records: Sequence[RequestRecord] | None = None) -> RunResult:
     """Assemble a :class:`RunResult` from request records and two ``/metrics`` snapshots
     (either may be None when the server has no metrics). Used by HTTP runs and by the
     in-process simulator alike. ``designed_variants`` (``Runner.designed_variants``) adds
@@ -38,7 +44,10 @@ def build_result(*, name: str, target: Mapping[str, Any], spec: WorkloadSpec, se
     of this run pooled with ``earlier_runs`` (the records of earlier runs of the same
     workload: ``repeat``, reruns); ``metrics`` describe this run whole; hit rates and
     the error rate cover every run whole. ``policy`` overrides the spec's
-    ``on_inconclusive``."""
+    ``on_inconclusive``. ``capacity`` is the SLO-governed controller's report (observed
+    as ``capacity.sustained_users``); then ``judged_records`` (the requests at the
+    sustained level) are the window the objectives are judged on, not the whole run
+    with its probes."""
     records = tuple(records)
     runs = [*earlier_runs, records]
     every = tuple(r for run in runs for r in run)
@@ -50,13 +59,18 @@ def build_result(*, name: str, target: Mapping[str, Any], spec: WorkloadSpec, se
         rates.update(stats.designed_variant_rates(records, designed_variants))
     rate_notes.update(notes or {})
     judge_spec = slo_spec or SLOSpec()
-    window = judge_inputs(runs, judge_spec, spec.bound_s)
+    at_capacity = capacity is not None and bool(judged_records)
+    # a capacity run is judged at its sustained level only, not on the probes above it
+    judge_runs = [tuple(judged_records or ())] if at_capacity else runs
+    window = judge_inputs(judge_runs, judge_spec, None if at_capacity else spec.bound_s)
     judged = window.judged
     good = stats.goodput(judged, slo_spec.good_thresholds()) if slo_spec else None
     observed = stats.observed_metrics(stats.summarize(judged, wall_s), rates, good)
     observed["error_rate"] = stats.summarize(every, wall_s)["error_rate"] if earlier_runs \
         else summary["error_rate"]
-    add_figures(window, runs, judge_spec, observed)
+    if capacity is not None:
+        observed = _at_capacity(observed, capacity, judged_records or ())
+    add_figures(window, judge_runs, judge_spec, observed)
     missing = {}
     if not any(r.ok for r in every):
         missing = {k: "no successful requests" for k, v in observed.items() if v is None}
@@ -66,6 +80,8 @@ def build_result(*, name: str, target: Mapping[str, Any], spec: WorkloadSpec, se
                       f"{window.section['excluded_cooldown']} cool-down excluded)"
                    for k, v in observed.items() if v is None}
     missing.update(rate_notes)
+    if capacity is None:
+        missing["capacity.sustained_users"] = NOT_A_CAPACITY_RUN
     verdict = None
     if slo_spec is not None:
         verdict = evaluate(slo_spec, observed, {**window.notes, **missing}, incomplete,
@@ -78,7 +94,7 @@ def build_result(*, name: str, target: Mapping[str, Any], spec: WorkloadSpec, se
                                         server=rates["server"], notes=rate_notes),
                      server=_server(delta), observed=observed, slo=slo_spec, verdict=verdict,
                      records=every, timeline=tuple(timeline), interrupted=interrupted,
-                     incomplete=incomplete, window=window.section,
+                     incomplete=incomplete, window=window.section, capacity=capacity,
                      errors_sample=tuple(f"{r.session_id}#{r.index}: {r.error}"
                                          for r in every if r.error)[:10])
 
@@ -96,6 +112,20 @@ def _server(delta: Mapping[str, Any] | None) -> ServerMetrics | None:
                          external_hit_rate=delta.get("external_hit_rate"),
                          figures={k: v for k, v in delta.items()
                                   if k not in ("prefix_hit_rate", "external_hit_rate")})
+
+
+def _at_capacity(observed: Mapping[str, float | None], capacity: Mapping[str, Any],
+                 judged: Sequence[RequestRecord]) -> dict[str, float | None]:
+    """Observed figures of a capacity run: the request-side hit rates of the requests at
+    the sustained level (server counters stay run-wide), and
+    ``capacity.sustained_users``."""
+    out = dict(observed)
+    if judged:
+        rates, _ = stats.hit_rates(judged, None)
+        out["hit_rate.designed"] = rates["designed"]
+        out["hit_rate.request"] = rates["request"]
+    out["capacity.sustained_users"] = capacity["sustained_users"]
+    return out
 
 
 def format_breach(result: RunResult) -> str:

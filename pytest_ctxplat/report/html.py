@@ -1,11 +1,13 @@
 """One self-contained HTML report of a results directory.
 
 For every run JSON in the directory: TTFT and decode speed over time, the three hit rates
-over time, the SLO verdict table and a summary; across runs: output tokens/s against
-users per server profile; for every analysis JSON (``ctxplat analyze --json``, found in
-the directory or passed in): TTL curves, the LRU curve and the TTL table. Plots are PNGs
-embedded as base64 and also written to ``<report stem>_files/`` next to the HTML. The page
-has no scripts and no external resources.
+over time, the SLO verdict table (margins in percent, as in the terminal), a summary,
+and a capacity run's or a sweep's figures; across runs: output tokens/s against users,
+a line only through runs of one workload and server profile, one per sweep; for every
+analysis JSON (``ctxplat analyze --json``, found in the directory or passed in): TTL
+curves, the LRU curve and the TTL table. Plots are PNGs embedded as base64 and also
+written to ``<report stem>_files/`` next to the HTML. The page has no scripts and no
+external resources.
 
 Plots need matplotlib (the ``plots`` extra). Without it the report is written all the
 same, without plots, and says so at the top of the page (:func:`plots_note`).
@@ -85,6 +87,13 @@ def _pct(v: Any) -> str:
     return _num(v, "{:.1%}")
 
 
+def _margin(v: Any) -> str:
+    """A margin as the terminal shows it: signed percent (blank when infinite)."""
+    if isinstance(v, (int, float)) and math.isinf(v):
+        return ""
+    return _num(v, "{:+.1%}")
+
+
 def _table(head: Sequence[str], rows: Sequence[Sequence[str]], cls: str = "") -> str:
     h = "".join(f"<th>{_e(x)}</th>" for x in head)
     body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
@@ -130,7 +139,7 @@ def _verdict(run: dict[str, Any]) -> str:
             "pass" if ok else "FAIL"
         rows.append([_e(c.get("key")), _e(c.get("metric")), _e(c.get("direction")),
                      _num(c.get("target"), "{:g}"), _num(c.get("observed"), "{:.4g}"),
-                     _num(c.get("margin"), "{:.4g}"),
+                     _margin(c.get("margin")),
                      f'<span class="{"pass" if ok else "fail"}">{text}</span>'])
     verdict = ('<span class="pass">SLO met</span>' if v.get("passed")
                else f'<span class="fail">incomplete: {_e(v["incomplete"])}</span>'
@@ -167,6 +176,56 @@ def _summary(run: dict[str, Any]) -> str:
     if run.get("incomplete"):
         rows.insert(0, ["run ended early", _e(run["incomplete"])])
     return _table(["figure", "value"], rows, "summary")
+
+
+def _capacity(run: dict[str, Any]) -> str:
+    """A capacity run's sustained users (or a sweep's largest passing point), its
+    interval and trajectory; a sweep's points."""
+    cap = run.get("capacity")
+    points = run.get("sweep")
+    if not cap and not points:
+        return ""
+    out = []
+    if cap:
+        iv = cap.get("interval") or {}
+        sustained = cap.get("sustained_users", cap.get("sustained_rate_per_s"))
+        what = "users" if "sustained_users" in cap else "sessions/s"
+        out += ["<h3>Capacity at the SLO</h3>", _table(["figure", "value"], [
+            [f"sustained {what}", _num(sustained, "{:g}")],
+            ["highest passed / lowest failed",
+             f"{_num(iv.get('highest_passed'), '{:g}')} / "
+             f"{_num(iv.get('lowest_failed'), '{:g}')}"],
+            ["stopped", _e(cap.get("stop_reason"))],
+            ["output tok/s there", _num(cap.get("output_tokens_per_s"))],
+            ["TTFT p95 ms there", _num(cap.get("ttft_p95_ms"))],
+            ["goodput there", _pct(cap.get("goodput"))]], "capacity")]
+        steps = [[_num(t.get("t"), "{:.0f}"), _num(t.get("active_users"), "{}"),
+                  _num(t.get("ttft_p95_ms")), _num(t.get("output_tokens_per_s")),
+                  _e(t.get("decision"))] for t in cap.get("trajectory") or []]
+        if steps:
+            out.append(_table(["t s", "active users", "TTFT p95 ms", "output tok/s",
+                               "decision"], steps, "trajectory"))
+    if points:
+        var = "users" if "users" in points[0] else "rate_per_s"
+        out.append("<h3>Sweep</h3>")
+        out.append(_table([var, "output tok/s", "TTFT p95 ms", "decode tok/s p50",
+                           "hit rate request", "verdict"], [
+            [_num(p.get(var), "{:g}"), _num(p.get("output_tokens_per_s")),
+             _num(p.get("ttft_p95_ms")), _num(p.get("decode_tps_p50")),
+             _pct(p.get("hit_rate_request")),
+             f'<span class="{"pass" if p.get("verdict") == "pass" else "fail"}">'
+             f'{_e(p.get("verdict"))}</span>'] for p in points], "sweep"))
+    return "\n".join(out)
+
+
+def _curves(runs: Sequence[dict[str, Any]]) -> str:
+    """The series of the throughput chart as a table (what each line joins)."""
+    from . import plots
+
+    rows = [[_e(c["label"]), _e(c["kind"]),
+             _e(", ".join(f"{u:g} users: {t:.0f}" for u, t in c["points"]))]
+            for c in plots.throughput_curves(runs)]
+    return _table(["series", "from", "users: output tok/s"], rows, "curves") if rows else ""
 
 
 def _analysis_section(doc: dict[str, Any], images: _Images, idx: int) -> str:
@@ -249,16 +308,18 @@ def build_report(
         parts += ["<h2>Runs</h2>", _table(["run", "profile", "users", "requests",
                                            "TTFT p95 ms", "output tok/s", "SLO"], rows,
                                           "runs")]
-        if not note:
-            parts.append("<h2>Throughput against users</h2>")
-            parts.append(images.plot("throughput_vs_users", plots.throughput_vs_users, runs,
-                                     "output tokens/s against users per server profile"))
+        parts.append("<h2>Throughput against users</h2>")
+        parts.append(images.plot("throughput_vs_users", plots.throughput_vs_users, runs,
+                                 "output tokens/s against users, per workload and "
+                                 "server profile"))
+        parts.append(_curves(runs))
     for i, r in enumerate(runs):
         name = str(r.get("name") or f"run {i}")
         parts.append(f'<h2 id="run-{i}">Run: {_e(name)}</h2>')
         parts.append(_summary(r))
         parts.append("<h3>SLO verdict</h3>")
         parts.append(_verdict(r))
+        parts.append(_capacity(r))
         parts.append(images.plot(f"{name}_latency", plots.latency_over_time, r,
                                  "TTFT and decode speed over time"))
         parts.append(images.plot(f"{name}_hit_rates", plots.hit_rates_over_time, r,

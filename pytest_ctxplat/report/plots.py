@@ -20,6 +20,7 @@ __all__ = [
     "latency_over_time",
     "lru_curve",
     "missing",
+    "throughput_curves",
     "throughput_vs_users",
     "ttl_curves",
 ]
@@ -132,36 +133,86 @@ def hit_rates_over_time(run: Mapping[str, Any]) -> bytes:
     return _png(fig)
 
 
+def _workload_key(run: Mapping[str, Any]) -> str:
+    """A run's workload with every setting but ``users``, and its server profile: runs
+    that share it differ only in load, so a line through them reads as a sweep."""
+    wl = {k: v for k, v in (run.get("workload") or {}).items() if k != "users"}
+    profile = (run.get("target") or {}).get("profile")
+    return repr((sorted((k, repr(v)) for k, v in wl.items()), profile))
+
+
+def throughput_curves(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The series of the throughput-against-users chart: one per workload and server
+    profile through its fixed-user runs (``kind: runs``), one per sweep of users
+    (``sweep``), and each capacity run's sustained users (``capacity``). Each has a
+    ``label`` and ``points`` [(users, output tokens/s)] sorted by users."""
+    groups: dict[str, dict[str, Any]] = {}
+    out: list[dict[str, Any]] = []
+    for run in runs:
+        name = str(run.get("name") or "run")
+        profile = str((run.get("target") or {}).get("profile") or "unknown")
+        cap = run.get("capacity") or {}
+        if run.get("sweep"):
+            pts = [(float(p["users"]), float(p["output_tokens_per_s"])) for p in run["sweep"]
+                   if p.get("users") is not None and p.get("output_tokens_per_s") is not None]
+            if pts:
+                out.append({"kind": "sweep", "label": f"sweep {_short(name)} on {profile}",
+                            "points": sorted(pts)})
+            continue
+        if cap:
+            if cap.get("sustained_users") and cap.get("output_tokens_per_s") is not None:
+                out.append({"kind": "capacity",
+                            "label": f"capacity {_short(name)} on {profile}",
+                            "points": [(float(cap["sustained_users"]),
+                                        float(cap["output_tokens_per_s"]))]})
+            continue
+        tps = (run.get("metrics") or {}).get("output_tokens_per_s")
+        wl = run.get("workload") or {}
+        closed = (wl.get("load") or {}).get("arrival", "closed") == "closed"
+        if tps is None or wl.get("users") is None or not closed:
+            continue
+        group = groups.setdefault(_workload_key(run), {
+            "kind": "runs", "label": f"{wl.get('kind', 'workload')} on {profile}",
+            "first": name, "points": []})
+        group["points"].append((float(wl["users"]), float(tps)))
+    series = list(groups.values())
+    labels = [g["label"] for g in series]
+    for g in series:  # one workload kind in several shapes: name each by its first run
+        if labels.count(g["label"]) > 1:
+            g["label"] += f" ({_short(g['first'])})"
+        del g["first"]
+        g["points"].sort()
+    return series + out
+
+
+def _short(name: str, width: int = 40) -> str:
+    return name if len(name) <= width else "..." + name[-(width - 3):]
+
+
 def throughput_vs_users(runs: Sequence[Mapping[str, Any]]) -> bytes:
-    """Output tokens/s against users (and mean in-flight requests), one series per
-    server profile."""
+    """Output tokens/s against users (:func:`throughput_curves`): a line only through
+    runs of one workload and server profile (a single run is a point), a line per
+    sweep, a star per capacity run's sustained users."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(8, 3.8))
-    by_profile: dict[str, list[tuple[float, float, float]]] = {}
-    for run in runs:
-        m = run.get("metrics") or {}
-        tps = m.get("output_tokens_per_s")
-        users = (run.get("workload") or {}).get("users")
-        if tps is None or users is None:
-            continue
-        tl = run.get("timeline") or []
-        inflight = (sum(p.get("in_flight", 0) for p in tl) / len(tl)) if tl else math.nan
-        profile = str((run.get("target") or {}).get("profile") or "unknown")
-        by_profile.setdefault(profile, []).append((float(users), float(tps), inflight))
-    for profile, pts in sorted(by_profile.items()):
-        pts.sort()
-        line = ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o",
-                       label=f"{profile} (users)")
-        infl = [(p[2], p[1]) for p in pts if not math.isnan(p[2])]
-        if infl:
-            ax.scatter([p[0] for p in infl], [p[1] for p in infl], marker="x",
-                       color=line[0].get_color(), label=f"{profile} (mean in-flight)")
-    ax.set_xlabel("users / mean in-flight requests")
+    series = throughput_curves(runs)
+    for i, s in enumerate(series):
+        xs = [p[0] for p in s["points"]]
+        ys = [p[1] for p in s["points"]]
+        color = f"C{i % 10}"  # one color per series, lines and points alike
+        if s["kind"] == "capacity":
+            ax.scatter(xs, ys, marker="*", s=140, color=color, label=s["label"], zorder=3)
+        elif len(xs) > 1:
+            ax.plot(xs, ys, marker="o", linestyle="--" if s["kind"] == "sweep" else "-",
+                    color=color, label=s["label"])
+        else:
+            ax.scatter(xs, ys, marker="o", color=color, label=s["label"], zorder=3)
+    ax.set_xlabel("users")
     ax.set_ylabel("output tokens/s")
-    ax.set_title("throughput against load, per server profile")
+    ax.set_title("throughput against users, per workload and server profile")
     ax.grid(alpha=0.3)
-    if by_profile:
-        ax.legend(fontsize=8)
+    if series:
+        ax.legend(fontsize=7)
     else:
         ax.text(0.5, 0.5, "no runs with users and throughput", ha="center",
                 transform=ax.transAxes)

@@ -85,6 +85,8 @@ class RunResult:
     errors_sample: tuple[str, ...] = ()
     comparison: Mapping[str, Any] | None = None  # against a baseline (regression.Comparison)
     window: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    capacity: Mapping[str, Any] | None = None  # the SLO-governed controller's report
+    sweep: tuple[Mapping[str, Any], ...] | None = None  # a sweep's points
 
     @property
     def passed(self) -> bool:
@@ -112,6 +114,8 @@ class RunResult:
             "observed": dict(self.observed),
             "window": dict(self.window),
             "errors_sample": list(self.errors_sample),
+            "capacity": dict(self.capacity) if self.capacity is not None else None,
+            "sweep": [dict(p) for p in self.sweep] if self.sweep is not None else None,
             "timeline": [dict(t) for t in self.timeline],
             "records": [r.to_dict() for r in self.records] if records else None,
             "comparison": dict(self.comparison) if self.comparison is not None else None,

@@ -13,6 +13,8 @@ token budgets. One :class:`LoadShape` is the ``load:`` mapping of every workload
 - **token budgets**: ``input_tpm`` / ``output_tpm`` limit each user's prompt and output
   tokens per minute like a provider's rate limit (a token bucket holding one minute of
   budget); a user over budget backs off, ``backoff_s`` doubling up to ``backoff_max_s``.
+- **capacity at the SLO** (``controller:``): closed-loop users governed by the test's
+  SLO instead of a fixed count (see :class:`ControllerConfig`).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import random
 
 from ..config import FieldError, Validated, setting
 
-__all__ = ["ARRIVALS", "LoadShape", "Stage", "TokenBudget"]
+__all__ = ["ARRIVALS", "ControllerConfig", "LoadShape", "Stage", "TokenBudget"]
 
 ARRIVALS = ("closed", "poisson", "gamma")
 
@@ -43,6 +45,36 @@ class Stage(Validated):
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class ControllerConfig(Validated):
+    """The SLO-governed controller (``load: {controller: {...}}``): it starts with
+    ``start_users`` active users and, after each change, waits ``cooldown_s``, then
+    judges every ``window_s`` of completed requests against the test's objectives. A
+    passing window grows the users in proportion to the headroom (at most ``step_max``
+    at once); a breach backs off, and so does a throughput plateau (output tokens/s up
+    by less than ``plateau_gain`` times the share of users a growth step added). A level that passes
+    ``hold_windows`` windows in a row with no room to grow is the sustained capacity."""
+
+    start_users: int = setting(1, ge=1, doc="active users at the start")
+    max_users: int = setting(64, ge=1, doc="never more active users than this")
+    step_max: int = setting(8, ge=1, doc="most users added in one step")
+    cooldown_s: float = setting(10.0, ge=0, doc="wait after each change before judging")
+    window_s: float = setting(20.0, gt=0, doc="length of one judged window")
+    min_requests: int = setting(10, ge=1, doc="completed requests a window needs; a "
+                                "window is extended until it has them")
+    plateau_gain: float = setting(0.2, ge=0, doc="a growth step must raise output "
+                                  "tokens/s by this share of the users it added (0.2: "
+                                  "+10% users, at least +2% tokens/s), else it is a "
+                                  "plateau (0: never back off on a plateau)")
+    hold_windows: int = setting(3, ge=1, doc="passing windows in a row that confirm the "
+                                "sustained level")
+
+    def validate(self) -> None:
+        if self.start_users > self.max_users:
+            raise FieldError("start_users", f"must be <= max_users ({self.max_users}), "
+                                            f"got {self.start_users}")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class LoadShape(Validated):
     """The ``load:`` mapping of a workload (see the module docstring)."""
 
@@ -58,8 +90,15 @@ class LoadShape(Validated):
     output_tpm: int | None = setting(None, gt=0, doc="per-user output tokens per minute")
     backoff_s: float = setting(1.0, gt=0, doc="first backoff when over budget")
     backoff_max_s: float = setting(60.0, gt=0, doc="longest backoff")
+    controller: ControllerConfig | None = setting(None, doc="closed loop: find and hold "
+                                                  "the most users meeting the SLO")
 
     def validate(self) -> None:
+        if self.controller is not None and (self.arrival != "closed" or self.stages
+                                            or self.ramp_s):
+            raise FieldError("controller", "the controller governs closed-loop users: "
+                                           "it cannot be combined with open-loop "
+                                           "arrivals, stages or ramp_s")
         if self.arrival == "closed":
             if self.rate_per_s is not None:
                 raise FieldError("rate_per_s", "needs arrival: poisson or gamma")
@@ -83,6 +122,8 @@ class LoadShape(Validated):
 
     def max_users(self, users: int) -> int:
         """Users the runner needs tasks for."""
+        if self.controller is not None:
+            return self.controller.max_users
         return max(s.users for s in self.stages) if self.stages else users
 
     def active_users(self, t: float, users: int) -> float:
