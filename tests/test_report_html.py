@@ -291,3 +291,17 @@ def test_report_output_path_rules(results: Path, tmp_path: Path,
     err = capsys.readouterr().err
     assert err.startswith(f"ctxplat report: {missing}: the folder") and "Traceback" not in err
     assert not (tmp_path / "a").exists()
+
+
+def test_report_shows_an_inconclusive_verdict_and_its_interval(tmp_path: Path) -> None:
+    from pytest_ctxplat import simulate
+
+    # six requests cannot bound a p99 from above: inconclusive, passing under 'warn'
+    result = simulate("chat", "h100-llama8b", overrides=TINY, slo={"ttft_p99_ms": 10_000},
+                      results_dir=tmp_path / "res", name="few requests")
+    assert result.verdict is not None and result.verdict.status == "inconclusive"
+    out = write_report(tmp_path / "res", tmp_path / "report.html")
+    text = out.read_text()
+    assert "SLO inconclusive (passed with a warning)" in text and "SLO met" not in text
+    low = result.verdict.checks[0].interval[0]  # type: ignore[index]
+    assert f"[{low:.4g}, inf]" in text and ">inconclusive<" in text

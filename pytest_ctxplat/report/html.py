@@ -128,6 +128,15 @@ class _Images:
                 f'src="data:image/png;base64,{data}">')
 
 
+def _interval(value: Any) -> str:
+    """A check's ``[low, high]`` (``null``: no bound at this sample size)."""
+    if not value:
+        return ""
+    low, high = value
+    return _e(f"[{'-inf' if low is None else f'{low:.4g}'}, "
+              f"{'inf' if high is None else f'{high:.4g}'}]")
+
+
 def _verdict(run: dict[str, Any]) -> str:
     v = run.get("verdict")
     if not v:
@@ -139,13 +148,16 @@ def _verdict(run: dict[str, Any]) -> str:
             "pass" if ok else "FAIL"
         rows.append([_e(c.get("key")), _e(c.get("metric")), _e(c.get("direction")),
                      _num(c.get("target"), "{:g}"), _num(c.get("observed"), "{:.4g}"),
-                     _margin(c.get("margin")),
+                     _margin(c.get("margin")), _interval(c.get("interval")),
                      f'<span class="{"pass" if ok else "fail"}">{text}</span>'])
-    verdict = ('<span class="pass">SLO met</span>' if v.get("passed")
+    verdict = ('<span class="fail">SLO inconclusive (passed with a warning)</span>'
+               if v.get("passed") and v.get("status") == "inconclusive"
+               else '<span class="pass">SLO met</span>' if v.get("passed")
                else f'<span class="fail">incomplete: {_e(v["incomplete"])}</span>'
                if v.get("incomplete") else '<span class="fail">SLO breached</span>')
     return f"<p>{verdict}</p>" + _table(
-        ["objective", "metric", "direction", "target", "observed", "margin", "result"], rows,
+        ["objective", "metric", "direction", "target", "observed", "margin", "interval",
+         "result"], rows,
         "verdict")
 
 
