@@ -62,6 +62,9 @@ def test_baseline_save_compare_and_a_slowdown_that_fails(pytester: pytest.Pytest
                                "*metric*baseline*now*delta*tolerance*p*verdict*",
                                "*e2e_ms.p95*REGRESSION*",
                                "power: smallest slowdown detectable*"])
+    # the summary table says which baseline verdict failed the test
+    slow.stdout.fnmatch_lines(["*test*outcome*SLO*baseline*",
+                               "test_gate.py::test_gate*failed*REGRESSION"])
     result = json.loads((pytester.path / "ctxplat-results" /
                          "test_gate.py_test_gate.json").read_text())
     assert result["comparison"]["status"] == "regression"

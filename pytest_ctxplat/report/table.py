@@ -38,9 +38,14 @@ def _errors(r: Mapping[str, Any]) -> str:
     return ", ".join(parts) or "-"
 
 
+_BASELINE = {"pass": "ok", "regression": "REGRESSION", "missing": "missing"}
+
+
 def summary_table(rows: Sequence[Mapping[str, Any]]) -> str:
     """One line per SLO test: outcome, load, errors by class, latency, decode speed,
-    three hit rates, verdict."""
+    three hit rates, verdict; and the baseline comparison's verdict when a test was
+    compared with one."""
+    compared = any(r.get("comparison") for r in rows)
     out = []
     for r in rows:
         out.append([
@@ -56,9 +61,11 @@ def summary_table(rows: Sequence[Mapping[str, Any]]) -> str:
             _VERDICT.get(str(r.get("verdict")), "-"),
         ])
         out[-1].insert(4, _errors(r))
-    return tabulate(out, headers=["test", "outcome", "server", "req/err", "errors by class",
-                                  "TTFT p95 ms", "decode tok/s p50", "out tok/s",
-                                  "hit designed / request / server", "SLO"])
+        if compared:
+            out[-1].append(_BASELINE.get(str(r.get("comparison")), "-"))
+    headers = ["test", "outcome", "server", "req/err", "errors by class", "TTFT p95 ms",
+               "decode tok/s p50", "out tok/s", "hit designed / request / server", "SLO"]
+    return tabulate(out, headers=[*headers, "baseline"] if compared else headers)
 
 
 def inconclusive_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
