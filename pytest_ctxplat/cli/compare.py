@@ -16,9 +16,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from ..errors import ConfigError
+from ..report.result import read_document
 from .common import EXIT_BREACH, EXIT_OK, parse_assignments
 
 __all__ = ["add_parser", "load_side", "run"]
@@ -42,15 +41,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def _read(path: Path) -> dict[str, Any]:
-    try:
-        data = orjson.loads(path.read_bytes())
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
-    except orjson.JSONDecodeError as exc:
-        raise ConfigError(f"{path}: not valid JSON: {exc}") from None
-    if not isinstance(data, dict) or "observed" not in data:
-        raise ConfigError(f"{path}: not a result or baseline entry (no 'observed' figures)")
-    return data
+    return read_document(path, "observed", "a result or baseline entry")
 
 
 def load_side(ref: str) -> tuple[str, dict[str, dict[str, Any]]]:

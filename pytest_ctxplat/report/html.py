@@ -28,6 +28,7 @@ from typing import Any
 import orjson
 
 from ..errors import ConfigError
+from .result import read_document
 
 __all__ = ["build_report", "check_output", "load_results", "plots_note", "read_analyses",
            "write_report"]
@@ -347,19 +348,8 @@ def build_report(
 
 def read_analyses(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
     """Analysis documents (``ctxplat analyze --json``) read from ``paths``."""
-    out = []
-    for a in paths:
-        p = Path(a)
-        try:
-            doc = orjson.loads(p.read_bytes())
-        except OSError as exc:
-            raise ConfigError(f"{p}: cannot read analysis JSON: {exc.strerror}") from None
-        except orjson.JSONDecodeError as exc:
-            raise ConfigError(f"{p}: invalid JSON: {exc}") from None
-        if not isinstance(doc, dict) or "ttl" not in doc:
-            raise ConfigError(f"{p}: not an analysis JSON (from ctxplat analyze --json)")
-        out.append(doc)
-    return out
+    return [read_document(Path(a), "ttl", "an analysis JSON (from ctxplat analyze --json)")
+            for a in paths]
 
 
 def write_report(

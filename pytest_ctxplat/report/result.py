@@ -17,11 +17,13 @@ from typing import Any
 
 import orjson
 
+from ..errors import ConfigError
 from ..slo import SLOSpec, Verdict
 from ..version import __version__
 from .records import RequestRecord
 
-__all__ = ["SCHEMA_VERSION", "RunResult", "machine_info", "result_path", "write_json"]
+__all__ = ["SCHEMA_VERSION", "RunResult", "machine_info", "read_document", "result_path",
+           "write_json"]
 
 SCHEMA_VERSION = 1
 
@@ -137,3 +139,18 @@ def write_json(result: RunResult, results_dir: Path) -> Path:
                                  | orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS))
     tmp.replace(path)
     return path
+
+
+def read_document(path: Path, key: str, what: str) -> dict[str, Any]:
+    """A JSON document written by this package (a result, a baseline entry, an analysis),
+    read from ``path``; it must be an object with ``key``. Errors name the file and
+    ``what`` was expected."""
+    try:
+        doc = orjson.loads(path.read_bytes())
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read {what}: {exc.strerror}") from None
+    except orjson.JSONDecodeError as exc:
+        raise ConfigError(f"{path}: not valid JSON: {exc}") from None
+    if not isinstance(doc, dict) or key not in doc:
+        raise ConfigError(f"{path}: not {what} (no {key!r})")
+    return doc
