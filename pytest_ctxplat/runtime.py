@@ -15,6 +15,8 @@ from .orchestrator import format_breach
 from .orchestrator.http import check_server
 from .progress import LiveProgress
 from .report.markdown import comparison_text, objective_fields
+from .report.records import ERROR_OUTCOMES
+from .report.stats import outcome_counts
 from .servers.base import ServerHandle
 from .servers.launchers import LaunchContext
 from .settings import item_key, kind_registry, settings_key
@@ -70,13 +72,18 @@ def properties(result: RunResult) -> list[tuple[str, Any]]:
     m = result.metrics
     o = result.observed
     v = result.verdict
+    requests, errors, outcomes = m["requests"], m["errors"], m.get("outcomes") or {}
+    if result.window.get("runs", 1) > 1:  # repeat / reruns: the requests of every run
+        outcomes = outcome_counts(result.records)
+        requests, errors = len(result.records), sum(outcomes[k] for k in ERROR_OUTCOMES)
     props: dict[str, Any] = {
         "server": f"{result.target.get('launcher')}:{result.target.get('profile')}",
         "profile": result.target.get("profile"),
-        "requests": m["requests"],
-        "errors": m["errors"],
-        "error_rate": m.get("error_rate"),
-        **{f"outcome.{k}": n for k, n in (m.get("outcomes") or {}).items() if n},
+        "requests": requests,
+        "errors": errors,
+        "runs": result.window.get("runs"),
+        "error_rate": o.get("error_rate"),
+        **{f"outcome.{k}": n for k, n in outcomes.items() if n},
         "ttft_p50_ms": o.get("ttft_ms.p50"),
         "ttft_p95_ms": o.get("ttft_ms.p95"),
         "ttft_p99_ms": o.get("ttft_ms.p99"),

@@ -8,6 +8,7 @@ import pytest
 from pytest_ctxplat.api import simulate
 from pytest_ctxplat.report.records import RequestRecord
 from pytest_ctxplat.report.window import WARMUP_CAP_S, measurement_window
+from pytest_ctxplat.runtime import properties
 
 PROFILE = "h100-llama8b-dram"
 SMALL = {"users": 4, "turns": 3, "think_time_s": 0.5, "system_prompt_tokens": 512,
@@ -117,6 +118,10 @@ def test_repeat_pools_runs_and_reports_their_spread() -> None:
     assert r.window["runs"] == 3 and r.window["judged"] == 3 * single.window["judged"]
     spread = r.window["repeats"]["spread"]["ttft_ms.p95"]
     assert len(spread["per_run"]) == 3 and spread["min"] <= spread["max"]
+    # the summary table and JUnit count every run's requests, not the last run's
+    props = dict(properties(r))
+    assert props["ctxplat.requests"] == len(r.records) and props["ctxplat.runs"] == 3
+    assert props["ctxplat.errors"] == 0 and props["ctxplat.outcome.ok"] == len(r.records)
 
 
 def test_inconclusive_rerun_pools_more_requests_then_fails() -> None:
