@@ -6,7 +6,7 @@ httpx, the simulator) happen inside hooks and fixtures, so loading the plugin is
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -203,6 +203,41 @@ def ctxplat_run(request: pytest.FixtureRequest, ctxplat_server: ServerHandle) ->
     """Plays the test's ``workload`` marker against ``ctxplat_server`` and judges its
     ``slo`` marker. Returns a :class:`CtxplatRun` (call it, or ``await .arun()``)."""
     return CtxplatRun(request.node, ctxplat_server)
+
+
+@pytest.fixture
+def ctxplat_cold(request: pytest.FixtureRequest, ctxplat_server: ServerHandle) -> Any:
+    """Resets every KV tier of ``ctxplat_server`` and verifies the cache is cold (a probe
+    sent before the reset gets no cached tokens and moves no hit counter after it). When
+    that cannot be shown the test errors with ``invalid setup: ...``. Returns a
+    ``ColdReport``."""
+    from .runtime import make_cold
+
+    return make_cold(request.node, ctxplat_server)
+
+
+@pytest.fixture
+def ctxplat_warm(request: pytest.FixtureRequest,
+                 ctxplat_server: ServerHandle) -> Generator[Callable[..., Any], None, None]:
+    """Returns ``warm(tier="hbm", *, workload=None, evict="auto", **overrides)``: plays the
+    test's workload's first requests and, for ``dram``/``nvme``/``disk``/``external``,
+    pushes them out of HBM so the next hits come from that tier; ``ctxplat_run`` then
+    does not reset the cache. Returns a ``WarmReport``; errors as ``invalid setup``."""
+    from .runtime import make_warm
+
+    saved = ctxplat_server.reset_cache
+
+    def warm(tier: str = "hbm", *, workload: str | None = None, evict: str = "auto",
+             **overrides: Any) -> Any:
+        __tracebackhide__ = True
+        report = make_warm(request.node, ctxplat_server, tier, workload, evict, overrides)
+        ctxplat_server.reset_cache = False
+        return report
+
+    try:
+        yield warm
+    finally:
+        ctxplat_server.reset_cache = saved
 
 
 class _Summary:
