@@ -93,7 +93,7 @@ def test_ctxplat_cold_on_a_tiered_profile_that_ignores_resets_names_the_tiers(
     result = pytester.runpytest_inprocess("--ctxplat-server=sim-dram", "--ctxplat-sim-set",
                                           "ignore_reset=true", *FAST)
     result.assert_outcomes(errors=1)
-    result.stdout.fnmatch_lines(["*invalid setup: *hits in hbm*"])
+    result.stdout.fnmatch_lines(["*invalid setup: *ctxplat_sim:tier_hit_blocks{tier=hbm} by *"])
 
 
 def test_ctxplat_warm_tier_dram_serves_hits_from_dram(pytester: pytest.Pytester) -> None:

@@ -174,13 +174,13 @@ async def make_cold(handle: ServerHandle, *, seed: int | None = None) -> ColdRep
         if before is not None and after is not None:
             b = _hit_counters(before)
             deltas = {k: v - b.get(k, 0.0) for k, v in _hit_counters(after).items()}
-        moved = {_tier_of(k): v for k, v in deltas.items() if v > 0}
+        moved = {k.replace("_total", ""): v for k, v in deltas.items() if v > 0}
         if cached or moved:
             raise InvalidSetup(
                 f"the cache of {handle.info.profile} ({handle.url}) is not cold after "
                 f"reset ({'; '.join(resets)}): a probe of {len(canary)} tokens sent "
                 f"before the reset came back with cached_tokens={cached}"
-                + (f" and hits in {', '.join(f'{t}: {v:g}' for t, v in moved.items())}"
+                + (f" and moved {', '.join(f'{t} by {v:g}' for t, v in moved.items())}"
                    if moved else "")
                 + "; the server's reset does not reach every tier")
         if cached is None and before is None:
