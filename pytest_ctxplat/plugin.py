@@ -6,7 +6,7 @@ httpx, the simulator) happen inside hooks and fixtures, so loading the plugin is
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator
+from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -216,25 +216,39 @@ def ctxplat_cold(request: pytest.FixtureRequest, ctxplat_server: ServerHandle) -
     return make_cold(request.node, ctxplat_server)
 
 
+class CtxplatWarm:
+    """Callable returned by the ``ctxplat_warm`` fixture: ``warm(tier="hbm", *,
+    workload=None, evict="auto", **overrides) -> WarmReport``; after it, ``ctxplat_run``
+    does not reset the cache. ``report``: the last warm-up (None before one)."""
+
+    def __init__(self, item: pytest.Item, server: ServerHandle) -> None:
+        self._item = item
+        self._server = server
+        self.report: Any = None
+
+    def __call__(self, tier: str = "hbm", *, workload: str | None = None,
+                 evict: str = "auto", **overrides: Any) -> Any:
+        __tracebackhide__ = True
+        from .runtime import make_warm
+
+        self.report = make_warm(self._item, self._server, tier, workload, evict, overrides)
+        self._server.reset_cache = False
+        return self.report
+
+
 @pytest.fixture
 def ctxplat_warm(request: pytest.FixtureRequest,
-                 ctxplat_server: ServerHandle) -> Generator[Callable[..., Any], None, None]:
-    """Returns ``warm(tier="hbm", *, workload=None, evict="auto", **overrides)``: plays the
-    test's workload's first requests and, for ``dram``/``nvme``/``disk``/``external``,
-    pushes them out of HBM so the next hits come from that tier; ``ctxplat_run`` then
-    does not reset the cache. Returns a ``WarmReport``; errors as ``invalid setup``."""
-    from .runtime import make_warm
-
+                 ctxplat_server: ServerHandle) -> Generator[CtxplatWarm, None, None]:
+    """Loads the test's workload's prefixes into a KV tier (``hbm``, ``dram``, ``nvme``,
+    ``disk``, ``external``; see :class:`CtxplatWarm`). Parametrised indirectly (a tier, or
+    a dict of the call's arguments) it warms during setup, so a warm state that cannot be
+    made errors the test as ``invalid setup``."""
     saved = ctxplat_server.reset_cache
-
-    def warm(tier: str = "hbm", *, workload: str | None = None, evict: str = "auto",
-             **overrides: Any) -> Any:
-        __tracebackhide__ = True
-        report = make_warm(request.node, ctxplat_server, tier, workload, evict, overrides)
-        ctxplat_server.reset_cache = False
-        return report
-
+    warm = CtxplatWarm(request.node, ctxplat_server)
     try:
+        param = getattr(request, "param", None)
+        if param is not None:
+            warm(**({"tier": param} if isinstance(param, str) else dict(param)))
         yield warm
     finally:
         ctxplat_server.reset_cache = saved

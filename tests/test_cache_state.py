@@ -103,6 +103,36 @@ def test_ctxplat_warm_tier_dram_serves_hits_from_dram(pytester: pytest.Pytester)
     result.stdout.fnmatch_lines(["*WARM dram_hit_blocks=*"])
 
 
+INDIRECT_TEST = """
+import pytest
+
+@pytest.mark.parametrize("ctxplat_warm", ["dram"], indirect=True)
+@pytest.mark.workload("chat", users=1, turns=1, think_time_s=0.05, start_spread_s=0,
+                      system_prompt_tokens=512, user_tokens=32, output_tokens=4,
+                      block_size=16)
+def test_warm_tier_at_setup(ctxplat_warm, ctxplat_run):
+    assert ctxplat_warm.report.tier == "dram" and ctxplat_warm.report.tier_hits["dram"] > 0
+    assert ctxplat_run().hit_rates.request > 0.9
+"""
+
+
+def test_ctxplat_warm_tier_indirect_warms_at_setup(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_warm=INDIRECT_TEST)
+    result = pytester.runpytest_inprocess("--ctxplat-server=sim-dram", *FAST)
+    result.assert_outcomes(passed=1)
+
+
+def test_ctxplat_warm_tier_without_that_tier_errors_at_setup(
+        pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_warm=INDIRECT_TEST)
+    # sim-small-cache: a 16k-token HBM and no lower tier, so nothing can come from DRAM
+    result = pytester.runpytest_inprocess("--ctxplat-server=sim-small-cache", *FAST)
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*ERROR at setup of test_warm_tier_at_setup*",
+                                 "*invalid setup: ctxplat_warm(tier='dram'): after filling HBM "
+                                 "with 24576 tokens*hit no blocks in dram*"])
+
+
 def test_ctxplat_warm_rejects_an_unknown_tier(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_warm="""
 def test_warm_tier_typo(ctxplat_warm):
