@@ -180,3 +180,12 @@ def test_server_capacity_reads_cache_config_info() -> None:
             'vllm:cache_config_info{block_size="16",num_gpu_blocks="512"} 1.0\n')
     assert server_capacity(text) == 8192
     assert server_capacity("# TYPE x counter\nx_total 1\n") is None
+
+
+def test_a_refused_reset_is_read_from_the_body_not_the_status() -> None:
+    from pytest_ctxplat.orchestrator.http import _refused
+
+    assert _refused(httpx.Response(200, json={"success": False}))
+    assert not _refused(httpx.Response(200, json={"success": True}))
+    assert not _refused(httpx.Response(200))  # older servers: an empty 200
+    assert not _refused(httpx.Response(200, text="ok"))
