@@ -232,7 +232,6 @@ class CtxplatWarm:
         from .runtime import make_warm
 
         self.report = make_warm(self._item, self._server, tier, workload, evict, overrides)
-        self._server.reset_cache = False
         return self.report
 
 

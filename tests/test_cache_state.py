@@ -22,9 +22,11 @@ pytest_plugins = ["pytester"]
 FAST = ["-p", "no:cacheprovider"]
 INI = "[pytest]\nasyncio_default_fixture_loop_scope = function\nctxplat_profile_dirs = servers\n"
 
-# HBM of 8192 tokens over host DRAM: a small fill pushes a workload out of HBM
+# HBM of 8192 tokens over host DRAM: a small fill pushes a workload out of HBM. The
+# profile asks for a reset before each test: ctxplat_warm must keep its state anyway.
 DRAM_PROFILE = """launcher: sim
 description: 8k-token HBM over host DRAM
+reset_cache: true
 sim:
   profile: h100-llama8b-dram
   profile_overrides: {tiers.0.capacity_tokens: 8192}

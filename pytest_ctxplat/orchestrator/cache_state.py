@@ -233,7 +233,8 @@ async def make_warm(handle: ServerHandle, spec: WorkloadSpec, tier: str = "hbm",
     them out of HBM: ``evict="fill"`` sends other prompts sized from the server's
     capacity, then replays the requests to check the hits come from ``tier`` and fills
     again; ``"restart"`` restarts the server (a disk store survives it); ``"auto"``
-    restarts for ``disk``/``external`` where the handle can, else fills."""
+    restarts for ``disk``/``external`` where the handle can, else fills. Leaves
+    ``handle.reset_cache`` False, so the next run plays on the warm cache."""
     if tier not in TIERS:
         raise InvalidSetup(f"ctxplat_warm: tier={tier!r} is not a tier; valid: "
                            + ", ".join(TIERS))
@@ -244,6 +245,7 @@ async def make_warm(handle: ServerHandle, spec: WorkloadSpec, tier: str = "hbm",
         evict = "restart" if tier in ("disk", "external") and callable(restart) else "fill"
     if evict == "restart" and not callable(restart):
         raise InvalidSetup(f"ctxplat_warm: {handle.info.profile} cannot be restarted")
+    handle.reset_cache = False  # neither these plays nor the next run may reset it
     first = dataclasses.replace(spec, max_requests=spec.users, duration_s=None)
     options = PlayOptions(name=name, seed=seed)
     await play(first, HttpTarget(handle, reset_cache=False), options)
