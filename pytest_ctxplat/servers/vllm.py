@@ -352,7 +352,7 @@ class VllmServer:
         (the ``disk_store`` folder: vLLM's ExampleConnector has no reset, yet answers
         ``reset_external=true`` with success). Returns what was emptied."""
         kv = self.profile.kv
-        store = kv.disk_store if kv is not None else None
+        store = kv.disk_store
         if store is None or kv.transfer_config is not None:
             return []
         path = _path(store.path) if store.path else self.workdir / "kv-store"
