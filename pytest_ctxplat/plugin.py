@@ -205,6 +205,54 @@ def ctxplat_run(request: pytest.FixtureRequest, ctxplat_server: ServerHandle) ->
     return CtxplatRun(request.node, ctxplat_server)
 
 
+@pytest.fixture
+def ctxplat_cold(request: pytest.FixtureRequest, ctxplat_server: ServerHandle) -> Any:
+    """Resets every KV tier of ``ctxplat_server`` and verifies the cache is cold (a probe
+    sent before the reset gets no cached tokens and moves no hit counter after it). When
+    that cannot be shown the test errors with ``invalid setup: ...``. Returns a
+    ``ColdReport``."""
+    from .runtime import make_cold
+
+    return make_cold(request.node, ctxplat_server)
+
+
+class CtxplatWarm:
+    """Callable returned by the ``ctxplat_warm`` fixture: ``warm(tier="hbm", *,
+    workload=None, evict="auto", **overrides) -> WarmReport``; after it, ``ctxplat_run``
+    does not reset the cache. ``report``: the last warm-up (None before one)."""
+
+    def __init__(self, item: pytest.Item, server: ServerHandle) -> None:
+        self._item = item
+        self._server = server
+        self.report: Any = None
+
+    def __call__(self, tier: str = "hbm", *, workload: str | None = None,
+                 evict: str = "auto", **overrides: Any) -> Any:
+        __tracebackhide__ = True
+        from .runtime import make_warm
+
+        self.report = make_warm(self._item, self._server, tier, workload, evict, overrides)
+        return self.report
+
+
+@pytest.fixture
+def ctxplat_warm(request: pytest.FixtureRequest,
+                 ctxplat_server: ServerHandle) -> Generator[CtxplatWarm, None, None]:
+    """Loads the test's workload's prefixes into a KV tier (``hbm``, ``dram``, ``nvme``,
+    ``disk``, ``external``; see :class:`CtxplatWarm`). Parametrised indirectly (a tier, or
+    a dict of the call's arguments) it warms during setup, so a warm state that cannot be
+    made errors the test as ``invalid setup``."""
+    saved = ctxplat_server.reset_cache
+    warm = CtxplatWarm(request.node, ctxplat_server)
+    try:
+        param = getattr(request, "param", None)
+        if param is not None:
+            warm(**({"tier": param} if isinstance(param, str) else dict(param)))
+        yield warm
+    finally:
+        ctxplat_server.reset_cache = saved
+
+
 class _Summary:
     """Collects ctxplat figures from test reports (they travel in ``user_properties``,
     so this also works under xdist), prints the SLO summary table and writes the

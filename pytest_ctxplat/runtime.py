@@ -290,3 +290,36 @@ def readable_report(item: pytest.Item, call: pytest.CallInfo[None],
         report.outcome = "failed"
         report.longrepr = (f"{item.nodeid} has an slo marker but never called ctxplat_run: "
                            "its objectives were not judged")
+
+
+def make_cold(item: pytest.Item, server: ServerHandle) -> Any:
+    """The ``ctxplat_cold`` fixture's work: reset every tier of ``server`` and verify it
+    is cold (raises ``InvalidSetup``: the test errors as an invalid setup)."""
+    from .orchestrator.cache_state import make_cold as cold
+
+    __tracebackhide__ = True
+    if not server.alive():
+        raise ServerError(f"the server under test is not running; log tail:\n"
+                          f"{server.log_tail()}")
+    return run_sync(cold(server, seed=item.config.stash[settings_key].seed))
+
+
+def make_warm(item: pytest.Item, server: ServerHandle, tier: str, workload: str | None,
+              evict: str, overrides: dict[str, Any]) -> Any:
+    """The ``ctxplat_warm`` fixture's work: load the test's workload (or ``workload``)
+    prefixes into ``tier`` under the test's run name and seed."""
+    from .orchestrator.cache_state import make_warm as warm
+
+    __tracebackhide__ = True
+    s = item.config.stash[settings_key]
+    spec = item.stash.get(item_key, None)
+    marker_wl = spec.workload if spec else None
+    try:
+        if workload is not None or marker_wl is None:
+            wl = load_workload(workload or DEFAULT_WORKLOAD, overrides, dirs=s.workload_dirs,
+                               kinds=kind_registry(config=item.config), where=item.nodeid)
+        else:
+            wl = resolve_workload(marker_wl, overrides, where=item.nodeid)
+    except (ConfigError, TypeError) as exc:
+        raise ConfigError(f"{item.nodeid}: {exc}") from None
+    return run_sync(warm(server, wl, tier, name=item.nodeid, seed=s.seed, evict=evict))

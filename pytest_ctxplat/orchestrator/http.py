@@ -102,6 +102,10 @@ class HttpTarget:
                 resp = await control.post(url + "/reset_prefix_cache", timeout=30.0)
                 if resp.status_code >= 400:
                     notes["reset_prefix_cache"] = f"HTTP {resp.status_code}"
+                elif _refused(resp):
+                    notes["reset_prefix_cache"] = (f"HTTP {resp.status_code} but "
+                                                   '{"success": false}: the cache was not '
+                                                   "reset (blocks held by requests?)")
         chat_overhead = 0
         if spec.api == "chat":
             chat_overhead, chat_notes = await probe_chat_tokenizer(control, url, model)
@@ -153,6 +157,15 @@ async def check_server(handle: ServerHandle, model: str | None = None,
         name = model or handle.info.model or await _first_model(control, handle.url)
         await ensure_capabilities(handle, control, name or "default",
                                   probe_limits(limits or DEFAULT_LIMITS))
+
+
+def _refused(resp: httpx.Response) -> bool:
+    """Whether a reset answered HTTP 200 with ``{"success": false}`` (vLLM does)."""
+    try:
+        body = resp.json() if resp.content else None
+    except ValueError:
+        return False
+    return isinstance(body, dict) and body.get("success") is False
 
 
 async def _first_model(client: httpx.AsyncClient, url: str) -> str | None:

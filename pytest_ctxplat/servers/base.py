@@ -44,6 +44,9 @@ class ServerHandle(Protocol):
     ``reset_cache``: None follows the ``--ctxplat-reset-cache`` option; True/False
     overrides it for this server. ``capabilities``: what the capability probe found,
     filled in on first use (None until then; a launcher that knows may set it).
+    Optional members the cache-state fixtures use where present: ``reset_stores()``
+    (empty KV stores the server's own reset leaves alone; returns what it emptied) and
+    ``restart()`` (stop and start again, keeping a disk store).
     """
 
     info: ServerInfo

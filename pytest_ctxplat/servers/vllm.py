@@ -15,6 +15,7 @@ import json
 import os
 import random
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -345,6 +346,23 @@ class VllmServer:
             return str(data[0]["id"]) if data else None
         except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError):
             return None
+
+    def reset_stores(self) -> list[str]:
+        """Empty the KV stores this launcher set up that vLLM's own reset leaves alone
+        (the ``disk_store`` folder: vLLM's ExampleConnector has no reset, yet answers
+        ``reset_external=true`` with success). Returns what was emptied."""
+        kv = self.profile.kv
+        store = kv.disk_store
+        if store is None or kv.transfer_config is not None:
+            return []
+        path = _path(store.path) if store.path else self.workdir / "kv-store"
+        if path.is_dir():
+            for child in path.iterdir():
+                if child.is_dir() and not child.is_symlink():
+                    shutil.rmtree(child, ignore_errors=True)
+                else:
+                    child.unlink(missing_ok=True)
+        return [f"disk_store {path}"]
 
     def restart(self) -> VllmServer:
         """Stop and start again with the same settings, port and temporary folder."""

@@ -204,9 +204,11 @@ class _Api:
         return _json({"name": "ctxplat-sim", "version": __version__})
 
     async def reset_prefix_cache(self, request: HttpRequest) -> Response:
-        for engine in self.engines:
-            engine.reset_prefix_cache()
-        return Response(status_code=200)
+        """Reset every engine's cache and lower tiers (vLLM's query parameters
+        ``reset_running_requests`` and ``reset_external`` are accepted: every tier is
+        always reset); answers ``{"success": bool}`` like vLLM."""
+        done = [engine.reset_prefix_cache() for engine in self.engines]
+        return _json({"success": all(done)})
 
     async def tokenize(self, request: HttpRequest) -> Response:
         body = parse_body(await request.body())

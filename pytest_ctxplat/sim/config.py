@@ -58,6 +58,8 @@ class SimConfig(Validated):
     jitter: float = setting(0.0, ge=0, le=2, doc="sigma of lognormal noise per step")
     jitter_seed: int | None = setting(None, ge=0, doc="seed of the noise (None: OS "
                                       "entropy)")
+    ignore_reset: bool = setting(False, doc="answer POST /reset_prefix_cache with "
+                                 "success but keep every tier's blocks (to test cold checks)")
 
     def validate(self) -> None:
         for name in ("prefill_s_per_token", "prefill_s_per_cached_token",

@@ -155,6 +155,8 @@ class Engine:
                                profile.write_policy if profile is not None else "drop")
         self.block_bytes = block_bytes
         self.hbm_ttl_s = profile.hbm.ttl_s if profile is not None else None
+        self.ignore_reset = config.ignore_reset or (profile is not None
+                                                    and profile.ignore_reset)
         # disaggregated decode: the link prompt KV arrives on from a prefill engine
         self.kv_link: KvLink | None = None
         self.cache.evicted = []
@@ -285,7 +287,11 @@ class Engine:
 
     def reset_prefix_cache(self) -> bool:
         """Drop every unreferenced cached block, and every lower tier's contents; False
-        if running requests still hold cached blocks (those stay)."""
+        if running requests still hold cached blocks (those stay). With ``ignore_reset``
+        (config or profile) nothing is dropped and True is returned, as a server whose
+        reset does not reach every tier would answer."""
+        if self.ignore_reset:
+            return True
         self.tiers.clear()
         return self.cache.reset()
 

@@ -14,7 +14,9 @@ Profile keys: ``model`` and ``accelerator`` (a built-in name or an inline mappin
 ``stall``), ``replicas``, ``router``, ``disaggregation``, ``calibration`` (a file
 written by ``scripts/calibrate_gpu.py``), and the knobs ``slowdown`` (default 1.0:
 multiplies every modelled duration), ``jitter`` (default 0: sigma of lognormal noise on
-each step time) and ``jitter_seed`` (default: OS entropy).
+each step time), ``jitter_seed`` (default: OS entropy) and ``ignore_reset`` (default
+false: when true, a cache reset is answered with success but every tier keeps its blocks,
+so a cold-state check can be tested).
 """
 
 from __future__ import annotations
@@ -108,6 +110,7 @@ class HardwareConfig(Validated):
     slowdown: float = setting(1.0, gt=0, doc="multiplies every modelled duration")
     jitter: float = setting(0.0, ge=0, le=2, doc="sigma of lognormal noise per step")
     jitter_seed: int | None = setting(None, ge=0, doc="seed of the noise")
+    ignore_reset: bool = setting(False, doc="report resets as done but keep every block")
 
     def validate(self) -> None:
         if not math.isfinite(self.slowdown):
@@ -167,6 +170,7 @@ class HardwareProfile:
     slowdown: float = 1.0
     jitter: float = 0.0
     jitter_seed: int | None = None
+    ignore_reset: bool = False
 
     @property
     def hbm(self) -> TierSpec:
@@ -271,7 +275,8 @@ def resolve(cfg: HardwareConfig, src: Source, name: str = "custom") -> HardwareP
         max_num_batched_tokens=cfg.scheduler.max_num_batched_tokens, tiers=tiers,
         write_policy=cfg.write_policy, replicas=cfg.replicas, router=cfg.router,
         disaggregation=cfg.disaggregation, calibration=cfg.calibration,
-        slowdown=cfg.slowdown, jitter=cfg.jitter, jitter_seed=cfg.jitter_seed)
+        slowdown=cfg.slowdown, jitter=cfg.jitter, jitter_seed=cfg.jitter_seed,
+        ignore_reset=cfg.ignore_reset)
 
 
 def _tier(t: TierConfig, i: int, src: Source, model: ModelSpec, accel: AcceleratorSpec,
