@@ -36,7 +36,7 @@ from ..workload.spec import WorkloadSpec
 from ..workload.tierspill import fill_session
 
 __all__ = ["KneeSpec", "knee_points", "knee_result", "knee_spec", "plan_knees",
-           "profile_capacities", "run_knees"]
+           "profile_capacities", "run_knees", "tier_knees"]
 
 _TIER_HITS = "ctxplat_sim:tier_hit_blocks_total{tier="
 _SOURCES = {"local_cache_hit": "hbm", "external_kv_transfer": "external"}
@@ -162,7 +162,7 @@ def _turn(points: Sequence[Mapping[str, Any]], values: Sequence[float | None],
                                       "tokens): the knee is at least that"}
 
 
-def find_knees(points: Sequence[Mapping[str, Any]], knees: KneeSpec) -> dict[str, Any]:
+def tier_knees(points: Sequence[Mapping[str, Any]], knees: KneeSpec) -> dict[str, Any]:
     """The knee of each tier and of TTFT p95 over ``points`` (smallest first)."""
     tiers: list[str] = []
     for tier in [*knees.capacities, *(t for p in points for t in p["tier_hit_rates"])]:
@@ -187,9 +187,10 @@ def knee_result(name: str, knees: KneeSpec, working_sets: Sequence[int],
     """One result of a knee search: the smallest point's figures, the ``knees``
     section, the observed ``knee_tokens.TIER`` and the verdict against ``slo``."""
     points = knee_points(working_sets, results)
-    found = find_knees(points, knees)
+    found = tier_knees(points, knees)
     rep = results[0]
-    observed: dict[str, float | None] = dict(rep.observed)
+    observed: dict[str, float | None] = {k: v for k, v in rep.observed.items()
+                                         if not k.startswith("knee_tokens.")}
     notes: dict[str, str] = dict(rep.hit_rates.notes)
     for tier, k in found["tiers"].items():
         observed[f"knee_tokens.{tier}"] = k["knee_tokens"]
