@@ -71,7 +71,9 @@ class SLOSpec(Validated):
     times, pooling the requests, then ``fail``). ``repeat`` plays the workload that many
     times (different token salts) and judges the pooled requests.
     ``min_sustained_users`` gates on capacity: the users an SLO-governed controller (or a
-    sweep) sustained while meeting every other objective.
+    sweep) sustained while meeting every other objective. ``knee_min_tokens`` gates on
+    HBM's knee in a knee search (:mod:`pytest_ctxplat.orchestrator.knees`): the largest
+    working set, in tokens, before HBM's hit rate dropped.
     """
 
     ttft_p50_ms: float | None = setting(None, ge=0)

@@ -163,3 +163,12 @@ def test_knees_in_result_json_and_html_report(knees_run: Any, tmp_path: Path) ->
     assert "from nvme" in html
     if plots.missing() is None:
         assert 'data-file="spill_knees.png"' in html
+
+
+def test_knee_min_tokens_on_a_plain_run_fails_saying_it_needs_a_knee_search() -> None:
+    r = simulate("tier_spill", PROFILE, profile_overrides=TIERS,
+                 overrides={**SPILL, "working_set_tokens": 8192},
+                 slo={"knee_min_tokens": 1000})
+    assert r.verdict is not None and not r.verdict.passed
+    (check,) = r.verdict.checks
+    assert "not a knee search" in check.note
