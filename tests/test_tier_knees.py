@@ -172,3 +172,21 @@ def test_knee_min_tokens_on_a_plain_run_fails_saying_it_needs_a_knee_search() ->
     assert r.verdict is not None and not r.verdict.passed
     (check,) = r.verdict.checks
     assert "not a knee search" in check.note
+
+
+def test_knee_search_against_a_server_sizes_points_from_cache_config_info() -> None:
+    from pytest_ctxplat.servers.sim import start_sim
+
+    sim = start_sim({"speedup": 50.0, "kv_capacity_tokens": 8192})
+    try:
+        r = find_knees(server=sim, overrides={"prefix_tokens": 1024},
+                       knee_options={"multiples": [0.5, 2.0]},
+                       slo={"knee_min_tokens": 2048})
+    finally:
+        sim.close()
+    assert r.knees is not None
+    assert r.knees["capacities"] == {"hbm": 8192}  # num_gpu_blocks x block_size
+    assert [p["working_set_tokens"] for p in r.knees["points"]] == [2048, 4096, 16384]
+    hbm = r.knees["tiers"]["hbm"]
+    assert (hbm["knee_tokens"], hbm["first_turned_tokens"]) == (4096, 16384)
+    assert r.verdict is not None and r.verdict.passed
