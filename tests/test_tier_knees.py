@@ -81,12 +81,13 @@ def test_knee_min_tokens_gates_on_the_hbm_knee(knees_run: Any) -> None:
 
 def test_knee_min_tokens_fails_with_the_reason_when_no_tier_figures(knees_run: Any) -> None:
     blind = dataclasses.replace(knees_run, server=None)
-    r = knee_result("blind", KneeSpec(working_sets=(4096,)), [4096], [blind],
-                    parse_slo({"knee_min_tokens": 1000}, "blind"))
-    assert r.verdict is not None and not r.verdict.passed
-    (check,) = r.verdict.checks
-    assert check.observed is None
-    assert "prompt_tokens_by_source" in (check.note or "")
+    for capacities in ({}, {"hbm": HBM}):
+        r = knee_result("blind", KneeSpec(working_sets=(4096,), capacities=capacities),
+                        [4096], [blind], parse_slo({"knee_min_tokens": 1000}, "blind"))
+        assert r.verdict is not None and not r.verdict.passed
+        (check,) = r.verdict.checks
+        assert check.observed is None
+        assert "no hit figures per tier" in (check.note or ""), capacities
 
 
 def _p(ws: int, hbm: float, dram: float, ttft: float) -> dict[str, Any]:

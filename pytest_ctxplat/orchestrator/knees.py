@@ -40,6 +40,8 @@ __all__ = ["KneeSpec", "knee_points", "knee_result", "knee_spec", "plan_knees",
 
 _TIER_HITS = "ctxplat_sim:tier_hit_blocks_total{tier="
 _SOURCES = {"local_cache_hit": "hbm", "external_kv_transfer": "external"}
+NO_TIER_FIGURES = ("no hit figures per tier: the server reports neither the simulator's "
+                   "ctxplat_sim:tier_hit_blocks nor vllm:prompt_tokens_by_source")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -172,6 +174,9 @@ def tier_knees(points: Sequence[Mapping[str, Any]], knees: KneeSpec) -> dict[str
     for i, tier in enumerate(tiers):
         reach = [sum(p["tier_hit_rates"].get(t, 0.0) for t in tiers[:i + 1])
                  if p["tier_hit_rates"] else None for p in points]
+        if reach[0] is None:
+            out[tier] = {"knee_tokens": None, "note": NO_TIER_FIGURES}
+            continue
         if not reach[0]:
             out[tier] = {"knee_tokens": None, "note": "the tier served no hits at the "
                                                       "smallest working set"}
@@ -198,9 +203,7 @@ def knee_result(name: str, knees: KneeSpec, working_sets: Sequence[int],
             notes[f"knee_tokens.{tier}"] = k["note"]
     if "knee_tokens.hbm" not in observed:
         observed["knee_tokens.hbm"] = None
-        notes["knee_tokens.hbm"] = ("no hit figures per tier: the server reports neither "
-                                    "the simulator's tier counters nor "
-                                    "prompt_tokens_by_source")
+        notes["knee_tokens.hbm"] = NO_TIER_FIGURES
     observed["knee_tokens.ttft"] = found["ttft"]["knee_tokens"]
     section = {
         "rule": {"drop_share": knees.drop_share, "ttft_rise": knees.ttft_rise},
