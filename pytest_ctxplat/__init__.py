@@ -15,9 +15,11 @@ from .version import __version__
 
 if TYPE_CHECKING:
     from .api import (
+        afind_knees,
         arun_workload,
         asimulate,
         asweep,
+        find_knees,
         run_workload,
         simulate,
         sweep,
@@ -52,7 +54,7 @@ if TYPE_CHECKING:
 _LAZY = {
     # library API
     "arun_workload": "api", "asimulate": "api", "run_workload": "api", "simulate": "api",
-    "asweep": "api", "sweep": "api",
+    "asweep": "api", "sweep": "api", "afind_knees": "api", "find_knees": "api",
     "write_html_report": "api", "play": "orchestrator", "Target": "orchestrator",
     "HttpTarget": "orchestrator", "InProcessTarget": "orchestrator",
     # results and objectives
@@ -113,9 +115,11 @@ __all__ = [
     "WorkloadContext",
     "WorkloadSpec",
     "__version__",
+    "afind_knees",
     "arun_workload",
     "asimulate",
     "asweep",
+    "find_knees",
     "load_hardware",
     "load_workload",
     "play",

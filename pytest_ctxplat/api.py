@@ -35,6 +35,14 @@ from .orchestrator import (
     format_breach,
     play_judged,
 )
+from .orchestrator.knees import (
+    KneeSpec,
+    knee_result,
+    knee_spec,
+    plan_knees,
+    profile_capacities,
+    run_knees,
+)
 from .orchestrator.sweep import plan_sweep, run_sweep, sweep_result, sweep_spec
 from .report.result import RunResult, write_json
 from .servers.attach import AttachedServer
@@ -45,8 +53,8 @@ from .slo import SLOSpec, parse_slo
 from .workload.loader import resolve_workload
 from .workload.spec import WorkloadSpec
 
-__all__ = ["arun_workload", "asimulate", "asweep", "run_sync", "run_workload", "simulate",
-           "sweep", "write_html_report"]
+__all__ = ["afind_knees", "arun_workload", "asimulate", "asweep", "find_knees", "run_sync",
+           "run_workload", "simulate", "sweep", "write_html_report"]
 
 T = TypeVar("T")
 P = ParamSpec("P")
@@ -303,6 +311,120 @@ def _sweep_virtual(workload: str | WorkloadSpec, *, profile: str | HardwareProfi
     results = [simulate(point, profile, slo=point_slo, name=point_name, **options)
                for point, point_slo, point_name in plan_sweep(spec, points, target_slo, name)]
     result = sweep_result(name, points, results, target_slo)
+    if results_dir is not None:
+        write_json(result, Path(results_dir))
+    return _judged(result, check)
+
+
+def _knee_plan(workload: str | WorkloadSpec, profile: str | HardwareProfile | None,
+               knees: Mapping[str, Any], overrides: Mapping[str, Any] | None,
+               options: Mapping[str, Any], name: str, workload_dirs: list[Path] | None
+               ) -> tuple[WorkloadSpec, KneeSpec, HardwareProfile | None]:
+    """The workload, the knee search and (for the simulator) the resolved profile; the
+    capacities default to the profile's tiers."""
+    spec = resolve_workload(workload, overrides, dirs=workload_dirs or (), where=name)
+    prof = None
+    if profile is not None:
+        prof = profile if isinstance(profile, HardwareProfile) else load_hardware(
+            profile, options.get("profile_overrides"))
+        if knees.get("capacities") is None:
+            knees = {**knees, "capacities": profile_capacities(prof)}
+    return spec, knee_spec(knees, name), prof
+
+
+async def _server_capacities(server: str | ServerHandle, name: str) -> dict[str, int]:
+    """HBM's capacity from the server's ``vllm:cache_config_info``."""
+    import httpx
+
+    from .servers.scrape import scrape
+
+    handle = AttachedServer(server) if isinstance(server, str) else server
+    async with httpx.AsyncClient(headers=handle.headers()) as client:
+        snap = await scrape(client, handle.url)
+    tokens = None if snap is None else snap.gpu_capacity_tokens()
+    if tokens is None:
+        raise ConfigError(f"{name}: the server reports no vllm:cache_config_info "
+                          "num_gpu_blocks; give capacities={'hbm': TOKENS} or working_sets")
+    return {"hbm": tokens}
+
+
+async def afind_knees(
+    workload: str | WorkloadSpec = "tier_spill",
+    *,
+    server: str | ServerHandle | None = None,
+    profile: str | HardwareProfile | None = None,
+    working_sets: Sequence[int] = (),
+    capacities: Mapping[str, int] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    slo: SLOSpec | Mapping[str, Any] | None = None,
+    name: str = "knees",
+    results_dir: str | Path | None = None,
+    check: bool = False,
+    workload_dirs: list[Path] | None = None,
+    knee_options: Mapping[str, Any] | None = None,
+    **options: Any,
+) -> RunResult:
+    """Find where each KV tier runs out (:mod:`~pytest_ctxplat.orchestrator.knees`):
+    play ``workload`` (a ``tier_spill`` one) once per working set, against ``server``
+    (as :func:`arun_workload`) or the simulated ``profile`` (as :func:`asimulate`).
+    The working sets are ``working_sets``, or sized from ``capacities`` (tier name ->
+    tokens; default: the profile's tiers, or HBM from the server's
+    ``vllm:cache_config_info``). ``knee_options`` set ``multiples``, ``drop_share`` and
+    ``ttft_rise``. The result carries ``knees`` (the points and the knee per tier) and
+    the observed ``knee_tokens.TIER`` that ``knee_min_tokens`` gates on; only it is
+    written to ``results_dir``."""
+    if (server is None) == (profile is None):
+        raise ConfigError(f"{name}: a knee search needs a server or a simulator profile "
+                          "(one)")
+    knees: dict[str, Any] = {**(knee_options or {}), "working_sets": list(working_sets)}
+    if capacities is not None:
+        knees["capacities"] = dict(capacities)
+    elif server is not None and not working_sets:
+        knees["capacities"] = await _server_capacities(server, name)
+    spec, ks, prof = _knee_plan(workload, profile, knees, overrides, options, name,
+                                workload_dirs)
+    options = {k: v for k, v in options.items() if k != "profile_overrides"}
+
+    async def play_point(point: WorkloadSpec, point_name: str) -> RunResult:
+        if server is not None:
+            return await arun_workload(server, point, name=point_name, **options)
+        assert prof is not None
+        return await asimulate(point, prof, name=point_name, **options)
+
+    result = await run_knees(spec, ks, _slo(slo, name), name, play_point)
+    if results_dir is not None:
+        write_json(result, Path(results_dir))
+    return _judged(result, check)
+
+
+def find_knees(workload: str | WorkloadSpec = "tier_spill", **kwargs: Any) -> RunResult:
+    """Synchronous :func:`afind_knees` (same parameters): against a simulator
+    ``profile`` each point runs in virtual time on a fresh loop."""
+    if kwargs.get("profile") is None:
+        return run_sync(afind_knees(workload, **kwargs))
+    return _knees_virtual(workload, **kwargs)
+
+
+def _knees_virtual(workload: str | WorkloadSpec, *, profile: str | HardwareProfile,
+                   working_sets: Sequence[int] = (),
+                   capacities: Mapping[str, int] | None = None,
+                   overrides: Mapping[str, Any] | None = None,
+                   slo: SLOSpec | Mapping[str, Any] | None = None, name: str = "knees",
+                   results_dir: str | Path | None = None, check: bool = False,
+                   workload_dirs: list[Path] | None = None,
+                   knee_options: Mapping[str, Any] | None = None, **options: Any
+                   ) -> RunResult:
+    knees: dict[str, Any] = {**(knee_options or {}), "working_sets": list(working_sets)}
+    if capacities is not None:
+        knees["capacities"] = dict(capacities)
+    spec, ks, prof = _knee_plan(workload, profile, knees, overrides, options, name,
+                                workload_dirs)
+    options = {k: v for k, v in options.items() if k != "profile_overrides"}
+    assert prof is not None
+    plan = plan_knees(spec, ks, name)
+    results = [simulate(point, prof, name=point_name, **options)
+               for _, point, point_name in plan]
+    result = knee_result(name, ks, [ws for ws, _, _ in plan], results, _slo(slo, name))
     if results_dir is not None:
         write_json(result, Path(results_dir))
     return _judged(result, check)

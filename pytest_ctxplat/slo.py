@@ -42,6 +42,7 @@ SLO_METRICS: dict[str, tuple[str, str, str]] = {
     "error_rate_max": ("error_rate", "max", ""),
     "goodput_min": ("goodput", "min", ""),
     "min_sustained_users": ("capacity.sustained_users", "min", "users"),
+    "knee_min_tokens": ("knee_tokens.hbm", "min", "tok"),
 }
 
 
@@ -70,7 +71,9 @@ class SLOSpec(Validated):
     times, pooling the requests, then ``fail``). ``repeat`` plays the workload that many
     times (different token salts) and judges the pooled requests.
     ``min_sustained_users`` gates on capacity: the users an SLO-governed controller (or a
-    sweep) sustained while meeting every other objective.
+    sweep) sustained while meeting every other objective. ``knee_min_tokens`` gates on
+    HBM's knee in a knee search (:mod:`pytest_ctxplat.orchestrator.knees`): the largest
+    working set, in tokens, before HBM's hit rate dropped.
     """
 
     ttft_p50_ms: float | None = setting(None, ge=0)
@@ -107,6 +110,8 @@ class SLOSpec(Validated):
     max_reruns: int = setting(2, ge=0, doc="reruns under on_inconclusive='rerun'")
     repeat: int = setting(1, ge=1, doc="runs of the workload judged together")
     min_sustained_users: int | None = setting(None, ge=1)
+    knee_min_tokens: int | None = setting(None, ge=1, doc="the HBM knee of a knee search "
+                                          "is at least this many tokens")
 
     def validate(self) -> None:
         if self.periods_met_min is not None and self.period_s is None:

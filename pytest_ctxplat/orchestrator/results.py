@@ -19,6 +19,8 @@ __all__ = ["NOT_A_CAPACITY_RUN", "build_result", "format_breach"]
 NOT_A_CAPACITY_RUN = ("not a capacity run: min_sustained_users needs closed-loop users "
                       "without stages or ramp_s (the controller then starts with "
                       "defaults), or set load.controller in the workload, or use a sweep")
+NOT_A_KNEE_SEARCH = ("not a knee search: knee_min_tokens is judged on the result of "
+                     "find_knees (a tier_spill workload played at growing working sets)")
 
 
 def build_result(*, name: str, target: Mapping[str, Any], spec: WorkloadSpec, seed: int,
@@ -82,6 +84,7 @@ def build_result(*, name: str, target: Mapping[str, Any], spec: WorkloadSpec, se
     missing.update(rate_notes)
     if capacity is None:
         missing["capacity.sustained_users"] = NOT_A_CAPACITY_RUN
+    missing["knee_tokens.hbm"] = NOT_A_KNEE_SEARCH
     verdict = None
     if slo_spec is not None:
         verdict = evaluate(slo_spec, observed, {**window.notes, **missing}, incomplete,

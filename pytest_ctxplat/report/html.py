@@ -231,6 +231,35 @@ def _capacity(run: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def _knees(run: dict[str, Any], name: str, images: _Images) -> str:
+    """A knee search's points, the knee of each tier and its plot."""
+    from . import plots
+
+    knees = run.get("knees")
+    if not knees:
+        return ""
+    tiers = list(knees.get("tiers") or {})
+    rows = [[_num(p.get("working_set_tokens"), "{:,}"), _pct(p.get("hit_rate")),
+             *(_pct((p.get("tier_hit_rates") or {}).get(t)) for t in tiers),
+             _num(p.get("ttft_p50_ms")), _num(p.get("ttft_p95_ms"))]
+            for p in knees.get("points") or []]
+    found = [[_e(t), _num(k.get("knee_tokens"), "{:,}"),
+              _num(k.get("first_turned_tokens"), "{:,}"), _pct(k.get("plateau")),
+              _e(k.get("note", ""))] for t, k in (knees.get("tiers") or {}).items()]
+    ttft = knees.get("ttft") or {}
+    found.append(["TTFT p95", _num(ttft.get("knee_tokens"), "{:,}"),
+                  _num(ttft.get("first_turned_tokens"), "{:,}"),
+                  _num(ttft.get("plateau"), "{:.1f} ms"), _e(ttft.get("note", ""))])
+    return "\n".join([
+        "<h3>Where each tier runs out</h3>",
+        _table(["working set tokens", "hit rate", *(f"from {_e(t)}" for t in tiers),
+                "TTFT p50 ms", "TTFT p95 ms"], rows, "knee-points"),
+        _table(["tier", "knee tokens", "turned at tokens", "plateau", "note"], found,
+               "knees"),
+        images.plot(f"{name}_knees", plots.knee_curves, run,
+                    "hit rate per tier and TTFT p95 against the working set")])
+
+
 def _curves(runs: Sequence[dict[str, Any]]) -> str:
     """The series of the throughput chart as a table (what each line joins)."""
     from . import plots
@@ -333,6 +362,7 @@ def build_report(
         parts.append("<h3>SLO verdict</h3>")
         parts.append(_verdict(r))
         parts.append(_capacity(r))
+        parts.append(_knees(r, name, images))
         parts.append(images.plot(f"{name}_latency", plots.latency_over_time, r,
                                  "TTFT and decode speed over time"))
         parts.append(images.plot(f"{name}_hit_rates", plots.hit_rates_over_time, r,

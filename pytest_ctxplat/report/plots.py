@@ -17,6 +17,7 @@ from ..errors import ExtraMissing
 __all__ = [
     "PlotsUnavailable",
     "hit_rates_over_time",
+    "knee_curves",
     "latency_over_time",
     "lru_curve",
     "missing",
@@ -273,4 +274,44 @@ def lru_curve(analysis: Mapping[str, Any]) -> bytes:
     ax.set_title(f"{analysis.get('name', 'trace')}: LRU hit rate against capacity")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
+    return _png(fig)
+
+
+def knee_curves(run: Mapping[str, Any]) -> bytes:
+    """A knee search (a result's ``knees``): hit rate per tier (stacked) and TTFT p95
+    against the working set (log scale), a dotted line at each tier's capacity and a
+    dashed one at each tier's knee."""
+    plt = _plt()
+    knees = run.get("knees") or {}
+    points = knees.get("points") or []
+    fig, ax = plt.subplots(figsize=(8, 4))
+    xs = [p["working_set_tokens"] for p in points]
+    tiers = list(knees.get("tiers") or {})
+    below = [0.0] * len(points)
+    for i, tier in enumerate(tiers):
+        top = [b + ((p.get("tier_hit_rates") or {}).get(tier) or 0.0)
+               for b, p in zip(below, points, strict=True)]
+        ax.fill_between(xs, below, top, step=None, alpha=0.35, color=f"C{i}",
+                        label=f"hits from {tier}")
+        below = top
+    ax.plot(xs, [p.get("hit_rate") for p in points], marker="o", color="black",
+            label="hit rate (cached_tokens)")
+    for i, (tier, cap) in enumerate((knees.get("capacities") or {}).items()):
+        ax.axvline(cap, color=f"C{i}", linestyle=":", alpha=0.8)
+        knee = ((knees.get("tiers") or {}).get(tier) or {}).get("knee_tokens")
+        if knee:
+            ax.axvline(knee, color=f"C{i}", linestyle="--", label=f"{tier} knee")
+    ax.set_xscale("log")
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("working set (tokens); dotted: tier capacities")
+    ax.set_ylabel("hit rate of the later cycles")
+    ax2 = ax.twinx()
+    ax2.plot(xs, [p.get("ttft_p95_ms") for p in points], color="tab:red", marker="s",
+             label="TTFT p95 (ms)")
+    ax2.set_ylabel("TTFT p95 (ms)")
+    h1, l1 = ax.get_legend_handles_labels()
+    h2, l2 = ax2.get_legend_handles_labels()
+    ax.legend(h1 + h2, l1 + l2, loc="center left", fontsize=7)
+    ax.set_title(f"{run.get('name', 'run')}: where each tier runs out")
+    ax.grid(alpha=0.3)
     return _png(fig)

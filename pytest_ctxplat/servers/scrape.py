@@ -22,7 +22,7 @@ _RENAMES = {
     "vllm:gpu_prefix_cache_hits_total": "vllm:prefix_cache_hits_total",
     "vllm:gpu_cache_usage_perc": "vllm:kv_cache_usage_perc",
 }
-_KEPT_LABELS = ("source", "transfer_type", "tier", "block_size")
+_KEPT_LABELS = ("source", "transfer_type", "tier", "block_size", "num_gpu_blocks")
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,18 @@ class MetricsSnapshot:
             if "block_size=" in key:
                 try:
                     return int(key.split("block_size=")[1].split(",")[0].rstrip("}"))
+                except ValueError:
+                    return None
+        return None
+
+    def gpu_capacity_tokens(self) -> int | None:
+        """HBM's KV capacity in tokens, ``num_gpu_blocks`` x ``block_size`` of
+        ``vllm:cache_config_info`` (None: absent)."""
+        bs = self.block_size()
+        for key in self.with_prefix("vllm:cache_config_info"):
+            if bs and "num_gpu_blocks=" in key:
+                try:
+                    return int(key.split("num_gpu_blocks=")[1].split(",")[0].rstrip("}")) * bs
                 except ValueError:
                     return None
         return None

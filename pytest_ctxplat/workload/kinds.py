@@ -17,13 +17,14 @@ from .chat import ChatSessions
 from .replay import TraceReplay
 from .sessions import LongSessions
 from .spec import WorkloadSpec
+from .tierspill import TierSpill
 from .workingset import GrowingWorkingSet, SinglePrompt, TargetCacheRate
 
 __all__ = ["BUILTIN_KINDS", "KindRegistry"]
 
 BUILTIN_KINDS: tuple[type[WorkloadSpec], ...] = (
     ChatSessions, CodingAgent, CodingSwarm, TargetCacheRate, GrowingWorkingSet,
-    SinglePrompt, LongSessions, TraceReplay,
+    SinglePrompt, LongSessions, TraceReplay, TierSpill,
 )
 
 

@@ -1,0 +1,83 @@
+"""KV tiers: assert where the hits come from, and find where each tier runs out.
+
+A deployment with HBM, host DRAM and NVMe only differs from one with HBM alone once the
+working set outgrows HBM. The ``tier_spill`` workload makes that happen on purpose: N
+sessions, each with its own long prefix, re-sent in cycles; the working set is
+``working_set_tokens``. Below HBM's capacity the later cycles hit in HBM, past it in
+DRAM, past DRAM in NVMe, past NVMe not at all.
+
+This file runs on the simulator in virtual time (seconds), with the tiers made small so
+that every point is quick: 16k tokens of HBM, 64k of DRAM, 256k of NVMe. Against a real
+server, use ``run_workload`` / ``find_knees(server=URL)``: HBM's capacity is then read
+from ``vllm:cache_config_info``. The bare ``slo`` marker selects it with
+``pytest -m slo``.
+"""
+
+import pytest
+
+from pytest_ctxplat import find_knees, simulate
+
+pytestmark = pytest.mark.slo
+
+PROFILE = "h100-llama8b-nvme"  # HBM + DRAM + NVMe (see ctxplat simulate --list-profiles)
+HBM, DRAM, NVME = 16_384, 65_536, 262_144
+SMALL_TIERS = {"tiers.0.capacity_tokens": HBM, "tiers.1.capacity_tokens": DRAM,
+               "tiers.2.capacity_tokens": NVME,
+               "write_policy": "stall"}  # a slow tier's writes wait rather than drop
+SPILL = {"prefix_tokens": 2048, "cycles": 3}
+
+
+def tier_hit_rate(result, tier):
+    """Share of the run's prompt tokens served from ``tier``, from the simulator's
+    ``ctxplat_sim:tier_hit_blocks`` counters (``result.server.figures['sim_counters']``,
+    ``server.sim_counters`` in the JSON)."""
+    counters = result.server.figures["sim_counters"]
+    blocks = counters[f"ctxplat_sim:tier_hit_blocks_total{{tier={tier}}}"]
+    prompt = sum(r.prompt_tokens for r in result.records)
+    return blocks * result.target["server_block_size"] / prompt
+
+
+def spill(working_set_tokens):
+    return simulate("tier_spill", PROFILE, profile_overrides=SMALL_TIERS,
+                    overrides={**SPILL, "working_set_tokens": working_set_tokens},
+                    name=f"tier_spill_{working_set_tokens}")
+
+
+# -- Per-tier objectives ------------------------------------------------------------------
+# The first of three cycles fills the cache, so at most two thirds of the prompt tokens
+# can hit. These read the simulator's tier counters; the same objectives as an SLO key:
+# @pytest.mark.slo(tier_hit_rate_min={"hbm": 0.3}).
+
+def test_a_working_set_inside_hbm_hits_in_hbm():
+    result = spill(HBM // 2)
+    assert tier_hit_rate(result, "hbm") >= 0.3
+    assert tier_hit_rate(result, "dram") == 0.0
+
+
+def test_a_working_set_past_hbm_hits_in_dram():
+    result = spill(2 * HBM)
+    assert tier_hit_rate(result, "dram") >= 0.3
+    assert tier_hit_rate(result, "hbm") < 0.05  # cycled LRU: HBM keeps none of the set
+
+
+def test_a_working_set_past_dram_hits_in_nvme():
+    result = spill(2 * DRAM)
+    assert tier_hit_rate(result, "nvme") >= 0.3
+
+
+# -- The knees -----------------------------------------------------------------------------
+# find_knees plays tier_spill at working sets sized from the tiers' capacities (a quarter
+# of HBM, then half and twice each tier) and reports, per tier, the largest working set
+# before that tier's hit rate dropped below 90% of its plateau. knee_min_tokens gates on
+# HBM's knee; check=True raises SLOViolation with the table when it is missed.
+
+def test_each_tier_runs_out_past_its_capacity():
+    result = find_knees(profile=PROFILE, profile_overrides=SMALL_TIERS, overrides=SPILL,
+                        knee_options={"multiples": [0.5, 2.0]},
+                        slo={"knee_min_tokens": HBM // 2}, check=True, name="kv_tiers")
+    knees = result.knees["tiers"]
+    assert knees["hbm"]["knee_tokens"] < HBM <= knees["hbm"]["first_turned_tokens"]
+    assert knees["dram"]["knee_tokens"] < DRAM <= knees["dram"]["first_turned_tokens"]
+    assert knees["nvme"]["knee_tokens"] < NVME <= knees["nvme"]["first_turned_tokens"]
+    # TTFT turns where HBM runs out: hits from DRAM and NVMe are slower than from HBM
+    assert result.knees["ttft"]["knee_tokens"] == knees["hbm"]["knee_tokens"]
