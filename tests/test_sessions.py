@@ -3,6 +3,7 @@ the gap before a turn, session completion time and subagent fan-out latency."""
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -133,7 +134,7 @@ def test_the_runner_records_the_gap_before_each_turn(coding: tuple[RunResult, Pa
     for recs in by_session.values():
         recs.sort(key=lambda r: r.start_s)
         assert recs[0].gap_s is None
-        for prev, cur in zip(recs, recs[1:]):
+        for prev, cur in itertools.pairwise(recs):
             assert prev.end_s is not None and cur.gap_s is not None
             assert cur.gap_s == pytest.approx(cur.start_s - prev.end_s, abs=1e-6)
     gaps = [r.gap_s for r in result.records if r.gap_s is not None]
