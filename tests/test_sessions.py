@@ -20,7 +20,7 @@ from pytest_ctxplat.slo import GAP_BUCKET_NAMES, SLOSpec, evaluate, parse_slo
 
 # coding agents whose pauses run from seconds (tool calls) to many minutes (humans),
 # against a simulator whose HBM forgets blocks unused for 60 s
-CODING = {"users": 6, "duration_s": 1800}
+CODING = {"users": 6, "duration_s": 3600}
 TTL_S = 60.0
 SWARM = {"users": 4, "duration_s": 600, "spawn_probability": 0.5, "load": {"ramp_s": 0}}
 
@@ -71,6 +71,12 @@ def test_session_and_fanout_times_per_run_from_the_records() -> None:
     values = sessions.session_samples([run])
     assert sorted(values["session_s"].tolist()) == pytest.approx([1.5, 2.5, 7.0])
     assert values["fanout_ms"].tolist() == pytest.approx([2500.0])  # spawn to c2's end
+    # a session cut short by the run's bound (no last turn) is not a completed session
+    cut = [_rec("x", 0, 0.0, 1.0), _rec("x", 1, 2.0, 3.0, gap=1.0)]
+    cut[0].last_turn = cut[1].last_turn = False
+    assert sessions.session_samples([cut])["session_s"].size == 0
+    cut[1].last_turn = True
+    assert sessions.session_samples([cut])["session_s"].tolist() == [3.0]
     # a repeated run reuses session ids: its sessions are not merged with the first run's
     later = [_rec(r.session_id, r.index, r.start_s + 100, (r.end_s or 0) + 100,
                   outcome=r.outcome or "ok", parent=r.parent_session_id,
@@ -154,7 +160,10 @@ def test_turns_that_hit_are_faster_and_short_gaps_hit_more_past_a_ttl(
     assert gaps["lt_30s"]["hit_rate"] > 0.8
     assert gaps["gt_5m"]["hit_rate"] < 0.3
     assert gaps["30s_5m"]["hit_rate"] < gaps["lt_30s"]["hit_rate"]
-    assert sec["session_s"]["count"] >= CODING["users"]
+    # sessions still running at the bound are not complete: they are left out
+    complete = {r.session_id for r in result.records if r.last_turn}
+    assert sec["session_s"]["count"] == len(complete) >= 2
+    assert len(complete) < len({r.session_id for r in result.records})
     assert sec["fanout_ms"] is None  # coding agents spawn no subagents
 
 

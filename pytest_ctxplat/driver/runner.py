@@ -344,7 +344,9 @@ class Runner:
             if not await self._admit(user, step):
                 return False
             last = await self._send(user, session.session_id, index, step, planned,
-                                    last=last, parent=parent)
+                                    last=last, parent=parent, final=False)
+        if last is not None:  # the session ran to its end
+            last.last_turn = True
         return True
 
     async def _spawn(self, user: int, step: SpawnStep, parent_id: str) -> None:
@@ -464,9 +466,11 @@ class Runner:
 
     async def _send(self, user: int, session_id: str, index: int, plan: RequestPlan,
                     scheduled_s: float | None = None, *, last: RequestRecord | None = None,
-                    parent: tuple[str, float] | None = None) -> RequestRecord:
+                    parent: tuple[str, float] | None = None,
+                    final: bool | None = None) -> RequestRecord:
         """Send one request and record it; ``last`` is the session's previous request
-        (for ``gap_s``), ``parent`` the spawning session and spawn time of a subagent."""
+        (for ``gap_s``), ``parent`` the spawning session and spawn time of a subagent,
+        ``final`` whether it is the session's last planned request (None: unknown)."""
         self.started += 1
         request = OutgoingRequest(self, plan, self._path)
         now = self.now()
@@ -482,6 +486,7 @@ class Runner:
             gap_s=None if last is None or last.end_s is None else max(0.0, now - last.end_s),
             parent_session_id=None if parent is None else parent[0],
             spawned_s=None if parent is None else parent[1],
+            last_turn=final,
         )
         for v in self._variants:
             self.designed_variants[v.label].append(v.observe(plan, now))

@@ -65,6 +65,9 @@ class RequestRecord:
     for a session's first request and where the driver does not know (timed replay).
     A subagent's requests carry ``parent_session_id`` (the session that spawned it) and
     ``spawned_s`` (when the spawn step started), so a fan-out's latency can be told.
+    ``last_turn`` is True on the last request of a session that ran to its end (set once
+    the session's plan is exhausted; a session cut short by the run's bound has none),
+    False on its other requests and ``None`` where the driver does not know.
     """
 
     session_id: str
@@ -91,6 +94,7 @@ class RequestRecord:
     gap_s: float | None = None
     parent_session_id: str | None = None
     spawned_s: float | None = None
+    last_turn: bool | None = None
 
     @property
     def ok(self) -> bool:
@@ -165,4 +169,5 @@ class RequestRecord:
             "gap_s": self.gap_s,
             "parent_session_id": self.parent_session_id,
             "spawned_s": self.spawned_s,
+            "last_turn": self.last_turn,
         }

@@ -8,9 +8,11 @@ previous request of the same session and the turn's send (``RequestRecord.gap_s`
 turns are bucketed by it (:data:`GAP_BUCKETS`): under 30 s (tool calls), 30 s to 5 min,
 over 5 min (human pauses). A bucket's hit rate is the share of its turns' prompt tokens
 served from cache (same source rule). A session's completion time runs from its first
-request's start to its last request's end, over sessions whose requests all succeeded.
-A fan-out's latency runs from the spawn step to the end of the last request of its
-subagents (only fan-outs whose subagents' requests all succeeded).
+request's start to its last request's end, over sessions that ran to their end (their
+last planned request was sent: ``RequestRecord.last_turn``; where the driver does not
+know, every session) and whose requests all succeeded. A fan-out's latency runs from the
+spawn step to the end of the last request of its subagents, over fan-outs whose
+subagents all count as such.
 
 Every figure is computed per run and pooled across runs, so session ids that repeat in
 repeated runs never mix.
@@ -80,15 +82,24 @@ def _one_run(records: Sequence[RequestRecord]) -> dict[str, list[float]]:
         sessions[r.session_id].append(r)
         if r.parent_session_id is not None and r.spawned_s is not None:
             fanouts[(r.parent_session_id, r.spawned_s)].append(r)
-    for recs in sessions.values():
-        if all(r.ok and r.end_s is not None for r in recs):
-            end = max(r.end_s for r in recs if r.end_s is not None)
-            out["session_s"].append(end - min(r.start_s for r in recs))
+    done = {sid for sid, recs in sessions.items() if _complete(recs)}
+    for sid in done:
+        recs = sessions[sid]
+        end = max(r.end_s for r in recs if r.end_s is not None)
+        out["session_s"].append(end - min(r.start_s for r in recs))
     for (_, spawned), recs in fanouts.items():
-        if all(r.ok and r.end_s is not None for r in recs):
+        if all(r.session_id in done for r in recs):
             end = max(r.end_s for r in recs if r.end_s is not None)
             out["fanout_ms"].append((end - spawned) * 1000.0)
     return out
+
+
+def _complete(recs: Sequence[RequestRecord]) -> bool:
+    """A session that ran to its end with every request successful."""
+    if not all(r.ok and r.end_s is not None for r in recs):
+        return False
+    known = [r.last_turn for r in recs if r.last_turn is not None]
+    return not known or any(known)
 
 
 def session_samples(runs: Sequence[Sequence[RequestRecord]]) -> dict[str, np.ndarray]:
@@ -156,7 +167,7 @@ def notes(sec: Mapping[str, Any]) -> dict[str, str]:
     out: dict[str, str] = {}
     why = {"ttft_hit_ms": f"no successful turn had {HIT_SHARE:.0%} of its prompt cached",
            "ttft_miss_ms": f"every successful turn had {HIT_SHARE:.0%} of its prompt cached",
-           "session_s": "no session whose requests all succeeded",
+           "session_s": "no session ran to its end with every request successful",
            "fanout_ms": "no subagent fan-out whose requests all succeeded (the workload "
                         "has no spawn steps, or none finished)"}
     for group, text in why.items():
