@@ -233,3 +233,11 @@ def test_a_bad_gap_bucket_in_the_marker_is_a_usage_error(pytester: pytest.Pytest
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*::test_x: hit_rate_gap_min: unknown gap bucket 'lt_1m'; "
                                  "valid: lt_30s, 30s_5m, gt_5m*"])
+
+
+def test_gap_objectives_from_the_command_line() -> None:
+    from pytest_ctxplat.cli.common import parse_assignments
+
+    values = parse_assignments(["hit_rate_gap_min={lt_30s: 0.8, gt_5m: 0.2}"], "--slo")
+    spec = parse_slo(values, "--slo")
+    assert spec.hit_rate_gap_min == {"lt_30s": 0.8, "gt_5m": 0.2}
