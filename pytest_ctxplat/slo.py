@@ -18,10 +18,12 @@ from tabulate import tabulate
 
 from .config import FieldError, Validated, build, setting
 
-__all__ = ["HIT_SOURCES", "INCONCLUSIVE_POLICIES", "SLO_METRICS", "Check", "SLOSpec",
-           "Verdict", "evaluate", "parse_slo"]
+__all__ = ["GAP_BUCKET_NAMES", "HIT_SOURCES", "INCONCLUSIVE_POLICIES", "SESSION_KEYS",
+           "SLO_METRICS", "Check", "SLOSpec", "Verdict", "evaluate", "metric_of", "parse_slo"]
 
 HIT_SOURCES = ("designed", "request", "server")
+# the gap buckets of hit_rate_gap_min (report/sessions.py GAP_BUCKETS holds their bounds)
+GAP_BUCKET_NAMES = ("lt_30s", "30s_5m", "gt_5m")
 INCONCLUSIVE_POLICIES = ("warn", "fail", "rerun")
 
 # key -> (observed metric name, direction, unit). "max": observed <= target passes.
@@ -43,7 +45,15 @@ SLO_METRICS: dict[str, tuple[str, str, str]] = {
     "goodput_min": ("goodput", "min", ""),
     "min_sustained_users": ("capacity.sustained_users", "min", "users"),
     "knee_min_tokens": ("knee_tokens.hbm", "min", "tok"),
+    "ttft_hit_p95_ms": ("ttft_hit_ms.p95", "max", "ms"),
+    "ttft_miss_p95_ms": ("ttft_miss_ms.p95", "max", "ms"),
+    "session_p95_s": ("session_s.p95", "max", "s"),
+    "fanout_p95_ms": ("fanout_ms.p95", "max", "ms"),
+    "hit_rate_gap_min": ("hit_rate_gap.<bucket>", "min", ""),
 }
+# session-level objectives (judged on whole sessions and turns, not in a controller window)
+SESSION_KEYS = ("ttft_hit_p95_ms", "ttft_miss_p95_ms", "session_p95_s", "fanout_p95_ms",
+                "hit_rate_gap_min")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -74,6 +84,15 @@ class SLOSpec(Validated):
     sweep) sustained while meeting every other objective. ``knee_min_tokens`` gates on
     HBM's knee in a knee search (:mod:`pytest_ctxplat.orchestrator.knees`): the largest
     working set, in tokens, before HBM's hit rate dropped.
+
+    Session-level objectives (agentic workloads; see :mod:`pytest_ctxplat.report.sessions`):
+    ``ttft_hit_p95_ms`` / ``ttft_miss_p95_ms`` bound the TTFT of turns that hit (at least
+    half of the prompt from cache) and of turns that miss; ``hit_rate_gap_min`` maps gap
+    buckets (``lt_30s``, ``30s_5m``, ``gt_5m``: the time since the session's previous
+    request ended) to the least hit rate of the turns after such a gap;
+    ``session_p95_s`` bounds session completion time (first request's start to last
+    request's end) and ``fanout_p95_ms`` the time from a subagent spawn to the end of
+    its last subagent request.
     """
 
     ttft_p50_ms: float | None = setting(None, ge=0)
@@ -112,8 +131,26 @@ class SLOSpec(Validated):
     min_sustained_users: int | None = setting(None, ge=1)
     knee_min_tokens: int | None = setting(None, ge=1, doc="the HBM knee of a knee search "
                                           "is at least this many tokens")
+    ttft_hit_p95_ms: float | None = setting(None, ge=0, doc="p95 TTFT of turns that hit")
+    ttft_miss_p95_ms: float | None = setting(None, ge=0, doc="p95 TTFT of turns that miss")
+    session_p95_s: float | None = setting(None, gt=0, doc="p95 session completion time")
+    fanout_p95_ms: float | None = setting(None, gt=0, doc="p95 subagent fan-out latency")
+    hit_rate_gap_min: Mapping[str, float] | None = setting(
+        None, doc="least hit rate per gap bucket: lt_30s, 30s_5m, gt_5m")
 
     def validate(self) -> None:
+        if self.hit_rate_gap_min is not None:
+            if not self.hit_rate_gap_min:
+                raise FieldError("hit_rate_gap_min", "must name at least one gap bucket",
+                                 ", ".join(GAP_BUCKET_NAMES))
+            for bucket, rate in self.hit_rate_gap_min.items():
+                if bucket not in GAP_BUCKET_NAMES:
+                    raise FieldError("hit_rate_gap_min", f"unknown gap bucket {bucket!r}",
+                                     ", ".join(GAP_BUCKET_NAMES))
+                if isinstance(rate, bool) or not isinstance(rate, (int, float)) \
+                        or not 0 <= rate <= 1:
+                    raise FieldError(f"hit_rate_gap_min.{bucket}",
+                                     f"must be a number from 0 to 1, got {rate!r}")
         if self.periods_met_min is not None and self.period_s is None:
             raise FieldError("periods_met_min", "needs period_s (the period's length in "
                                                 "seconds)")
@@ -133,15 +170,42 @@ class SLOSpec(Validated):
         }
 
     def objectives(self) -> dict[str, float]:
-        """The judged keys (those in :data:`SLO_METRICS`) that are set."""
-        return {k: float(getattr(self, k)) for k in SLO_METRICS if getattr(self, k) is not None}
+        """The judged keys (those in :data:`SLO_METRICS`) that are set; a per-bucket key
+        becomes one objective per bucket (``hit_rate_gap_min.lt_30s``)."""
+        out: dict[str, float] = {}
+        for k in SLO_METRICS:
+            value = getattr(self, k)
+            if value is None:
+                continue
+            if isinstance(value, Mapping):
+                out.update({f"{k}.{sub}": float(v) for sub, v in value.items()})
+            else:
+                out[k] = float(value)
+        return out
+
+    def metric_of(self, key: str) -> tuple[str, str, str]:
+        """``(metric, direction, unit)`` of an :meth:`objectives` key."""
+        return metric_of(key, self.cache_hit_source)
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+        return {k: dict(v) if isinstance(v, Mapping) else v
+                for k, v in dataclasses.asdict(self).items() if v is not None}
 
     @staticmethod
     def valid_keys() -> list[str]:
         return [f.name for f in dataclasses.fields(SLOSpec)]
+
+
+def metric_of(key: str, hit_source: str = "request") -> tuple[str, str, str]:
+    """``(metric, direction, unit)`` of an objective key: an :data:`SLO_METRICS` key, or
+    ``KEY.SUB`` for a per-bucket key (``hit_rate_gap_min.lt_30s``)."""
+    base, _, sub = key.partition(".")
+    metric, direction, unit = SLO_METRICS[base]
+    if base == "cache_hit_rate_min":
+        metric = f"hit_rate.{hit_source}"
+    elif sub:
+        metric = metric.split(".")[0] + "." + sub
+    return metric, direction, unit
 
 
 def parse_slo(values: Mapping[str, Any], where: str) -> SLOSpec:
@@ -295,9 +359,7 @@ def evaluate(
     policy = policy or spec.on_inconclusive
     checks = []
     for key, target in spec.objectives().items():
-        metric, direction, _unit = SLO_METRICS[key]
-        if key == "cache_hit_rate_min":
-            metric = f"hit_rate.{spec.cache_hit_source}"
+        metric, direction, _unit = spec.metric_of(key)
         value = observed.get(metric)
         make = functools.partial(Check, key=key, metric=metric, direction=direction,
                                  target=target, policy=policy)

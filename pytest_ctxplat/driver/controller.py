@@ -31,7 +31,7 @@ from typing import Any, Protocol
 
 from ..report import stats
 from ..report.records import RequestRecord
-from ..slo import SLOSpec, evaluate
+from ..slo import SESSION_KEYS, SLOSpec, evaluate
 from ..workload.load import ControllerConfig
 from ..workload.spec import WorkloadSpec
 
@@ -59,7 +59,8 @@ def window_spec(slo: SLOSpec | None) -> SLOSpec:
     hit rate read from server counters (a window has none)."""
     if slo is None:
         return SLOSpec()
-    changes: dict[str, Any] = {"min_sustained_users": None}
+    changes: dict[str, Any] = {"min_sustained_users": None,
+                               **dict.fromkeys(SESSION_KEYS)}  # sessions span windows
     if slo.cache_hit_source == "server":
         changes["cache_hit_rate_min"] = None
     return dataclasses.replace(slo, **changes)

@@ -312,10 +312,13 @@ class Runner:
                 return
 
     async def _play(self, user: int, session: SessionPlan,
-                    arrival: float | None = None) -> bool:
+                    arrival: float | None = None,
+                    parent: tuple[str, float] | None = None) -> bool:
         """Walk one session's steps; False once the run is over. ``arrival``: when an
-        open-loop session was due (a concurrency limit may have held it back)."""
+        open-loop session was due (a concurrency limit may have held it back);
+        ``parent``: the spawning session's id and the spawn's time (a subagent)."""
         load = self.workload.load
+        last: RequestRecord | None = None  # the session's previous request
         for index, step in enumerate(session.steps):
             if not await self._sleep(step.delay_s):
                 return False
@@ -334,17 +337,22 @@ class Runner:
                     return False
                 planned = self.now()
             if isinstance(step, SpawnStep):
-                await self._spawn(user, step)
+                await self._spawn(user, step, session.session_id)
                 if not self._may_send():
                     return False
                 continue
             if not await self._admit(user, step):
                 return False
-            await self._send(user, session.session_id, index, step, planned)
+            last = await self._send(user, session.session_id, index, step, planned,
+                                    last=last, parent=parent, final=False)
+        if last is not None:  # the session ran to its end
+            last.last_turn = True
         return True
 
-    async def _spawn(self, user: int, step: SpawnStep) -> None:
-        children = [asyncio.create_task(self._play(user, c)) for c in step.children]
+    async def _spawn(self, user: int, step: SpawnStep, parent_id: str) -> None:
+        spawned = (parent_id, self.now())
+        children = [asyncio.create_task(self._play(user, c, parent=spawned))
+                    for c in step.children]
         if not step.wait:  # the run waits for them (see run()), not the parent
             self._detached.update(children)
             return
@@ -457,7 +465,12 @@ class Runner:
         return orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY)
 
     async def _send(self, user: int, session_id: str, index: int, plan: RequestPlan,
-                    scheduled_s: float | None = None) -> None:
+                    scheduled_s: float | None = None, *, last: RequestRecord | None = None,
+                    parent: tuple[str, float] | None = None,
+                    final: bool | None = None) -> RequestRecord:
+        """Send one request and record it; ``last`` is the session's previous request
+        (for ``gap_s``), ``parent`` the spawning session and spawn time of a subagent,
+        ``final`` whether it is the session's last planned request (None: unknown)."""
         self.started += 1
         request = OutgoingRequest(self, plan, self._path)
         now = self.now()
@@ -470,6 +483,10 @@ class Runner:
             min_tokens=self._min_tokens(plan.output_tokens),
             designed_cached_tokens=self._designed.observe(plan),
             scheduled_s=now if scheduled_s is None else scheduled_s,
+            gap_s=None if last is None or last.end_s is None else max(0.0, now - last.end_s),
+            parent_session_id=None if parent is None else parent[0],
+            spawned_s=None if parent is None else parent[1],
+            last_turn=final,
         )
         for v in self._variants:
             self.designed_variants[v.label].append(v.observe(plan, now))
@@ -484,6 +501,7 @@ class Runner:
             if budget is not None:
                 budget.charge_output(record.output_tokens, self.now())
             self._breaker(record)
+        return record
 
     def _min_tokens(self, max_tokens: int) -> int:
         """Output tokens the request demands: all of them with ``ignore_eos``, else the

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..report import stats
+from ..report import sessions, stats
 from ..report.judging import add_figures, judge_inputs
 from ..report.records import RequestRecord
 from ..report.result import HitRates, RunResult, ServerMetrics
@@ -40,7 +40,8 @@ def build_result(*, name: str, target: Mapping[str, Any], spec: WorkloadSpec, se
     in-process simulator alike. ``designed_variants`` (``Runner.designed_variants``) adds
     designed hit rates for a TTL or capacity as ``hit_rate.designed_ttl_<s>s`` /
     ``hit_rate.designed_cap_<tokens>`` observed metrics. ``incomplete`` says why the run
-    ended before its bound (the verdict is then ``incomplete``).
+    ended before its bound (the verdict is then ``incomplete``). ``sessions`` (the
+    result's section, :mod:`~pytest_ctxplat.report.sessions`) covers the judged window.
 
     ``observed`` is judged on the measurement window (:mod:`~pytest_ctxplat.report.window`)
     of this run pooled with ``earlier_runs`` (the records of earlier runs of the same
@@ -72,15 +73,11 @@ def build_result(*, name: str, target: Mapping[str, Any], spec: WorkloadSpec, se
         else summary["error_rate"]
     if capacity is not None:
         observed = _at_capacity(observed, capacity, judged_records or ())
+    session_figures = sessions.section(window.kept_runs)
+    observed.update(sessions.observed(session_figures))
     add_figures(window, judge_runs, judge_spec, observed)
-    missing = {}
-    if not any(r.ok for r in every):
-        missing = {k: "no successful requests" for k, v in observed.items() if v is None}
-    elif not any(r.ok for r in judged):
-        missing = {k: f"no successful requests in the measurement window "
-                      f"({window.section['excluded_warmup']} warm-up, "
-                      f"{window.section['excluded_cooldown']} cool-down excluded)"
-                   for k, v in observed.items() if v is None}
+    missing = _missing(observed, every, judged, window.section,
+                       sessions.notes(session_figures))
     missing.update(rate_notes)
     if capacity is None:
         missing["capacity.sustained_users"] = NOT_A_CAPACITY_RUN
@@ -98,8 +95,27 @@ def build_result(*, name: str, target: Mapping[str, Any], spec: WorkloadSpec, se
                      server=_server(delta), observed=observed, slo=slo_spec, verdict=verdict,
                      records=every, timeline=tuple(timeline), interrupted=interrupted,
                      incomplete=incomplete, window=window.section, capacity=capacity,
+                     sessions=session_figures,
                      errors_sample=tuple(f"{r.session_id}#{r.index}: {r.error}"
                                          for r in every if r.error)[:10])
+
+
+def _missing(observed: Mapping[str, float | None], every: Sequence[RequestRecord],
+             judged: Sequence[RequestRecord], window: Mapping[str, Any],
+             notes: Mapping[str, str]) -> dict[str, str]:
+    """Why each unmeasured figure is missing: no successful request at all, none in the
+    window, else the figure's own note (``notes``: the session figures')."""
+    missing: dict[str, str] = {}
+    if not any(r.ok for r in every):
+        missing = {k: "no successful requests" for k, v in observed.items() if v is None}
+    elif not any(r.ok for r in judged):
+        missing = {k: f"no successful requests in the measurement window "
+                      f"({window['excluded_warmup']} warm-up, "
+                      f"{window['excluded_cooldown']} cool-down excluded)"
+                   for k, v in observed.items() if v is None}
+    for k, v in notes.items():
+        missing.setdefault(k, v)
+    return missing
 
 
 def _target(target: Mapping[str, Any], server_block_size: int) -> dict[str, Any]:

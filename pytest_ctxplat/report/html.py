@@ -260,6 +260,30 @@ def _knees(run: dict[str, Any], name: str, images: _Images) -> str:
                     "hit rate per tier and TTFT p95 against the working set")])
 
 
+def _sessions(run: dict[str, Any]) -> str:
+    """Session-level figures: TTFT of turns that hit and miss, hit rate by the gap
+    before a turn, session completion time and subagent fan-out latency."""
+    sec = run.get("sessions")
+    if not sec:
+        return ""
+
+    def dist(group: str) -> list[str]:
+        d = sec.get(group) or {}
+        return [_num(d.get("count"), "{:.0f}"), _num(d.get("p50")), _num(d.get("p95"))]
+
+    rows = [["TTFT of turns that hit (ms)", *dist("ttft_hit_ms")],
+            ["TTFT of turns that miss (ms)", *dist("ttft_miss_ms")],
+            ["session completion (s)", *dist("session_s")],
+            ["subagent fan-out (ms)", *dist("fanout_ms")]]
+    gaps = [[_e(name), _num(row.get("turns"), "{:d}"), _num(row.get("hit_turns"), "{:d}"),
+             _pct(row.get("hit_rate"))]
+            for name, row in (sec.get("hit_rate_gap") or {}).items()]
+    return "\n".join(["<h3>Sessions</h3>",
+                      _table(["figure", "count", "p50", "p95"], rows, "sessions"),
+                      _table(["gap before the turn", "turns", "turns that hit", "hit rate"],
+                             gaps, "gaps")])
+
+
 def _curves(runs: Sequence[dict[str, Any]]) -> str:
     """The series of the throughput chart as a table (what each line joins)."""
     from . import plots
@@ -363,6 +387,7 @@ def build_report(
         parts.append(_verdict(r))
         parts.append(_capacity(r))
         parts.append(_knees(r, name, images))
+        parts.append(_sessions(r))
         parts.append(images.plot(f"{name}_latency", plots.latency_over_time, r,
                                  "TTFT and decode speed over time"))
         parts.append(images.plot(f"{name}_hit_rates", plots.hit_rates_over_time, r,

@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from ..slo import SLO_METRICS, SLOSpec
-from . import stats
+from ..slo import SLOSpec
+from . import sessions, stats
 from .intervals import percentile_interval, requests_needed, wilson_interval
 from .records import ERROR_OUTCOMES, RequestRecord
 from .sketch import Sketch
@@ -47,7 +47,7 @@ def _percentile_metrics(spec: SLOSpec) -> dict[str, tuple[str, str, float, float
     """metric -> (group, direction, q, target) of the spec's percentile objectives."""
     out = {}
     for key, target in spec.objectives().items():
-        metric, direction, _ = SLO_METRICS[key]
+        metric, direction, _ = spec.metric_of(key)
         group, _, name = metric.partition(".")
         if group in stats.SAMPLED and name in stats.PERCENTILES:
             out[metric] = (group, direction, stats.PERCENTILES[name] / 100.0, target)
@@ -98,6 +98,8 @@ def _intervals(out: Judging, pct: Mapping[str, tuple[str, str, float, float]],
                judged: Sequence[RequestRecord], confidence: float,
                observed: Mapping[str, float | None]) -> None:
     values = stats.samples(judged)
+    # session figures per run, then pooled: session ids repeat across repeated runs
+    values.update(sessions.session_samples(out.kept_runs))
     for metric, (group, direction, q, _target) in pct.items():
         sample = values[group]
         out.intervals[metric] = iv = percentile_interval(

@@ -140,7 +140,7 @@ def _objectives(r: Mapping[str, Any]) -> str:
         verdict = r.get(f"slo.{key}.verdict") or r.get(f"slo.{key}.result")
         if verdict == "pass":
             continue
-        op = "≥" if SLO_METRICS.get(key, ("", "max", ""))[1] == "min" else "≤"
+        op = "≥" if SLO_METRICS.get(key.partition(".")[0], ("", "max", ""))[1] == "min" else "≤"
         interval = r.get(f"slo.{key}.interval")
         out.append(f"{key} {_fmt(r.get(f'slo.{key}.observed'))} (target {op} "
                    f"{_fmt(r.get(f'slo.{key}.target'))}, {verdict}"

@@ -59,6 +59,15 @@ class RequestRecord:
     plan says (the streams driver). Time between it and ``start_s`` is client-side
     queueing (token-budget waits, a concurrency limit): :attr:`effective_ttft_s` adds
     it to the server's TTFT.
+
+    ``gap_s`` is the time between the end of the previous request of the same session
+    and this one's send (tool latency or a human pause as the cache saw it); ``None``
+    for a session's first request and where the driver does not know (timed replay).
+    A subagent's requests carry ``parent_session_id`` (the session that spawned it) and
+    ``spawned_s`` (when the spawn step started), so a fan-out's latency can be told.
+    ``last_turn`` is True on the last request of a session that ran to its end (set once
+    the session's plan is exhausted; a session cut short by the run's bound has none),
+    False on its other requests and ``None`` where the driver does not know.
     """
 
     session_id: str
@@ -82,6 +91,10 @@ class RequestRecord:
     error: str | None = None
     retries: int = 0
     retry_after_s: float | None = None
+    gap_s: float | None = None
+    parent_session_id: str | None = None
+    spawned_s: float | None = None
+    last_turn: bool | None = None
 
     @property
     def ok(self) -> bool:
@@ -153,4 +166,8 @@ class RequestRecord:
             "outcome": self.outcome,
             "error": self.error,
             "retries": self.retries,
+            "gap_s": self.gap_s,
+            "parent_session_id": self.parent_session_id,
+            "spawned_s": self.spawned_s,
+            "last_turn": self.last_turn,
         }

@@ -90,6 +90,7 @@ class RunResult:
     capacity: Mapping[str, Any] | None = None  # the SLO-governed controller's report
     sweep: tuple[Mapping[str, Any], ...] | None = None  # a sweep's points
     knees: Mapping[str, Any] | None = None  # where each tier runs out (orchestrator.knees)
+    sessions: Mapping[str, Any] | None = None  # session-level figures (report.sessions)
 
     @property
     def passed(self) -> bool:
@@ -120,6 +121,7 @@ class RunResult:
             "capacity": dict(self.capacity) if self.capacity is not None else None,
             "sweep": [dict(p) for p in self.sweep] if self.sweep is not None else None,
             "knees": dict(self.knees) if self.knees is not None else None,
+            "sessions": dict(self.sessions) if self.sessions is not None else None,
             "timeline": [dict(t) for t in self.timeline],
             "records": [r.to_dict() for r in self.records] if records else None,
             "comparison": dict(self.comparison) if self.comparison is not None else None,

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from .records import ERROR_OUTCOMES, OUTCOMES, RequestRecord
+from .sessions import SESSION_SAMPLED, session_samples
 
 __all__ = ["PERCENTILES", "SAMPLED", "designed_variant_rates", "hit_rates",
            "observed_metrics", "samples", "summarize"]
@@ -185,12 +186,13 @@ def observed_metrics(
 
 
 # metric groups whose percentiles are judged with intervals: one value per request (per
-# token gap for itl_ms) of the successful requests
-SAMPLED = ("ttft_ms", "effective_ttft_ms", "itl_ms", "e2e_ms", "decode_tps")
+# token gap for itl_ms; per turn, session or fan-out for the session groups)
+SAMPLED = ("ttft_ms", "effective_ttft_ms", "itl_ms", "e2e_ms", "decode_tps", *SESSION_SAMPLED)
 
 
 def samples(records: Sequence[RequestRecord]) -> dict[str, np.ndarray]:
-    """The values behind each :data:`SAMPLED` group's percentiles (ms, tokens/s)."""
+    """The values behind each :data:`SAMPLED` group's percentiles (ms, tokens/s; the
+    session groups treat ``records`` as one run)."""
     ok = [r for r in records if r.ok]
 
     def arr(values: list[float], scale: float = 1.0) -> np.ndarray:
@@ -205,4 +207,5 @@ def samples(records: Sequence[RequestRecord]) -> dict[str, np.ndarray]:
         "itl_ms": gaps * 1000.0,
         "e2e_ms": arr([v for v in (r.e2e_s for r in ok) if v is not None], 1000.0),
         "decode_tps": arr([v for v in (r.decode_tps for r in ok) if v is not None]),
+        **session_samples([records]),
     }
