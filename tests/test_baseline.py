@@ -201,3 +201,15 @@ def test_baseline_other_figures_are_judged_in_their_likely_direction() -> None:
                           "queue_depth": 13.0}, "metrics": {}}
     assert {r.metric for r in compare(worse, base).regressions} == {
         "capacity.max_users", "hit_rate.designed_ttl_300s", "queue_depth"}
+
+
+def test_baseline_compares_tier_session_and_knee_figures_in_their_direction() -> None:
+    from pytest_ctxplat.report.regression import _SKIPPED, _family
+
+    assert _family("hit_rate_gap.lt_30s") == "hit_rate"  # lower is worse
+    assert _family("tier_hit_rate.dram") == "hit_rate"
+    assert _family("external_hit_rate") == "hit_rate"
+    assert _family("knee_tokens.hbm") == "speed"  # a smaller knee is worse
+    assert _family("session_s.p95") == "latency" and _family("ttft_hit_ms.p95") == "latency"
+    # only the p95 of a session-level distribution is compared, not its max or mean
+    assert _SKIPPED.match("session_s.max") and _SKIPPED.match("ttft_miss_ms.mean")

@@ -56,6 +56,9 @@ COMPARED: dict[str, tuple[str, str | None]] = {
     "effective_ttft_ms.p50": ("latency", "effective_ttft_ms"),
     "effective_ttft_ms.p95": ("latency", "effective_ttft_ms"),
     "effective_ttft_ms.p99": ("latency", "effective_ttft_ms"),
+    # session-level figures (tolerance alone: no per-request sample is kept for them)
+    "ttft_hit_ms.p95": ("latency", None), "ttft_miss_ms.p95": ("latency", None),
+    "session_s.p95": ("latency", None), "fanout_ms.p95": ("latency", None),
 }
 # metrics tested on a sample that moves the other way (ITL up = decode speed down)
 _INVERTED = frozenset({"itl_ms.p50", "itl_ms.p99", "output_tokens_per_s"})
@@ -67,7 +70,8 @@ DEFAULT_TOLERANCES: dict[str, str] = {"latency": "+10%", "speed": "-10%", "hit_r
 _FAMILY_DIRECTION = {"latency": "max", "speed": "min", "hit_rate": "min", "error_rate": "max",
                      "goodput": "min", "other": "both"}
 # observed keys left out of the comparison (the compared percentiles cover them)
-_SKIPPED = re.compile(r"^(ttft_ms|effective_ttft_ms|itl_ms|e2e_ms|decode_tps|output_tokens)\.")
+_SKIPPED = re.compile(r"^(ttft_ms|effective_ttft_ms|itl_ms|e2e_ms|decode_tps|output_tokens|"
+                      r"ttft_hit_ms|ttft_miss_ms|session_s|fanout_ms)\.")
 
 
 class BaselineRegression(SLOViolation):
@@ -128,13 +132,16 @@ class Tolerance:
 
 def _family(metric: str) -> str:
     """A metric's family; for figures beyond :data:`COMPARED`, guessed from the name:
-    ``hit_rate.*`` hit rates, ``*_ms*`` latency, speeds and capacities (``tps``,
-    ``per_s``, ``capacity``, ``throughput``: higher is better), else ``other``."""
+    hit rates (``hit_rate.*``, ``hit_rate_gap.*``, ``tier_hit_rate.*``,
+    ``external_hit_rate``), ``*_ms*`` latency, speeds and capacities (``tps``, ``per_s``,
+    ``capacity``, ``throughput``, ``knee_tokens``: higher is better), else ``other``."""
     if metric in COMPARED:
         return COMPARED[metric][0]
     name = metric.lower()
-    if name.startswith("hit_rate."):
+    if name.startswith(("hit_rate.", "hit_rate_gap.", "tier_hit_rate.", "external_hit_rate")):
         return "hit_rate"
+    if name.startswith("knee_tokens."):
+        return "speed"
     if "_ms" in name or "latency" in name:
         return "latency"
     if any(word in name for word in ("tps", "per_s", "capacity", "throughput")):
