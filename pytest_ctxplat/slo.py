@@ -18,10 +18,19 @@ from tabulate import tabulate
 
 from .config import FieldError, Validated, build, setting
 
-__all__ = ["HIT_SOURCES", "INCONCLUSIVE_POLICIES", "SLO_METRICS", "Check", "SLOSpec",
-           "Verdict", "evaluate", "parse_slo"]
+__all__ = ["ALL_TIER_NAMES", "HIT_SOURCES", "INCONCLUSIVE_POLICIES", "SLO_METRICS",
+           "TIER_NAMES", "Check", "SLOSpec", "Verdict", "evaluate", "parse_slo"]
 
 HIT_SOURCES = ("designed", "request", "server")
+# KV tier names per server kind (how each engine's /metrics names them: see
+# pytest_ctxplat.servers.tiers); ``tier_hit_rate_min`` keys must be among them
+TIER_NAMES: dict[str, tuple[str, ...]] = {
+    "sim": ("hbm", "dram", "nvme", "disk", "remote"),
+    "vllm": ("hbm", "dram", "disk", "external"),
+    "sglang": ("hbm", "dram", "storage"),
+    "dynamo": ("hbm", "dram", "disk"),
+}
+ALL_TIER_NAMES: tuple[str, ...] = tuple(sorted({n for v in TIER_NAMES.values() for n in v}))
 INCONCLUSIVE_POLICIES = ("warn", "fail", "rerun")
 
 # key -> (observed metric name, direction, unit). "max": observed <= target passes.
@@ -42,6 +51,7 @@ SLO_METRICS: dict[str, tuple[str, str, str]] = {
     "error_rate_max": ("error_rate", "max", ""),
     "goodput_min": ("goodput", "min", ""),
     "min_sustained_users": ("capacity.sustained_users", "min", "users"),
+    "external_hit_rate_min": ("external_hit_rate", "min", ""),
 }
 
 
@@ -71,6 +81,10 @@ class SLOSpec(Validated):
     times (different token salts) and judges the pooled requests.
     ``min_sustained_users`` gates on capacity: the users an SLO-governed controller (or a
     sweep) sustained while meeting every other objective.
+    ``tier_hit_rate_min`` maps KV tier names (:data:`TIER_NAMES`: ``hbm``, ``dram``,
+    ``nvme``, ...) to the least share of prompt tokens that tier must serve (server
+    ``/metrics`` deltas); ``external_hit_rate_min`` bounds the KV connector's own hit
+    rate (external prefix cache hits over queries).
     """
 
     ttft_p50_ms: float | None = setting(None, ge=0)
@@ -107,8 +121,13 @@ class SLOSpec(Validated):
     max_reruns: int = setting(2, ge=0, doc="reruns under on_inconclusive='rerun'")
     repeat: int = setting(1, ge=1, doc="runs of the workload judged together")
     min_sustained_users: int | None = setting(None, ge=1)
+    tier_hit_rate_min: dict[str, float] | None = setting(None, doc="tier name -> least "
+                                                        "share of prompt tokens it serves")
+    external_hit_rate_min: float | None = setting(None, ge=0, le=1)
 
     def validate(self) -> None:
+        if self.tier_hit_rate_min is not None:
+            _check_tiers(self.tier_hit_rate_min)
         if self.periods_met_min is not None and self.period_s is None:
             raise FieldError("periods_met_min", "needs period_s (the period's length in "
                                                 "seconds)")
@@ -137,6 +156,19 @@ class SLOSpec(Validated):
     @staticmethod
     def valid_keys() -> list[str]:
         return [f.name for f in dataclasses.fields(SLOSpec)]
+
+
+def _check_tiers(tiers: Any) -> None:
+    key = "tier_hit_rate_min"
+    if not isinstance(tiers, Mapping) or not tiers:
+        raise FieldError(key, f"must be a mapping of tier name to a rate in [0, 1], e.g. "
+                              f"{{'hbm': 0.3}}, got {tiers!r}")
+    for name, rate in tiers.items():
+        if name not in ALL_TIER_NAMES:
+            raise FieldError(f"{key}.{name}", f"unknown tier {name!r}; valid: "
+                                              f"{', '.join(ALL_TIER_NAMES)}")
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate <= 1:
+            raise FieldError(f"{key}.{name}", f"must be a rate in [0, 1], got {rate!r}")
 
 
 def parse_slo(values: Mapping[str, Any], where: str) -> SLOSpec:
@@ -320,6 +352,17 @@ def evaluate(
             interval = rate_intervals.get(metric)
         checks.append(make(observed=float(value), status=status, interval=interval,
                             periods=counts, note=note))
+    for tier, target in (spec.tier_hit_rate_min or {}).items():
+        metric = f"tier_hit_rate.{tier}"
+        value = observed.get(metric)
+        make = functools.partial(Check, key=f"tier_hit_rate_min.{tier}", metric=metric,
+                                 direction="min", target=float(target), policy=policy)
+        if value is None or math.isnan(value):
+            checks.append(make(observed=None, status="fail",
+                               note=notes.get(metric, "not measured")))
+        else:
+            checks.append(make(observed=float(value),
+                               status="pass" if value >= target else "fail"))
     return Verdict(tuple(checks), incomplete, spec.confidence)
 
 

@@ -89,6 +89,7 @@ class RunResult:
     window: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     capacity: Mapping[str, Any] | None = None  # the SLO-governed controller's report
     sweep: tuple[Mapping[str, Any], ...] | None = None  # a sweep's points
+    tiers: Mapping[str, Any] | None = None  # hits per KV tier (servers.tiers.TierHits)
 
     @property
     def passed(self) -> bool:
@@ -118,6 +119,7 @@ class RunResult:
             "errors_sample": list(self.errors_sample),
             "capacity": dict(self.capacity) if self.capacity is not None else None,
             "sweep": [dict(p) for p in self.sweep] if self.sweep is not None else None,
+            "tiers": dict(self.tiers) if self.tiers is not None else None,
             "timeline": [dict(t) for t in self.timeline],
             "records": [r.to_dict() for r in self.records] if records else None,
             "comparison": dict(self.comparison) if self.comparison is not None else None,

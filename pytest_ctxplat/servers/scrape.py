@@ -22,7 +22,7 @@ _RENAMES = {
     "vllm:gpu_prefix_cache_hits_total": "vllm:prefix_cache_hits_total",
     "vllm:gpu_cache_usage_perc": "vllm:kv_cache_usage_perc",
 }
-_KEPT_LABELS = ("source", "transfer_type", "tier", "block_size")
+_KEPT_LABELS = ("source", "transfer_type", "tier", "block_size", "cache_source")
 
 
 @dataclass(frozen=True)
