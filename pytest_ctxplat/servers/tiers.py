@@ -41,8 +41,8 @@ _VLLM_SOURCES = {"local_cache_hit": "hbm", "gpu": "hbm", "local": "hbm",
                  "external_kv_transfer": "external", "external": "external",
                  "connector": "external"}
 _SGLANG_SOURCES = {"device": "hbm", "host": "dram", "storage": "storage"}
-# gauges (and info metrics): the largest value wins when endpoints are merged
-_NOT_SUMMED = ("_usage_perc", "cache_config_info", "hit_rate", "num_requests_")
+# counter and histogram samples are summed across endpoints; gauges keep the largest
+_SUMMED = ("_total", "_count", "_sum", "_bucket")
 _DEFAULT_BLOCK = 16
 
 
@@ -107,7 +107,7 @@ def merge_snapshots(snapshots: Iterable[MetricsSnapshot]) -> MetricsSnapshot:
     values: dict[str, float] = {}
     for snap in snapshots:
         for key, value in snap.values.items():
-            if key in values and any(p in key for p in _NOT_SUMMED):
+            if key in values and not key.split("{")[0].endswith(_SUMMED):
                 values[key] = max(values[key], value)
             else:
                 values[key] = values.get(key, 0.0) + value
@@ -205,7 +205,10 @@ def _vllm(before: MetricsSnapshot, after: MetricsSnapshot) -> TierHits:
         tokens[tier] = tokens.get(tier, 0.0) + n
     prompt = _d(before, after, "vllm:prompt_tokens") or sum(by_source.values())
     note = f"sources not mapped to a tier: {', '.join(unmapped)}" if unmapped else ""
-    return _build("vllm", prompt, tokens, _loaded_bytes(before, after),
+    loaded = _loaded_bytes(before, after)
+    if "external" in tokens and "dram" not in tokens and loaded:
+        loaded = {"external": sum(loaded.values())}  # the connector's loads
+    return _build("vllm", prompt, tokens, loaded,
                   _external(before, after), note)
 
 

@@ -1,0 +1,124 @@
+"""Hits per KV tier: the engine adapters against recorded /metrics text, several
+endpoints summed, and the tier objectives (tier_hit_rate_min, external_hit_rate_min)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sim_support import agent_sessions, tier_profile
+
+from pytest_ctxplat.api import simulate
+from pytest_ctxplat.errors import ConfigError
+from pytest_ctxplat.orchestrator.results import format_breach
+from pytest_ctxplat.servers.scrape import MetricsSnapshot, parse_metrics
+from pytest_ctxplat.servers.tiers import merge_snapshots, tier_hits
+from pytest_ctxplat.slo import evaluate, parse_slo
+
+DATA = Path(__file__).parent / "data"
+
+
+def _recorded(name: str) -> MetricsSnapshot:
+    return parse_metrics((DATA / f"{name}_metrics.txt").read_text())
+
+
+def test_sglang_hicache_tiers_from_recorded_metrics() -> None:
+    hits = tier_hits(MetricsSnapshot(), _recorded("sglang_hicache"))
+    assert hits.engine == "sglang"
+    assert {k: v.tokens for k, v in hits.tiers.items()} == \
+        {"hbm": 4000, "dram": 2000, "storage": 1000}
+    assert hits.observed()["tier_hit_rate.dram"] == pytest.approx(0.2)
+
+
+def test_dynamo_kvbm_tiers_from_recorded_metrics() -> None:
+    hits = tier_hits(MetricsSnapshot(), _recorded("dynamo_kvbm"))
+    assert hits.engine == "dynamo"
+    # onboarded blocks x the worker's block size (16)
+    assert hits.tiers["dram"].tokens == 250 * 16 and hits.tiers["disk"].tokens == 100 * 16
+    assert hits.tiers["hbm"].hit_rate == pytest.approx(3200 / 20000)
+
+
+def test_vllm_sources_map_to_tiers_from_recorded_metrics() -> None:
+    hits = tier_hits(MetricsSnapshot(), _recorded("vllm_tiers"))
+    assert hits.engine == "vllm"
+    assert hits.tiers["hbm"].hit_rate == pytest.approx(0.5)
+    assert hits.tiers["external"].hit_rate == pytest.approx(0.25)
+    assert hits.tiers["external"].bytes_loaded == 262144000.0
+    assert hits.external_hit_rate == pytest.approx(0.5)
+
+
+def test_tier_counters_are_deltas_over_the_run() -> None:
+    before = _recorded("sglang_hicache")
+    after = MetricsSnapshot({k: v * 3 for k, v in before.values.items()})
+    hits = tier_hits(before, after)
+    assert hits.prompt_tokens == 20000 and hits.tiers["storage"].tokens == 2000
+
+
+def test_tier_counters_summed_across_endpoints() -> None:
+    one = _recorded("sglang_hicache")
+    merged = merge_snapshots([one, one])
+    hits = tier_hits(MetricsSnapshot(), merged)
+    assert hits.tiers["hbm"].tokens == 8000 and hits.prompt_tokens == 20000
+    assert hits.tiers["hbm"].hit_rate == pytest.approx(0.4)
+    assert merged.get("sglang:token_usage") == pytest.approx(0.42)  # a gauge: not summed
+
+
+def test_unknown_tier_name_is_an_error_naming_the_valid_tiers() -> None:
+    with pytest.raises(ConfigError) as e:
+        parse_slo({"tier_hit_rate_min": {"hmb": 0.3}}, "slo marker")
+    text = str(e.value)
+    assert "tier_hit_rate_min.hmb" in text and "hbm" in text and "dram" in text
+
+
+def test_tier_rate_out_of_range_is_an_error() -> None:
+    with pytest.raises(ConfigError, match=r"tier_hit_rate_min\.hbm"):
+        parse_slo({"tier_hit_rate_min": {"hbm": 30}}, "slo marker")
+
+
+def test_unattributable_tiers_fail_with_the_reason() -> None:
+    plain = parse_metrics("# TYPE vllm:prompt_tokens counter\nvllm:prompt_tokens_total 10\n")
+    hits = tier_hits(MetricsSnapshot(), plain)
+    spec = parse_slo({"tier_hit_rate_min": {"hbm": 0.3}}, "t")
+    verdict = evaluate(spec, hits.observed(), {"tier_hit_rate.hbm": hits.missing_note("hbm")})
+    [check] = verdict.checks
+    assert not verdict.passed and check.observed is None
+    assert "cannot attribute hits to a tier" in check.note
+
+
+def test_tier_of_another_server_kind_fails_naming_its_tiers() -> None:
+    hits = tier_hits(MetricsSnapshot(), _recorded("sglang_hicache"))
+    assert "not a sglang tier; valid: hbm, dram, storage" in hits.missing_note("nvme")
+
+
+def test_tier_hit_rate_objectives_on_the_simulator() -> None:
+    result = simulate(agent_sessions(4, 60.0), tier_profile("dram"),
+                      slo={"tier_hit_rate_min": {"hbm": 0.3}})
+    assert result.verdict is not None and result.verdict.passed, result.verdict.table()
+    assert result.tiers is not None and result.tiers["engine"] == "sim"
+    assert set(result.tiers["tiers"]) == {"hbm", "dram"}
+    assert result.observed["tier_hit_rate.hbm"] > 0.3
+    assert result.to_dict(records=False)["tiers"]["tiers"]["hbm"]["tokens"] > 0
+
+
+def test_too_high_dram_tier_target_fails_with_the_tier_table() -> None:
+    result = simulate(agent_sessions(4, 60.0), tier_profile("dram"),
+                      slo={"tier_hit_rate_min": {"hbm": 0.3, "dram": 0.9}})
+    assert result.verdict is not None and not result.verdict.passed
+    [failed] = result.verdict.failed
+    assert failed.key == "tier_hit_rate_min.dram"
+    message = format_breach(result)
+    assert "hits per tier (sim)" in message and "dram" in message.split("hits per tier")[1]
+
+
+def test_tier_missing_from_the_simulator_profile_fails_with_reason() -> None:
+    result = simulate(agent_sessions(2, 30.0), tier_profile("hbm"),
+                      slo={"tier_hit_rate_min": {"nvme": 0.1}})
+    [check] = result.verdict.checks if result.verdict else ()
+    assert check.status == "fail" and "did not attribute hits to tier 'nvme'" in check.note
+
+
+def test_external_hit_rate_min_fails_without_a_connector() -> None:
+    result = simulate(agent_sessions(2, 30.0), tier_profile("hbm"),
+                      slo={"external_hit_rate_min": 0.1})
+    [check] = result.verdict.checks if result.verdict else ()
+    assert check.status == "fail" and "no external prefix cache" in check.note
