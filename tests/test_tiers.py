@@ -3,16 +3,24 @@ endpoints summed, and the tier objectives (tier_hit_rate_min, external_hit_rate_
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
+import httpx
 import pytest
 from sim_support import agent_sessions, tier_profile
 
 from pytest_ctxplat.api import simulate
 from pytest_ctxplat.errors import ConfigError
 from pytest_ctxplat.orchestrator.results import format_breach
-from pytest_ctxplat.servers.scrape import MetricsSnapshot, parse_metrics
-from pytest_ctxplat.servers.tiers import merge_snapshots, tier_hits
+from pytest_ctxplat.servers.profiles import load_profile
+from pytest_ctxplat.servers.scrape import (
+    MetricsSnapshot,
+    merge_snapshots,
+    parse_metrics,
+    scrape_all,
+)
+from pytest_ctxplat.servers.tiers import tier_hits
 from pytest_ctxplat.slo import evaluate, parse_slo
 
 DATA = Path(__file__).parent / "data"
@@ -122,3 +130,35 @@ def test_external_hit_rate_min_fails_without_a_connector() -> None:
                       slo={"external_hit_rate_min": 0.1})
     [check] = result.verdict.checks if result.verdict else ()
     assert check.status == "fail" and "no external prefix cache" in check.note
+
+
+def test_tier_counters_summed_across_scraped_endpoints() -> None:
+    texts = {"a": (DATA / "sglang_hicache_metrics.txt").read_text(),
+             "b": (DATA / "sglang_hicache_metrics.txt").read_text()}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        host = request.url.host
+        if host == "down":
+            return httpx.Response(404)
+        return httpx.Response(200, text=texts[host])
+
+    async def go() -> MetricsSnapshot | None:
+        async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
+            return await scrape_all(client, "http://a",
+                                    ["http://b/metrics", "http://down"])
+
+    snap = asyncio.run(go())
+    assert snap is not None
+    hits = tier_hits(MetricsSnapshot(), snap)
+    assert hits.tiers["dram"].tokens == 4000 and hits.prompt_tokens == 20000
+
+
+def test_profile_lists_several_metrics_endpoints_for_tiers(tmp_path: Path) -> None:
+    path = tmp_path / "two.yaml"
+    path.write_text("launcher: url\nurl: http://router:8000\n"
+                    "metrics_urls: [http://prefill:9090, http://decode:9090/metrics]\n")
+    profile = load_profile(path)
+    assert profile.metrics_urls == ("http://prefill:9090", "http://decode:9090/metrics")
+    path.write_text("launcher: url\nurl: http://router:8000\nmetrics_urls: [prefill:9090]\n")
+    with pytest.raises(ConfigError, match=r"metrics_urls\.0"):
+        load_profile(path)

@@ -106,4 +106,7 @@ class LauncherRegistry:
         if launcher is None:
             raise ConfigError(f"{profile.source}: launcher {profile.launcher!r} is not "
                               f"registered; valid: {', '.join(self._launchers)}")
-        return launcher(profile, ctx)
+        handle = launcher(profile, ctx)
+        if profile.metrics_urls:
+            handle.info.settings["metrics_urls"] = list(profile.metrics_urls)
+        return handle

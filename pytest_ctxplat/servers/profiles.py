@@ -142,6 +142,8 @@ class ServerProfile(Validated):
     url: str | None = setting(None, doc="url launcher: base URL of the running server")
     api_key_env: str | None = setting(None, doc="url launcher: environment variable "
                                       "holding the API key")
+    metrics_urls: tuple[str, ...] = setting((), doc="more /metrics endpoints (replicas, "
+                                            "workers, a KV store); counters are summed")
     engine: EngineSettings = dataclasses.field(default_factory=EngineSettings)
     kv: KvSettings = dataclasses.field(default_factory=KvSettings)
     options: dict[str, Any] = setting(default_factory=dict, doc="settings of a plugin's "
@@ -153,6 +155,10 @@ class ServerProfile(Validated):
             raise FieldError("url", "the url launcher needs url: http://HOST:PORT")
         if self.url and not self.url.startswith(("http://", "https://")):
             raise FieldError("url", f"must start with http:// or https://, got {self.url!r}")
+        for i, u in enumerate(self.metrics_urls):
+            if not u.startswith(("http://", "https://")):
+                raise FieldError(f"metrics_urls.{i}", f"must start with http:// or "
+                                                      f"https://, got {u!r}")
         if self.launcher in _VLLM and not self.model:
             raise FieldError("model", "vLLM profiles need a model: 'tiny', a folder or a "
                                       "hub id")

@@ -20,17 +20,18 @@ loaded and load time where the server reports them. The engine is told by what t
   ``vllm:prefix_cache_hits``): ``hbm``, ``dram``, ``disk``.
 
 Several endpoints (replicas, prefill and decode workers, a KV store) are merged with
-:func:`merge_snapshots` first, so counters are summed per tier across them.
+:func:`~pytest_ctxplat.servers.scrape.merge_snapshots` first, so counters are summed
+per tier across them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..slo import ALL_TIER_NAMES, TIER_NAMES
-from .scrape import MetricsSnapshot
+from .scrape import MetricsSnapshot, merge_snapshots
 
 __all__ = ["ALL_TIER_NAMES", "TIER_NAMES", "TierFigures", "TierHits", "merge_snapshots",
            "tier_hits"]
@@ -41,8 +42,6 @@ _VLLM_SOURCES = {"local_cache_hit": "hbm", "gpu": "hbm", "local": "hbm",
                  "external_kv_transfer": "external", "external": "external",
                  "connector": "external"}
 _SGLANG_SOURCES = {"device": "hbm", "host": "dram", "storage": "storage"}
-# counter and histogram samples are summed across endpoints; gauges keep the largest
-_SUMMED = ("_total", "_count", "_sum", "_bucket")
 _DEFAULT_BLOCK = 16
 
 
@@ -100,18 +99,6 @@ class TierHits:
         return {"engine": self.engine, "prompt_tokens": self.prompt_tokens,
                 "external_hit_rate": self.external_hit_rate, "note": self.note or None,
                 "tiers": {k: v.to_dict() for k, v in self.tiers.items()}}
-
-
-def merge_snapshots(snapshots: Iterable[MetricsSnapshot]) -> MetricsSnapshot:
-    """One snapshot of several endpoints: counters summed, gauges at their largest."""
-    values: dict[str, float] = {}
-    for snap in snapshots:
-        for key, value in snap.values.items():
-            if key in values and not key.split("{")[0].endswith(_SUMMED):
-                values[key] = max(values[key], value)
-            else:
-                values[key] = values.get(key, 0.0) + value
-    return MetricsSnapshot(values)
 
 
 def tier_hits(before: MetricsSnapshot, after: MetricsSnapshot) -> TierHits:
