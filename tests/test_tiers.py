@@ -13,13 +13,14 @@ from sim_support import agent_sessions, tier_profile
 from pytest_ctxplat.api import simulate
 from pytest_ctxplat.errors import ConfigError
 from pytest_ctxplat.orchestrator.results import format_breach
-from pytest_ctxplat.servers.profiles import load_profile
+from pytest_ctxplat.servers.profiles import find_profile, load_profile
 from pytest_ctxplat.servers.scrape import (
     MetricsSnapshot,
     merge_snapshots,
     parse_metrics,
     scrape_all,
 )
+from pytest_ctxplat.servers.sglang import build_sglang_launch
 from pytest_ctxplat.servers.tiers import tier_hits
 from pytest_ctxplat.slo import evaluate, parse_slo
 
@@ -161,4 +162,25 @@ def test_profile_lists_several_metrics_endpoints_for_tiers(tmp_path: Path) -> No
     assert profile.metrics_urls == ("http://prefill:9090", "http://decode:9090/metrics")
     path.write_text("launcher: url\nurl: http://router:8000\nmetrics_urls: [prefill:9090]\n")
     with pytest.raises(ConfigError, match=r"metrics_urls\.0"):
+        load_profile(path)
+
+
+@pytest.mark.parametrize("name", ["sglang-h100-hicache", "sglang-h100-hicache-storage",
+                                  "sglang-h200-hicache"])
+def test_sglang_hicache_tier_profiles_load_and_build_a_launch(name: str) -> None:
+    profile = find_profile(name)
+    assert profile.launcher == "sglang" and profile.hicache is not None
+    plan = build_sglang_launch(profile, python="python", port=30000)
+    assert plan.argv[1:3] == ["-m", "sglang.launch_server"]
+    assert "--enable-hierarchical-cache" in plan.argv and "--enable-metrics" in plan.argv
+    assert plan.argv[plan.argv.index("--page-size") + 1] == "64"
+    if "storage" in name:
+        assert plan.argv[plan.argv.index("--hicache-storage-backend") + 1] == "file"
+        assert plan.env["SGLANG_HICACHE_FILE_BACKEND_STORAGE_DIR"].endswith("ctxplat-hicache")
+
+
+def test_hicache_tiers_need_the_sglang_launcher(tmp_path: Path) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_text("launcher: vllm\nmodel: tiny\nhicache:\n  ratio: 2\n")
+    with pytest.raises(ConfigError, match="hicache: SGLang HiCache needs launcher: sglang"):
         load_profile(path)
