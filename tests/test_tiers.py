@@ -13,6 +13,7 @@ from sim_support import agent_sessions, tier_profile
 from pytest_ctxplat.api import simulate
 from pytest_ctxplat.errors import ConfigError
 from pytest_ctxplat.orchestrator.results import format_breach
+from pytest_ctxplat.report.html import build_report
 from pytest_ctxplat.servers.profiles import find_profile, load_profile
 from pytest_ctxplat.servers.scrape import (
     MetricsSnapshot,
@@ -117,6 +118,9 @@ def test_too_high_dram_tier_target_fails_with_the_tier_table() -> None:
     assert failed.key == "tier_hit_rate_min.dram"
     message = format_breach(result)
     assert "hits per tier (sim)" in message and "dram" in message.split("hits per tier")[1]
+    page = build_report([result.to_dict(records=False)])
+    table = page.split("Hits per KV tier (sim)")[1].split("</table>")[0]
+    assert "<td>hbm</td>" in table and "<td>dram</td>" in table
 
 
 def test_tier_missing_from_the_simulator_profile_fails_with_reason() -> None:
