@@ -25,6 +25,8 @@ from pytest_ctxplat.servers.sglang import build_sglang_launch
 from pytest_ctxplat.servers.tiers import tier_hits
 from pytest_ctxplat.slo import evaluate, parse_slo
 
+pytest_plugins = ["pytester"]
+
 DATA = Path(__file__).parent / "data"
 
 
@@ -188,3 +190,38 @@ def test_hicache_tiers_need_the_sglang_launcher(tmp_path: Path) -> None:
     path.write_text("launcher: vllm\nmodel: tiny\nhicache:\n  ratio: 2\n")
     with pytest.raises(ConfigError, match="hicache: SGLang HiCache needs launcher: sglang"):
         load_profile(path)
+
+
+TIER_MARKER_TEST = """
+import pytest
+
+@pytest.mark.slo(tier_hit_rate_min={"hbm": 0.3}, error_rate_max=0)
+@pytest.mark.workload("chat", users=2, turns=3, think_time_s=0.2, start_spread_s=1.0,
+                      system_prompt_tokens=512, user_tokens=64, output_tokens=8, block_size=16)
+def test_hbm_tier(ctxplat_run):
+    result = ctxplat_run()
+    assert result.observed["tier_hit_rate.hbm"] >= 0.3
+    assert result.tiers["engine"] == "sim"
+"""
+
+
+def test_tier_hit_rate_marker_on_the_simulator(pytester: pytest.Pytester) -> None:
+    pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
+    pytester.makepyfile(TIER_MARKER_TEST)
+    result = pytester.runpytest("--ctxplat-sim-speedup=20", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+
+
+def test_unknown_tier_in_the_marker_is_a_usage_error(pytester: pytest.Pytester) -> None:
+    pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
+    pytester.makepyfile("""
+        import pytest
+
+        @pytest.mark.slo(tier_hit_rate_min={"gpu": 0.3})
+        def test_x(ctxplat_run):
+            ctxplat_run()
+    """)
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*::test_x: tier_hit_rate_min.gpu: unknown tier 'gpu'; "
+                                 "valid: *hbm*"])
