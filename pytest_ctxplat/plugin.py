@@ -39,7 +39,8 @@ def pytest_configure(config: pytest.Config) -> None:
         "effective_ttft_p50_ms=None, effective_ttft_p95_ms=None, effective_ttft_p99_ms=None, "
         "warmup_s=None, warmup_requests=0, cooldown_s=None, period_s=None, "
         "periods_met_min=None, confidence=0.95, on_inconclusive='warn'|'fail'|'rerun', "
-        "max_reruns=2, repeat=1, min_sustained_users=None): "
+        "max_reruns=2, repeat=1, min_sustained_users=None, tier_hit_rate_min=None "
+        "({'hbm': 0.3, ...}), external_hit_rate_min=None): "
         "service-level objectives judged by ctxplat_run; select SLO tests with -m slo.",
     )
     config.addinivalue_line(
