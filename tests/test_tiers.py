@@ -142,7 +142,7 @@ def test_tier_missing_from_the_simulator_profile_fails_with_reason() -> None:
     result = simulate(agent_sessions(2, 30.0), tier_profile("hbm"),
                       slo={"tier_hit_rate_min": {"nvme": 0.1}})
     [check] = result.verdict.checks if result.verdict else ()
-    assert check.status == "fail" and "did not attribute hits to tier 'nvme'" in check.note
+    assert check.status == "fail" and "has no 'nvme' tier (tiers: hbm)" in check.note
 
 
 def test_external_hit_rate_min_fails_without_a_connector() -> None:

@@ -92,6 +92,8 @@ class TierHits:
             return (f"tier {tier!r} is not a {self.engine} tier; valid: "
                     f"{', '.join(self.names)}")
         reported = ", ".join(self.tiers) or "none"
+        if self.engine == "sim":
+            return f"the simulated deployment has no {tier!r} tier (tiers: {reported})"
         return (f"the {self.engine} server did not attribute hits to tier {tier!r} "
                 f"(tiers reported: {reported})" + (f"; {self.note}" if self.note else ""))
 
