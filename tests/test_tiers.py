@@ -14,11 +14,13 @@ from pytest_ctxplat.api import simulate
 from pytest_ctxplat.errors import ConfigError
 from pytest_ctxplat.orchestrator.results import format_breach
 from pytest_ctxplat.report.html import build_report
+from pytest_ctxplat.servers import start_sim
 from pytest_ctxplat.servers.profiles import find_profile, load_profile
 from pytest_ctxplat.servers.scrape import (
     MetricsSnapshot,
     merge_snapshots,
     parse_metrics,
+    scrape,
     scrape_all,
 )
 from pytest_ctxplat.servers.sglang import build_sglang_launch
@@ -238,3 +240,32 @@ def test_unknown_tier_in_the_marker_is_a_usage_error(pytester: pytest.Pytester) 
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*::test_x: tier_hit_rate_min.gpu: unknown tier 'gpu'; "
                                  "valid: *hbm*"])
+
+
+def test_tier_counters_summed_across_two_simulator_servers() -> None:
+    servers = [start_sim({"speedup": 20.0}), start_sim({"speedup": 20.0})]
+    try:
+        prompt = "tier " * 200
+
+        async def go() -> tuple[MetricsSnapshot, MetricsSnapshot, MetricsSnapshot]:
+            async with httpx.AsyncClient() as client:
+                one, two = servers[0].url, servers[1].url
+                before = await scrape_all(client, one, [two])
+                for url in (one, one, two, two):
+                    resp = await client.post(url + "/v1/completions", timeout=30, json={
+                        "model": "m", "prompt": prompt, "max_tokens": 2})
+                    assert resp.status_code == 200
+                after = await scrape_all(client, one, [two + "/metrics"])
+                alone = await scrape(client, one)
+                assert before is not None and after is not None and alone is not None
+                return before, after, alone
+
+        before, after, alone = asyncio.run(go())
+    finally:
+        for s in servers:
+            s.close()
+    both = tier_hits(before, after)
+    first = tier_hits(MetricsSnapshot(), alone)
+    assert both.engine == "sim"
+    assert both.prompt_tokens == 2 * first.prompt_tokens > 0
+    assert both.tiers["hbm"].tokens == 2 * first.tiers["hbm"].tokens > 0
