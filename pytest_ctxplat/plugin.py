@@ -41,7 +41,8 @@ def pytest_configure(config: pytest.Config) -> None:
         "periods_met_min=None, confidence=0.95, on_inconclusive='warn'|'fail'|'rerun', "
         "max_reruns=2, repeat=1, min_sustained_users=None, knee_min_tokens=None, "
         "ttft_hit_p95_ms=None, ttft_miss_p95_ms=None, session_p95_s=None, fanout_p95_ms=None, "
-        "hit_rate_gap_min={'lt_30s'|'30s_5m'|'gt_5m': rate}): "
+        "hit_rate_gap_min={'lt_30s'|'30s_5m'|'gt_5m': rate}, tier_hit_rate_min=None "
+        "({'hbm': 0.3, ...}), external_hit_rate_min=None): "
         "service-level objectives judged by ctxplat_run; select SLO tests with -m slo.",
     )
     config.addinivalue_line(

@@ -18,10 +18,20 @@ from tabulate import tabulate
 
 from .config import FieldError, Validated, build, setting
 
-__all__ = ["GAP_BUCKET_NAMES", "HIT_SOURCES", "INCONCLUSIVE_POLICIES", "SESSION_KEYS",
-           "SLO_METRICS", "Check", "SLOSpec", "Verdict", "evaluate", "metric_of", "parse_slo"]
+__all__ = ["ALL_TIER_NAMES", "GAP_BUCKET_NAMES", "HIT_SOURCES", "INCONCLUSIVE_POLICIES",
+           "SESSION_KEYS", "SLO_METRICS", "TIER_NAMES", "Check", "SLOSpec", "Verdict",
+           "evaluate", "metric_of", "parse_slo"]
 
 HIT_SOURCES = ("designed", "request", "server")
+# KV tier names per server kind (how each engine's /metrics names them: see
+# pytest_ctxplat.servers.tiers); ``tier_hit_rate_min`` keys must be among them
+TIER_NAMES: dict[str, tuple[str, ...]] = {
+    "sim": ("hbm", "dram", "nvme", "disk", "remote"),
+    "vllm": ("hbm", "dram", "disk", "external"),
+    "sglang": ("hbm", "dram", "storage"),
+    "dynamo": ("hbm", "dram", "disk"),
+}
+ALL_TIER_NAMES: tuple[str, ...] = tuple(sorted({n for v in TIER_NAMES.values() for n in v}))
 # the gap buckets of hit_rate_gap_min (report/sessions.py GAP_BUCKETS holds their bounds)
 GAP_BUCKET_NAMES = ("lt_30s", "30s_5m", "gt_5m")
 INCONCLUSIVE_POLICIES = ("warn", "fail", "rerun")
@@ -50,6 +60,7 @@ SLO_METRICS: dict[str, tuple[str, str, str]] = {
     "session_p95_s": ("session_s.p95", "max", "s"),
     "fanout_p95_ms": ("fanout_ms.p95", "max", "ms"),
     "hit_rate_gap_min": ("hit_rate_gap.<bucket>", "min", ""),
+    "external_hit_rate_min": ("external_hit_rate", "min", ""),
 }
 # session-level objectives (judged on whole sessions and turns, not in a controller window)
 SESSION_KEYS = ("ttft_hit_p95_ms", "ttft_miss_p95_ms", "session_p95_s", "fanout_p95_ms",
@@ -93,6 +104,10 @@ class SLOSpec(Validated):
     ``session_p95_s`` bounds session completion time (first request's start to last
     request's end) and ``fanout_p95_ms`` the time from a subagent spawn to the end of
     its last subagent request.
+    ``tier_hit_rate_min`` maps KV tier names (:data:`TIER_NAMES`: ``hbm``, ``dram``,
+    ``nvme``, ...) to the least share of prompt tokens that tier must serve (server
+    ``/metrics`` deltas); ``external_hit_rate_min`` bounds the KV connector's own hit
+    rate (external prefix cache hits over queries).
     """
 
     ttft_p50_ms: float | None = setting(None, ge=0)
@@ -137,8 +152,13 @@ class SLOSpec(Validated):
     fanout_p95_ms: float | None = setting(None, gt=0, doc="p95 subagent fan-out latency")
     hit_rate_gap_min: Mapping[str, float] | None = setting(
         None, doc="least hit rate per gap bucket: lt_30s, 30s_5m, gt_5m")
+    tier_hit_rate_min: dict[str, float] | None = setting(None, doc="tier name -> least "
+                                                        "share of prompt tokens it serves")
+    external_hit_rate_min: float | None = setting(None, ge=0, le=1)
 
     def validate(self) -> None:
+        if self.tier_hit_rate_min is not None:
+            _check_tiers(self.tier_hit_rate_min)
         if self.hit_rate_gap_min is not None:
             if not self.hit_rate_gap_min:
                 raise FieldError("hit_rate_gap_min", "must name at least one gap bucket",
@@ -206,6 +226,19 @@ def metric_of(key: str, hit_source: str = "request") -> tuple[str, str, str]:
     elif sub:
         metric = metric.split(".")[0] + "." + sub
     return metric, direction, unit
+
+
+def _check_tiers(tiers: Any) -> None:
+    key = "tier_hit_rate_min"
+    if not isinstance(tiers, Mapping) or not tiers:
+        raise FieldError(key, f"must be a mapping of tier name to a rate in [0, 1], e.g. "
+                              f"{{'hbm': 0.3}}, got {tiers!r}")
+    for name, rate in tiers.items():
+        if name not in ALL_TIER_NAMES:
+            raise FieldError(f"{key}.{name}", f"unknown tier {name!r}; valid: "
+                                              f"{', '.join(ALL_TIER_NAMES)}")
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate <= 1:
+            raise FieldError(f"{key}.{name}", f"must be a rate in [0, 1], got {rate!r}")
 
 
 def parse_slo(values: Mapping[str, Any], where: str) -> SLOSpec:
@@ -387,6 +420,17 @@ def evaluate(
             interval = rate_intervals.get(metric)
         checks.append(make(observed=float(value), status=status, interval=interval,
                             periods=counts, note=note))
+    for tier, target in (spec.tier_hit_rate_min or {}).items():
+        metric = f"tier_hit_rate.{tier}"
+        value = observed.get(metric)
+        make = functools.partial(Check, key=f"tier_hit_rate_min.{tier}", metric=metric,
+                                 direction="min", target=float(target), policy=policy)
+        if value is None or math.isnan(value):
+            checks.append(make(observed=None, status="fail",
+                               note=notes.get(metric, "not measured")))
+        else:
+            checks.append(make(observed=float(value),
+                               status="pass" if value >= target else "fail"))
     return Verdict(tuple(checks), incomplete, spec.confidence)
 
 

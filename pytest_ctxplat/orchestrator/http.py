@@ -21,7 +21,7 @@ from ..driver.limits import DEFAULT_LIMITS, ClientLimits
 from ..driver.runner import HttpSink, RequestSink
 from ..servers.base import ServerHandle
 from ..servers.probe import ProbeLimits, ensure_capabilities
-from ..servers.scrape import MetricsSnapshot, scrape
+from ..servers.scrape import MetricsSnapshot, scrape, scrape_all
 from ..workload.render import probe_chat_tokenizer
 from ..workload.spec import WorkloadSpec
 from .core import GAUGES, TIMELINE_COUNTERS, Preparation
@@ -114,10 +114,11 @@ class HttpTarget:
                            chat_overhead_tokens=chat_overhead, notes=notes)
 
     async def snapshot(self, *, final: bool = False) -> MetricsSnapshot | None:
+        extra = tuple(self.handle.info.settings.get("metrics_urls", ()))
         if not final:
-            return await scrape(self._http(), self.url)
+            return await scrape_all(self._http(), self.url, extra)
         try:
-            return await asyncio.wait_for(scrape(self._http(), self.url),
+            return await asyncio.wait_for(scrape_all(self._http(), self.url, extra),
                                           FINAL_SCRAPE_TIMEOUT_S)
         except (asyncio.TimeoutError, httpx.HTTPError):
             return None

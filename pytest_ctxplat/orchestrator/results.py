@@ -6,15 +6,18 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from tabulate import tabulate
+
 from ..report import sessions, stats
 from ..report.judging import add_figures, judge_inputs
 from ..report.records import RequestRecord
 from ..report.result import HitRates, RunResult, ServerMetrics
 from ..servers.scrape import MetricsSnapshot, server_delta
+from ..servers.tiers import TierHits, tier_hits
 from ..slo import SLOSpec, evaluate
 from ..workload.spec import WorkloadSpec
 
-__all__ = ["NOT_A_CAPACITY_RUN", "build_result", "format_breach"]
+__all__ = ["NOT_A_CAPACITY_RUN", "build_result", "format_breach", "tier_table"]
 
 NOT_A_CAPACITY_RUN = ("not a capacity run: min_sustained_users needs closed-loop users "
                       "without stages or ramp_s (the controller then starts with "
@@ -79,6 +82,7 @@ def build_result(*, name: str, target: Mapping[str, Any], spec: WorkloadSpec, se
     missing = _missing(observed, every, judged, window.section,
                        sessions.notes(session_figures))
     missing.update(rate_notes)
+    tiers = _tiers(before, after, observed, missing, slo_spec)
     if capacity is None:
         missing["capacity.sustained_users"] = NOT_A_CAPACITY_RUN
     missing["knee_tokens.hbm"] = NOT_A_KNEE_SEARCH
@@ -96,6 +100,7 @@ def build_result(*, name: str, target: Mapping[str, Any], spec: WorkloadSpec, se
                      records=every, timeline=tuple(timeline), interrupted=interrupted,
                      incomplete=incomplete, window=window.section, capacity=capacity,
                      sessions=session_figures,
+                     tiers=tiers.to_dict() if tiers.engine != "unknown" else None,
                      errors_sample=tuple(f"{r.session_id}#{r.index}: {r.error}"
                                          for r in every if r.error)[:10])
 
@@ -116,6 +121,25 @@ def _missing(observed: Mapping[str, float | None], every: Sequence[RequestRecord
     for k, v in notes.items():
         missing.setdefault(k, v)
     return missing
+
+
+def _tiers(before: MetricsSnapshot | None, after: MetricsSnapshot | None,
+           observed: dict[str, float | None], missing: dict[str, str],
+           slo_spec: SLOSpec | None) -> TierHits:
+    """Hits per tier: adds ``tier_hit_rate.<tier>`` / ``external_hit_rate`` to
+    ``observed`` and, for each judged tier without a figure, why to ``missing``."""
+    if before is None or after is None:
+        tiers = TierHits("unknown", note="the server exposes no /metrics")
+    else:
+        tiers = tier_hits(before, after)
+    observed.update(tiers.observed())
+    for tier in (slo_spec.tier_hit_rate_min or {}) if slo_spec else ():
+        if observed.get(f"tier_hit_rate.{tier}") is None:
+            missing[f"tier_hit_rate.{tier}"] = tiers.missing_note(tier)
+    if tiers.external_hit_rate is None:
+        missing.setdefault("external_hit_rate", "the server reports no external prefix "
+                                                "cache queries (no KV connector)")
+    return tiers
 
 
 def _target(target: Mapping[str, Any], server_block_size: int) -> dict[str, Any]:
@@ -161,12 +185,24 @@ def format_breach(result: RunResult) -> str:
         head = (f"SLO breached ({len(v.failed)} of {len(v.checks)} objectives) for "
                 f"{result.name}")
     lines = [head, "", v.table(), "", _context_line(result)]
+    if result.slo is not None and result.slo.tier_hit_rate_min and result.tiers:
+        lines += ["", tier_table(result.tiers)]
     if result.errors_sample:
         lines += ["first errors:", *("  " + e for e in result.errors_sample[:3])]
     log_tail = result.target.get("log_tail")
     if log_tail:
         lines += ["server log tail:", *str(log_tail).splitlines()[-10:]]
     return "\n".join(lines)
+
+
+def tier_table(tiers: Mapping[str, Any]) -> str:
+    """Hits per tier (a result's ``tiers`` section) as a text table."""
+    def f(v: Any, fmt: str) -> str:
+        return "n/a" if v is None else format(v, fmt)
+    rows = [[name, f(t["tokens"], ".0f"), f(t["hit_rate"], ".1%"), f(t["bytes_loaded"], ".3g"),
+             f(t["load_s"], ".3g")] for name, t in tiers.get("tiers", {}).items()]
+    return f"hits per tier ({tiers.get('engine')}):\n" + tabulate(
+        rows, headers=["tier", "tokens", "hit rate", "bytes loaded", "load s"])
 
 
 def _context_line(result: RunResult) -> str:

@@ -284,6 +284,19 @@ def _sessions(run: dict[str, Any]) -> str:
                              gaps, "gaps")])
 
 
+def _tiers(run: dict[str, Any]) -> str:
+    """Hits per KV tier (the result's ``tiers`` section) as a small table."""
+    tiers = run.get("tiers")
+    if not tiers or not tiers.get("tiers"):
+        return ""
+    rows = [[_e(name), _num(t.get("tokens"), "{:.0f}"), _pct(t.get("hit_rate")),
+             _num(t.get("bytes_loaded"), "{:.3g}"), _num(t.get("load_s"), "{:.3g}")]
+            for name, t in tiers["tiers"].items()]
+    return (f"<h3>Hits per KV tier ({_e(tiers.get('engine'))})</h3>"
+            + _table(["tier", "prompt tokens served", "hit rate", "bytes loaded",
+                      "load s"], rows, "tiers"))
+
+
 def _curves(runs: Sequence[dict[str, Any]]) -> str:
     """The series of the throughput chart as a table (what each line joins)."""
     from . import plots
@@ -388,6 +401,7 @@ def build_report(
         parts.append(_capacity(r))
         parts.append(_knees(r, name, images))
         parts.append(_sessions(r))
+        parts.append(_tiers(r))
         parts.append(images.plot(f"{name}_latency", plots.latency_over_time, r,
                                  "TTFT and decode speed over time"))
         parts.append(images.plot(f"{name}_hit_rates", plots.hit_rates_over_time, r,

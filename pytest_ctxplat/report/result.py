@@ -91,6 +91,7 @@ class RunResult:
     sweep: tuple[Mapping[str, Any], ...] | None = None  # a sweep's points
     knees: Mapping[str, Any] | None = None  # where each tier runs out (orchestrator.knees)
     sessions: Mapping[str, Any] | None = None  # session-level figures (report.sessions)
+    tiers: Mapping[str, Any] | None = None  # hits per KV tier (servers.tiers.TierHits)
 
     @property
     def passed(self) -> bool:
@@ -122,6 +123,7 @@ class RunResult:
             "sweep": [dict(p) for p in self.sweep] if self.sweep is not None else None,
             "knees": dict(self.knees) if self.knees is not None else None,
             "sessions": dict(self.sessions) if self.sessions is not None else None,
+            "tiers": dict(self.tiers) if self.tiers is not None else None,
             "timeline": [dict(t) for t in self.timeline],
             "records": [r.to_dict() for r in self.records] if records else None,
             "comparison": dict(self.comparison) if self.comparison is not None else None,

@@ -68,8 +68,16 @@ def launch_vllm(profile: ServerProfile, ctx: LaunchContext) -> ServerHandle:
     return start_vllm(profile, log_dir=ctx.log_dir, rootdir=ctx.rootdir)
 
 
+def launch_sglang(profile: ServerProfile, ctx: LaunchContext) -> ServerHandle:
+    """SGLang (GPU) from the profile, with HiCache tiers when ``hicache:`` is set."""
+    from .sglang import start_sglang
+
+    return start_sglang(profile, log_dir=ctx.log_dir)
+
+
 BUILTIN: Mapping[str, Launcher] = {"sim": launch_sim, "url": launch_url,
-                                   "vllm": launch_vllm, "vllm-cpu": launch_vllm}
+                                   "vllm": launch_vllm, "vllm-cpu": launch_vllm,
+                                   "sglang": launch_sglang}
 
 
 class LauncherRegistry:
@@ -106,4 +114,7 @@ class LauncherRegistry:
         if launcher is None:
             raise ConfigError(f"{profile.source}: launcher {profile.launcher!r} is not "
                               f"registered; valid: {', '.join(self._launchers)}")
-        return launcher(profile, ctx)
+        handle = launcher(profile, ctx)
+        if profile.metrics_urls:
+            handle.info.settings["metrics_urls"] = list(profile.metrics_urls)
+        return handle

@@ -22,12 +22,14 @@ from .. import builtin
 from ..config import FieldError, Source, Validated, build, parse_yaml, read_yaml, setting
 from ..errors import ConfigError
 
-__all__ = ["BUILTIN_LAUNCHERS", "DiskStoreSettings", "EngineSettings", "KvSettings",
+__all__ = ["BUILTIN_LAUNCHERS", "DiskStoreSettings", "EngineSettings", "HicacheSettings",
+           "KvSettings",
            "KvbmSettings", "LmcacheSettings", "OffloadSettings", "ServerProfile",
            "available_profiles", "find_profile", "load_profile", "parse_profile"]
 
-BUILTIN_LAUNCHERS = ("sim", "vllm", "vllm-cpu", "url")
+BUILTIN_LAUNCHERS = ("sim", "vllm", "vllm-cpu", "url", "sglang")
 _VLLM = ("vllm", "vllm-cpu")
+HICACHE_WRITE_POLICIES = ("write_through", "write_back", "write_through_selective")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -89,6 +91,24 @@ class DiskStoreSettings(Validated):
                                "kept for the session, across restarts)")
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class HicacheSettings(Validated):
+    """SGLang HiCache (``hicache:``, ``launcher: sglang``): GPU, host and storage tiers."""
+
+    ratio: float = setting(2.0, gt=1, doc="--hicache-ratio (host pool / GPU pool)")
+    size_gb: float | None = setting(None, gt=0, doc="--hicache-size (GB of host memory; "
+                                    "overrides ratio)")
+    write_policy: str = setting("write_through", choices=HICACHE_WRITE_POLICIES,
+                                doc="--hicache-write-policy")
+    io_backend: str | None = setting(None, doc="--hicache-io-backend (kernel, direct)")
+    mem_layout: str | None = setting(None, doc="--hicache-mem-layout (layer_first, "
+                                     "page_first, page_first_direct)")
+    storage_backend: str | None = setting(None, doc="--hicache-storage-backend (file, "
+                                          "mooncake, hf3fs, nixl; null: no storage tier)")
+    storage_dir: str | None = setting(None, doc="file backend: SGLANG_HICACHE_FILE_BACKEND_"
+                                      "STORAGE_DIR")
+
+
 _CONNECTORS = ("lmcache", "kvbm", "disk_store", "transfer_config")
 
 
@@ -125,7 +145,7 @@ class ServerProfile(Validated):
 
     name: str = setting("", doc="profile name (default: the file name without .yaml)")
     description: str = setting("", doc="free text shown in results")
-    launcher: str = setting(non_empty=True, doc="sim | vllm | vllm-cpu | url, or a "
+    launcher: str = setting(non_empty=True, doc="sim | vllm | vllm-cpu | sglang | url, or a "
                             "plugin's launcher")
     model: str | None = setting(None, doc="vLLM: 'tiny', 'tiny:llama-3.1-8b', a local "
                                 "folder or a hub id; sim/url: the model name")
@@ -142,7 +162,10 @@ class ServerProfile(Validated):
     url: str | None = setting(None, doc="url launcher: base URL of the running server")
     api_key_env: str | None = setting(None, doc="url launcher: environment variable "
                                       "holding the API key")
+    metrics_urls: tuple[str, ...] = setting((), doc="more /metrics endpoints (replicas, "
+                                            "workers, a KV store); counters are summed")
     engine: EngineSettings = dataclasses.field(default_factory=EngineSettings)
+    hicache: HicacheSettings | None = None
     kv: KvSettings = dataclasses.field(default_factory=KvSettings)
     options: dict[str, Any] = setting(default_factory=dict, doc="settings of a plugin's "
                                       "launcher")
@@ -153,6 +176,17 @@ class ServerProfile(Validated):
             raise FieldError("url", "the url launcher needs url: http://HOST:PORT")
         if self.url and not self.url.startswith(("http://", "https://")):
             raise FieldError("url", f"must start with http:// or https://, got {self.url!r}")
+        for i, u in enumerate(self.metrics_urls):
+            if not u.startswith(("http://", "https://")):
+                raise FieldError(f"metrics_urls.{i}", f"must start with http:// or "
+                                                      f"https://, got {u!r}")
+        if self.hicache is not None and self.launcher != "sglang":
+            raise FieldError("hicache", "SGLang HiCache needs launcher: sglang")
+        if self.launcher == "sglang" and self.kv.connectors:
+            raise FieldError(f"kv.{self.kv.connectors[0]}", "a vLLM KV connector; SGLang "
+                                                             "uses hicache:")
+        if self.launcher == "sglang" and not self.model:
+            raise FieldError("model", "SGLang profiles need a model: a folder or a hub id")
         if self.launcher in _VLLM and not self.model:
             raise FieldError("model", "vLLM profiles need a model: 'tiny', a folder or a "
                                       "hub id")

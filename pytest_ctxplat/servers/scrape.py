@@ -8,21 +8,23 @@ the ``source`` / ``transfer_type`` / ``tier`` labels are kept. Old vLLM names
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-__all__ = ["MetricsSnapshot", "parse_metrics", "scrape", "server_delta"]
+__all__ = ["MetricsSnapshot", "merge_snapshots", "parse_metrics", "scrape", "scrape_all",
+           "server_delta"]
 
 _RENAMES = {
     "vllm:gpu_prefix_cache_queries_total": "vllm:prefix_cache_queries_total",
     "vllm:gpu_prefix_cache_hits_total": "vllm:prefix_cache_hits_total",
     "vllm:gpu_cache_usage_perc": "vllm:kv_cache_usage_perc",
 }
-_KEPT_LABELS = ("source", "transfer_type", "tier", "block_size", "num_gpu_blocks")
+_KEPT_LABELS = ("source", "transfer_type", "tier", "block_size", "num_gpu_blocks",
+                "cache_source")
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,35 @@ async def scrape(client: httpx.AsyncClient, base_url: str) -> MetricsSnapshot | 
         return parse_metrics(resp.text)
     except ValueError:
         return None
+
+
+# counter and histogram samples are summed across endpoints; gauges keep the largest
+_SUMMED = ("_total", "_count", "_sum", "_bucket")
+
+
+def merge_snapshots(snapshots: Iterable[MetricsSnapshot]) -> MetricsSnapshot:
+    """One snapshot of several endpoints: counters summed, gauges at their largest."""
+    values: dict[str, float] = {}
+    for snap in snapshots:
+        for key, value in snap.values.items():
+            if key in values and not key.split("{")[0].endswith(_SUMMED):
+                values[key] = max(values[key], value)
+            else:
+                values[key] = values.get(key, 0.0) + value
+    return MetricsSnapshot(values)
+
+
+async def scrape_all(client: httpx.AsyncClient, base_url: str,
+                     extra: Sequence[str] = ()) -> MetricsSnapshot | None:
+    """The server's ``/metrics`` merged with those of ``extra`` endpoints (replicas,
+    prefill and decode workers, a KV store; a base URL or a full ``.../metrics`` URL).
+    None when the server itself has none; an extra endpoint that does not answer is
+    left out."""
+    main = await scrape(client, base_url)
+    if main is None or not extra:
+        return main
+    others = [await scrape(client, u.removesuffix("/metrics")) for u in extra]
+    return merge_snapshots([main, *(o for o in others if o is not None)])
 
 
 def _rate(hits: float, queries: float) -> float | None:
