@@ -269,3 +269,12 @@ def test_tier_counters_summed_across_two_simulator_servers() -> None:
     assert both.engine == "sim"
     assert both.prompt_tokens == 2 * first.prompt_tokens > 0
     assert both.tiers["hbm"].tokens == 2 * first.tiers["hbm"].tokens > 0
+
+
+def test_vllm_cached_by_source_tier_labels_map_to_tiers() -> None:
+    hits = tier_hits(MetricsSnapshot(), _recorded("vllm_cached_by_source"))
+    assert hits.engine == "vllm" and not hits.note  # every vLLM 0.32 source is known
+    assert hits.tiers["hbm"].tokens == 128
+    assert hits.tiers["external"].tokens == 1024  # external_unspecified: the connector
+    assert hits.tiers["external"].hit_rate == pytest.approx(1024 / 2176)
+    assert hits.tiers["dram"].tokens == 0 and hits.tiers["disk"].tokens == 0

@@ -45,6 +45,9 @@ def test_cold_after_reset(ctxplat_cold, ctxplat_run):
     assert abs(r.hit_rates.request - r.hit_rates.designed) <= 0.05
 
 
+# the hits per tier asserted as objectives: most of the prompt from the disk tier
+# (vLLM's external_kv_transfer source), and the connector's own hit rate
+@pytest.mark.slo(tier_hit_rate_min={"external": 0.3}, external_hit_rate_min=0.5)
 @pytest.mark.workload("chat", **WL)
 def test_warm_tier_disk_after_restart(ctxplat_server, ctxplat_cold, ctxplat_warm,
                                       ctxplat_run):
@@ -59,6 +62,10 @@ def test_warm_tier_disk_after_restart(ctxplat_server, ctxplat_cold, ctxplat_warm
     assert ext is not None and ext > 0.5, r.server
     assert by_source["external_kv_transfer"] >= 1024
     assert r.hit_rates.request > r.hit_rates.designed + 0.3  # warm, not cold
+    checks = {c.key: c for c in r.verdict.checks}
+    print(f"TIERS {r.tiers}")
+    assert checks["tier_hit_rate_min.external"].status == "pass", r.verdict.table()
+    assert r.observed["tier_hit_rate.external"] >= 0.3 and r.tiers["engine"] == "vllm"
 '''
 
 
@@ -82,7 +89,7 @@ def test_vllm_cpu_disk_cold_and_warm_tier(tmp_path: Path) -> None:
         assert "PASSED test_suite.py::test_cold_after_reset" in out, why
         assert "PASSED test_suite.py::test_warm_tier_disk_after_restart" in out, why
         for line in out.splitlines():
-            if line.startswith(("COLD", "WARM")):
+            if line.startswith(("COLD", "WARM", "TIERS")):
                 print(line)
     finally:
         leaked = processes_with_env("CTXPLAT_TEST_TAG", tag)

@@ -8,10 +8,11 @@ loaded and load time where the server reports them. The engine is told by what t
 * simulator (``ctxplat_sim:tier_hit_blocks{tier=...}`` x block size): the profile's
   tiers, ``hbm`` first, then e.g. ``dram``, ``nvme``; bytes loaded from
   ``vllm:kv_offload_total_bytes{transfer_type="<TIER>_to_GPU"}``;
-* vLLM (``vllm:prompt_tokens_by_source{source=...}``, or the cached-by-source counter):
-  ``local_cache_hit`` (GPU prefix cache) -> ``hbm``, ``external_kv_transfer`` (any KV
-  connector: CPU offload, LMCache, a disk store) -> ``external``; sources naming the
-  CPU -> ``dram``, a disk -> ``disk``; bytes loaded per tier from
+* vLLM (``vllm:prompt_tokens_cached_by_source{source=...}``, vLLM 0.32: ``device`` ->
+  ``hbm``, ``host`` -> ``dram``, ``disk`` -> ``disk``, ``p2p`` and
+  ``external_unspecified`` (a connector that does not name its tier) -> ``external``;
+  else ``vllm:prompt_tokens_by_source``: ``local_cache_hit`` -> ``hbm``,
+  ``external_kv_transfer`` -> ``external``); bytes loaded per tier from
   ``vllm:kv_offload_total_bytes{transfer_type="CPU_to_GPU"}`` (``dram``);
 * SGLang HiCache (``sglang:cached_tokens_total{cache_source=device|host|storage}`` over
   ``sglang:prompt_tokens_total``): ``hbm``, ``dram``, ``storage``;
@@ -36,9 +37,14 @@ from .scrape import MetricsSnapshot, merge_snapshots
 __all__ = ["ALL_TIER_NAMES", "TIER_NAMES", "TierFigures", "TierHits", "merge_snapshots",
            "tier_hits"]
 
-# vLLM ``source`` label values -> tier
-_VLLM_SOURCES = {"local_cache_hit": "hbm", "gpu": "hbm", "local": "hbm",
-                 "cpu": "dram", "cpu_offload": "dram", "disk": "disk",
+# vLLM ``source`` label values -> tier. ``vllm:prompt_tokens_cached_by_source`` (vLLM
+# 0.32, vllm/v1/metrics/cache_hit_source.py): device, host, p2p (from another vLLM
+# instance), disk, external_unspecified (a connector that does not say: e.g. the example
+# disk connector); ``vllm:prompt_tokens_by_source``: local_cache_hit, external_kv_transfer
+_VLLM_SOURCES = {"device": "hbm", "host": "dram", "disk": "disk", "p2p": "external",
+                 "external_unspecified": "external",
+                 "local_cache_hit": "hbm", "gpu": "hbm", "local": "hbm",
+                 "cpu": "dram", "cpu_offload": "dram",
                  "external_kv_transfer": "external", "external": "external",
                  "connector": "external"}
 _SGLANG_SOURCES = {"device": "hbm", "host": "dram", "storage": "storage"}
