@@ -129,7 +129,7 @@ def pytest_ctxplat_start_server(config, name):
     (pytester.path / "other.yaml").write_text("launcher: nosuch-kind\n")
     result = pytester.runpytest("--ctxplat-server=other.yaml", *FAST)
     result.stderr.fnmatch_lines(["*other.yaml:1: launcher: unknown launcher 'nosuch-kind'; "
-                                 "valid: sim, url, vllm, vllm-cpu, wrapped-sim*"])
+                                 "valid: sim, url, vllm, vllm-cpu, sglang, wrapped-sim*"])
 
 
 def test_a_kind_registered_twice_is_a_usage_error(pytester: pytest.Pytester) -> None:

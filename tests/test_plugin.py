@@ -200,7 +200,8 @@ def _assert_properties_match_json(props: dict[str, str], data: dict[str, Any]) -
     expected.update({"requests_judged": data["window"]["judged"],
                      "confidence": data["verdict"]["confidence"],
                      "on_inconclusive": data["slo"]["on_inconclusive"],
-                     "effective_ttft_p95_ms": o["effective_ttft_ms.p95"]})
+                     "effective_ttft_p95_ms": o["effective_ttft_ms.p95"],
+                     "runs": data["window"]["runs"]})
     got = {k[len("ctxplat."):]: v for k, v in props.items() if k.startswith("ctxplat.")}
     assert "None" not in got.values()
     for key, value in expected.items():
