@@ -136,6 +136,9 @@ def test_dram_tier_hits_and_bytes_loaded_when_the_working_set_outgrows_hbm() -> 
     dram = result.tiers["tiers"]["dram"]
     assert dram["tokens"] > result.tiers["tiers"]["hbm"]["tokens"]
     assert dram["bytes_loaded"] > 0
+    # load time: the blocks over DRAM's read link, at least bytes / read bandwidth
+    assert dram["load_s"] is not None and dram["load_s"] > 0
+    assert result.tiers["tiers"]["hbm"]["load_s"] is None  # nothing is loaded into HBM
     hit_sum = sum(t["hit_rate"] for t in result.tiers["tiers"].values())
     assert hit_sum <= 1.0
 

@@ -156,9 +156,10 @@ def _external(before: MetricsSnapshot, after: MetricsSnapshot) -> float | None:
 
 def _build(engine: str, prompt: float, tokens: Mapping[str, float],
            loaded: Mapping[str, float] | None = None, external: float | None = None,
-           note: str = "") -> TierHits:
+           note: str = "", load_s: Mapping[str, float] | None = None) -> TierHits:
     loaded = loaded or {}
-    tiers = {name: TierFigures(n, _rate(n, prompt), loaded.get(name))
+    load_s = load_s or {}
+    tiers = {name: TierFigures(n, _rate(n, prompt), loaded.get(name), load_s.get(name))
              for name, n in tokens.items()}
     if prompt <= 0:
         note = (note + "; " if note else "") + "no prompt tokens counted"
@@ -181,8 +182,9 @@ def _sim(before: MetricsSnapshot, after: MetricsSnapshot) -> TierHits:
     block = after.block_size() or _DEFAULT_BLOCK
     blocks = _by_label(before, after, "ctxplat_sim:tier_hit_blocks_total", "tier")
     tokens = {t: n * block for t, n in blocks.items()}
+    load_s = _by_label(before, after, "ctxplat_sim:tier_load_seconds_total", "tier")
     return _build("sim", _d(before, after, "vllm:prompt_tokens"), tokens,
-                  _loaded_bytes(before, after), _external(before, after))
+                  _loaded_bytes(before, after), _external(before, after), load_s=load_s)
 
 
 def _vllm(before: MetricsSnapshot, after: MetricsSnapshot) -> TierHits:

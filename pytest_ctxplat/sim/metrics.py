@@ -16,7 +16,8 @@ Exposed (counters get the ``_total`` suffix in the text format):
   external_kv_transfer}``;
 * per tier (label ``tier``: ``hbm``, ``dram``, ...): ``ctxplat_sim:tier_hit_blocks``,
   ``_miss_blocks``, ``_evicted_blocks``, ``_expired_blocks``, ``_dropped_blocks``,
-  ``_written_blocks`` (counters) and ``ctxplat_sim:tier_usage_perc`` (gauge);
+  ``_written_blocks`` (counters), ``ctxplat_sim:tier_load_seconds`` (read-link time
+  spent loading blocks into HBM) and ``ctxplat_sim:tier_usage_perc`` (gauge);
   ``ctxplat_sim:kv_computed_blocks``, ``ctxplat_sim:kv_refill_blocks`` (blocks computed
   again after they had left every tier), ``ctxplat_sim:write_stall_seconds`` and
   ``ctxplat_sim:busy_seconds`` (model time);
@@ -193,6 +194,12 @@ def _tier_metrics(e: Engine, labels: list[str]) -> Iterator[Metric]:
         for tier, n in values:
             fam.add_metric([*labels, tier], n)
         yield fam
+    loads = CounterMetricFamily("ctxplat_sim:tier_load_seconds",
+                                "Read-link time spent loading KV blocks into HBM, per tier "
+                                "(model seconds).", labels=[*_LABELS, "tier"])
+    for t in tiers:
+        loads.add_metric([*labels, t.name], t.counters.load_s)
+    yield loads
     g = GaugeMetricFamily("ctxplat_sim:tier_usage_perc",
                           "Fraction of each tier holding cached blocks.",
                           labels=[*_LABELS, "tier"])

@@ -42,6 +42,7 @@ class TierCounters:
     writes: int = 0
     bytes_read: int = 0
     bytes_written: int = 0
+    load_s: float = 0.0  # read-link time spent loading blocks into HBM (model seconds)
 
 
 class TierStore:
@@ -215,6 +216,7 @@ class TierChain:
             self._count(t.spec.transfer_name, "GPU", n)
             start = max(now, t.read_free_at)
             t.read_free_at = start + n * t.read_s_per_block
+            t.counters.load_s += n * t.read_s_per_block + t.spec.latency_s
             ready = max(ready, t.read_free_at + t.spec.latency_s)
         return ready
 
