@@ -97,7 +97,14 @@ def _stop_on_sigterm(config: pytest.Config) -> None:
     if threading.current_thread() is not threading.main_thread() or \
             signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
         return
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    from .interrupts import clear, note_signal
+
+    def on_sigterm(signum: int, frame: object) -> None:
+        note_signal("SIGTERM")  # before anything unwinds: the result says interrupted
+        signal.default_int_handler(signum, frame)  # type: ignore[arg-type]
+
+    clear()
+    signal.signal(signal.SIGTERM, on_sigterm)
     config.stash[_sigterm_key] = True
 
 

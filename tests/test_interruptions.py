@@ -128,3 +128,19 @@ def test_a_running_run_writes_checkpoints(tmp_path: Path) -> None:
     assert data["incomplete"].startswith("in progress")
     assert data["verdict"]["status"] == "incomplete"
     assert any(r["outcome"] == "ok" for r in data["records"])
+
+
+def test_a_run_ending_after_a_noted_signal_is_interrupted_not_a_dead_server() -> None:
+    # SIGTERM noted by the adapter, then the session's teardown stops the server before
+    # the run's loop sees the interrupt: the result must still say interrupted
+    from pytest_ctxplat import interrupts, simulate
+
+    interrupts.note_signal("SIGTERM")
+    try:
+        r = simulate("chat", "h100-llama8b", overrides={"users": 2, "max_requests": 4},
+                     slo={"error_rate_max": 0.0}, check=False)
+    finally:
+        interrupts.clear()
+    assert r.interrupted and r.incomplete == "interrupted (SIGTERM)"
+    assert r.verdict is not None and r.verdict.status == "incomplete"
+    assert interrupts.signalled() is None

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ..driver.runner import RequestSink, Runner, RunOptions
+from ..interrupts import signalled
 from ..report.records import RequestRecord
 from ..report.result import RunResult, write_json
 from ..servers.scrape import MetricsSnapshot
@@ -137,6 +138,10 @@ async def play(spec: WorkloadSpec, target: Target, options: PlayOptions | None =
         finally:
             sampler.cancel()
             await asyncio.gather(sampler, return_exceptions=True)
+            if interrupted is None and signalled() is not None:
+                # the session is being stopped: its teardown may have stopped the server
+                # before the loop saw the signal; the run was interrupted all the same
+                interrupted = f"interrupted ({signalled()})"
             if run.runner.stop_reason and not interrupted:
                 await _settle(target, opts.death_grace_s)
             after = None if interrupted else await target.snapshot(final=True)
