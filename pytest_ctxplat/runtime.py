@@ -14,7 +14,7 @@ from .errors import ConfigError, ServerError, SLOViolation
 from .orchestrator import format_breach
 from .orchestrator.http import check_server
 from .progress import LiveProgress
-from .report.markdown import comparison_text, objective_fields
+from .report.markdown import changes_line, objective_fields
 from .report.records import ERROR_OUTCOMES
 from .report.stats import outcome_counts
 from .servers.base import ServerHandle
@@ -107,7 +107,7 @@ def properties(result: RunResult) -> list[tuple[str, Any]]:
         "capacity_sustained_users": o.get("capacity.sustained_users"),
     }
     if result.comparison:  # judged against a baseline: what changed, in one line
-        props["baseline_changes"] = comparison_text(result.comparison)
+        props["baseline_changes"] = changes_line(result.comparison)
     for c in v.checks if v is not None else ():
         props.update({f"slo.{c.key}.{k}": x for k, x in objective_fields(c).items()})
     return [(f"ctxplat.{k}", _round(x)) for k, x in props.items() if x is not None]

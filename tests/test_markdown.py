@@ -13,7 +13,7 @@ from junitparser import JUnitXml, Properties, Property
 
 from pytest_ctxplat.api import simulate
 from pytest_ctxplat.report.markdown import (
-    comparison_text,
+    changes_line,
     markdown_summary,
     objective_fields,
     result_row,
@@ -102,11 +102,11 @@ def test_comparison_rows_that_changed_are_listed_compactly(result: RunResult) ->
     (row,) = _rows(markdown_summary([compared]))
     assert row[-1] == ("vs main.json: ttft_p95_ms 400 → 520 (+30.0%, REGRESSION); "
                        "hit_rate_request 0.9 → 0.8 (-11.1%, REGRESSION)")
-    assert comparison_text({"baseline": "b.json", "passed": True, "rows": rows[1:2]}) == \
+    assert changes_line({"baseline": "b.json", "passed": True, "rows": rows[1:2]}) == \
         "within tolerance of b.json"
     many = {"baseline": "b.json", "rows": [{**rows[0], "metric": f"m{i}"} for i in range(6)]}
-    assert (comparison_text(many) or "").endswith("; +2 more")
-    assert comparison_text(None) is None
+    assert (changes_line(many) or "").endswith("; +2 more")
+    assert changes_line(None) is None
 
 
 def test_interval_and_inconclusive_status_are_recorded_when_a_check_has_them() -> None:

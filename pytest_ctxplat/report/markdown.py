@@ -20,7 +20,7 @@ from typing import Any
 from ..slo import SLO_METRICS, Check
 from .result import RunResult
 
-__all__ = ["comparison_text", "markdown_summary", "objective_fields", "result_row",
+__all__ = ["changes_line", "markdown_summary", "objective_fields", "result_row",
            "write_markdown"]
 
 _PASSING = ("pass", "ok", "same", "unchanged", "within")
@@ -51,7 +51,7 @@ def _interval(value: Any) -> str | None:
         return None
 
 
-def comparison_text(comparison: Mapping[str, Any] | None) -> str | None:
+def changes_line(comparison: Mapping[str, Any] | None) -> str | None:
     """The rows of a baseline comparison that did not pass, one phrase each
     (``ttft_p95_ms 410 → 520 (+26.8%, fail)``); ``within tolerance of BASELINE`` when
     all passed; None without a comparison."""
@@ -92,7 +92,7 @@ def result_row(result: RunResult, outcome: str = "") -> dict[str, Any]:
         "hit_rate_designed": result.hit_rates.designed,
         "hit_rate_server": result.hit_rates.server,
         "verdict": None if v is None else v.status,
-        "baseline_changes": comparison_text(result.comparison),
+        "baseline_changes": changes_line(result.comparison),
     }
     for c in v.checks if v is not None else ():
         row.update({f"slo.{c.key}.{k}": x for k, x in objective_fields(c).items()})
