@@ -71,14 +71,23 @@ class ModelSpec(Validated):
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class AcceleratorSpec(Validated):
-    """One GPU: memory, peak rates and the efficiency factors the roofline applies."""
+    """One GPU: memory, peak rates and the efficiency factors the roofline applies.
+
+    ``compute_efficiency`` is achieved / peak FLOP/s of the matmuls (the linear layers);
+    ``attention_efficiency`` that of the attention kernels (None: the same as
+    ``compute_efficiency``); ``bandwidth_efficiency`` achieved / peak HBM bandwidth of
+    decode kernels; ``step_overhead_s`` the fixed time of one engine step (scheduling,
+    sampling, launches); ``allreduce_latency_s`` the fixed cost of one all-reduce.
+    """
 
     key: str = setting("custom", internal=True)
     name: str = setting("", doc="the accelerator's name (default: its key)")
     hbm_gb: float = setting(gt=0)
     hbm_tbs: float = setting(gt=0)
     bf16_tflops: float = setting(gt=0)
-    compute_efficiency: float = setting(0.6, gt=0, le=1)
+    compute_efficiency: float = setting(0.6, gt=0, le=1, doc="matmuls: achieved / peak")
+    attention_efficiency: float | None = setting(None, gt=0, le=1, doc="attention: achieved "
+                                                 "/ peak (default: compute_efficiency)")
     bandwidth_efficiency: float = setting(0.8, gt=0, le=1)
     step_overhead_s: float = setting(0.0008, ge=0)
     interconnect_gbs: float = setting(450.0, gt=0)

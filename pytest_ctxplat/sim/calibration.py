@@ -17,8 +17,9 @@
 
 How it is applied (:func:`apply_calibration`):
 
-* with prefill points for the profile's model: ``compute_efficiency`` = median of
-  (roofline FLOPs of the point / seconds) / peak; else ``matmul_tflops / peak x
+* with prefill points for the profile's model: ``compute_efficiency`` and
+  ``attention_efficiency`` = median of (roofline FLOPs of the point / seconds) / peak (one
+  blended figure: the points do not separate matmuls from attention); else ``matmul_tflops / peak x
   MODEL_MATMUL_FRACTION`` (a whole forward pass reaches about 3/4 of a pure matmul);
 * with two or more decode points: a least-squares fit of ``seconds = overhead + bytes /
   (peak x bandwidth_efficiency)`` gives both ``step_overhead_s`` and
@@ -107,10 +108,12 @@ def apply_calibration(accel: AcceleratorSpec, model: ModelSpec, cal: Calibration
     peak_bw = accel.hbm_tbs * 1e12
     points = cal.models.get(model.key, ModelPoints())
     prefill = points.prefill
+    attention = accel.attention_efficiency
     if prefill:
         compute = statistics.median(
             prefill_flops(model, p.tokens, p.context) / p.seconds for p in prefill
         ) / peak_flops
+        attention = min(1.0, compute)
     else:
         compute = cal.matmul_tflops * 1e12 / peak_flops * MODEL_MATMUL_FRACTION
     overhead = accel.step_overhead_s
@@ -129,5 +132,6 @@ def apply_calibration(accel: AcceleratorSpec, model: ModelSpec, cal: Calibration
     else:
         bandwidth = cal.hbm_copy_tbs * 1e12 / peak_bw
     return dataclasses.replace(
-        accel, compute_efficiency=min(1.0, compute), bandwidth_efficiency=min(1.0, bandwidth),
+        accel, compute_efficiency=min(1.0, compute), attention_efficiency=attention,
+        bandwidth_efficiency=min(1.0, bandwidth),
         step_overhead_s=overhead, host_link_gbs=min(cal.h2d_gbs, cal.d2h_gbs))
