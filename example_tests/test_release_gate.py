@@ -35,7 +35,10 @@ WORKLOAD = {"users": 8, "max_requests": 200, "recycle": True}
 def run_build(slowdown: float = 1.0):
     """One run of "the build": the workload against the simulator, ``slowdown`` times
     slower than the released one."""
-    return simulate("chat", PROFILE, overrides=WORKLOAD, seed=0, name="test_chat_gate",
+    # seed 1: with seed 0 the chat workload's fixed 2 s think time happens to phase-lock
+    # the users' arrivals to the H100 step grid, so TTFT p50 jumps 11% for a 0.01%
+    # slowdown; seeds 1 and 2 move smoothly (+2% to +7% for 5%)
+    return simulate("chat", PROFILE, overrides=WORKLOAD, seed=1, name="test_chat_gate",
                     profile_overrides={"slowdown": slowdown})
 
 

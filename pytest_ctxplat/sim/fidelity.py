@@ -27,7 +27,6 @@ of them and gives one row per point (``id``, ``metric``, ``published``, ``simula
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import statistics
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
