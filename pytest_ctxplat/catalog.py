@@ -77,7 +77,8 @@ class AcceleratorSpec(Validated):
     ``attention_efficiency`` that of the attention kernels (None: the same as
     ``compute_efficiency``); ``bandwidth_efficiency`` achieved / peak HBM bandwidth of
     decode kernels; ``step_overhead_s`` the fixed time of one engine step (scheduling,
-    sampling, launches); ``allreduce_latency_s`` the fixed cost of one all-reduce.
+    sampling, launches); ``request_overhead_s`` the engine's CPU time per request it
+    admits; ``allreduce_latency_s`` the fixed cost of one all-reduce.
     """
 
     key: str = setting("custom", internal=True)
@@ -90,6 +91,8 @@ class AcceleratorSpec(Validated):
                                                  "/ peak (default: compute_efficiency)")
     bandwidth_efficiency: float = setting(0.8, gt=0, le=1)
     step_overhead_s: float = setting(0.0008, ge=0)
+    request_overhead_s: float = setting(0.0, ge=0, doc="engine CPU time per request "
+                                        "admitted, added to the step admitting it")
     interconnect_gbs: float = setting(450.0, gt=0)
     allreduce_latency_s: float = setting(1e-5, ge=0)
     host_link_gbs: float = setting(64.0, gt=0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -112,6 +113,16 @@ def test_d_decode_step_is_weights_plus_kv_over_bandwidth_plus_overhead() -> None
     # batch 8 on H100: vLLM's CI measures 997.5 ms for 128 steps, 7.8 ms a step
     step8 = model.step_time(StepWork(decode_seqs=8, decode_context_tokens=8 * 100))
     assert step8 == pytest.approx(997.5e-3 / 128, rel=0.05)
+
+
+def test_request_overhead_is_charged_to_the_step_admitting_requests() -> None:
+    base = load_hardware("h100-llama8b")
+    assert base.accelerator.request_overhead_s == 0.0  # shipped: not fitted (see docs)
+    acc = dataclasses.replace(base.accelerator, request_overhead_s=0.001)
+    model = RooflineTimingModel(base.replace(accelerator=acc))
+    work = StepWork(prefill_tokens=96, prefill_attention_pairs=3 * 32 * 16.5)
+    admitting = dataclasses.replace(work, admitted=3)
+    assert model.step_time(admitting) - model.step_time(work) == pytest.approx(0.003)
 
 
 def test_d_prefill_is_compute_bound_and_attention_counts_cached_context() -> None:

@@ -446,19 +446,21 @@ class Engine:
                 scheduled[req] = n
                 budget -= n
         # 3) admit waiting requests, first come first served
+        admitted = 0
         while self._waiting and budget > 0 and len(self._running) < self.config.max_num_seqs:
             req = self._waiting[0]
             if not self._admit(req, now):
                 break
             self._waiting.popleft()
+            admitted += 1
             if req.ready_at > now:
                 continue  # loading from a lower tier
             n = min(req.all_len - req.num_computed, budget)
             scheduled[req] = n
             budget -= n
-        return scheduled, self._work(scheduled)
+        return scheduled, self._work(scheduled, admitted)
 
-    def _work(self, scheduled: dict[Request, int]) -> StepWork:
+    def _work(self, scheduled: dict[Request, int], admitted: int = 0) -> StepWork:
         prefill = prefill_ctx = n_dec = dec_ctx = 0
         pairs = 0.0
         for req, n in scheduled.items():
@@ -469,7 +471,7 @@ class Engine:
                 prefill += n
                 prefill_ctx += req.num_computed
                 pairs += n * (req.num_computed + (n + 1) / 2)
-        return StepWork(prefill, prefill_ctx, n_dec, dec_ctx, pairs)
+        return StepWork(prefill, prefill_ctx, n_dec, dec_ctx, pairs, admitted)
 
     def _admit(self, req: Request, now: float = 0.0) -> bool:
         cache = self.cache

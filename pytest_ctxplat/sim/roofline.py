@@ -8,7 +8,8 @@ so their times add. Each is bound by compute or by HBM bandwidth, whichever is s
 
     step = max(linear FLOPs / (peak x compute_efficiency), weight bytes / bandwidth)
          + max(attention FLOPs / (peak x attention_efficiency), KV bytes / bandwidth)
-         + step_overhead_s + tensor-parallel all-reduce time
+         + step_overhead_s + admitted requests x request_overhead_s
+         + tensor-parallel all-reduce time
     bandwidth = HBM peak x bandwidth_efficiency
 
 * linear FLOPs = 2 x params x tokens; attention FLOPs = 4 x layers x heads x head_dim x
@@ -93,6 +94,7 @@ class RooflineTimingModel:
         self.flops_per_token = 2.0 * params
         self.flops_per_pair = 4.0 * m.layers * heads * m.head_dim
         self.overhead_s = a.step_overhead_s
+        self.request_overhead_s = a.request_overhead_s
         self.tp = tp
         # all-reduce: 2 per layer, ring algorithm
         self.ar_count = 2 * m.layers
@@ -115,7 +117,8 @@ class RooflineTimingModel:
             linear_memory_s=self.weight_bytes / self.bytes_per_s,
             attention_compute_s=self.flops_per_pair * pairs / self.attention_flops_per_s,
             attention_memory_s=self.kv_bytes * (kv_read + tokens) / self.bytes_per_s,
-            comm_s=comm, overhead_s=self.overhead_s)
+            comm_s=comm,
+            overhead_s=self.overhead_s + work.admitted * self.request_overhead_s)
 
     def step_time(self, work: StepWork) -> float:
         return self.cost(work).total_s

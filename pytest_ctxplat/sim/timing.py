@@ -72,6 +72,8 @@ class StepWork:
     ``decode_context_tokens``: total context length (KV read) of those sequences.
     ``prefill_attention_pairs``: query-key pairs of the prefill attention, summed over
     prefilling requests: ``n * (context + (n + 1) / 2)`` for ``n`` new tokens.
+    ``admitted``: requests the scheduler admitted in this step (each costs the engine
+    some CPU time: input processing, block tables, lookups).
     """
 
     prefill_tokens: int = 0
@@ -79,6 +81,7 @@ class StepWork:
     decode_seqs: int = 0
     decode_context_tokens: int = 0
     prefill_attention_pairs: float = 0.0
+    admitted: int = 0
 
 
 class TimingModel(Protocol):
