@@ -22,7 +22,7 @@ so their times add. Each is bound by compute or by HBM bandwidth, whichever is s
   ``2 (tp-1)/tp x bytes / interconnect`` plus ``allreduce_latency_s`` each.
 
 So a decode step of Llama-3.1-8B (16 GB of bf16 weights) at batch 8 on one H100 takes
-about 16.1 GB / (3.35 TB/s x 0.8) + 1.7 ms = 7.7 ms (vLLM's CI measures 7.8).
+about 16.1 GB / (3.35 TB/s x 0.8) + 1.5 ms = 7.5 ms (vLLM's CI measures 7.8).
 """
 
 from __future__ import annotations
