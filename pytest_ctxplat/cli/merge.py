@@ -24,8 +24,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         "judge its SLOs on the merged records.")
     p.add_argument("paths", nargs="+", metavar="DIR", help="results folders (or result "
                    "files) of the shards")
-    p.add_argument("--json", default=None, metavar="OUT", help="write the merged result to "
-                   "this file (one test), or into this folder (several tests)")
+    p.add_argument("--json", default=None, metavar="OUT", help="write the merged results: "
+                   "OUT ending in .json is the file of the one test merged; else a folder "
+                   "(one file per test, named as an unsharded run's)")
     return p
 
 
@@ -65,7 +66,10 @@ def run(args: argparse.Namespace) -> int:
                sorted(groups.items())]
     if args.json:
         out = Path(args.json)
-        if len(results) == 1 and not out.is_dir():
+        if out.suffix == ".json":
+            if len(results) > 1:
+                raise ConfigError(f"--json {out}: {len(results)} tests merged; give a "
+                                  "folder for their results, not one .json file")
             path = write_json(results[0], out.parent)
             if path != out:
                 path.replace(out)
