@@ -152,6 +152,7 @@ class ItemSpec:
     ran: bool = False  # ctxplat_run was called (an slo marker without a run is an error)
     tolerances: dict[str, Any] = dataclasses.field(default_factory=dict)  # tolerance()
     workers: int | None = None  # split(workers=N)
+    split: bool = False  # a split marker: under xdist --dist each, split across workers
 
 
 settings_key = pytest.StashKey[Settings]()
@@ -481,7 +482,8 @@ def parse_markers(item: pytest.Item) -> ItemSpec:
         workers = _split_workers(split_m, item.nodeid)
     except ConfigError as exc:
         raise pytest.UsageError(str(exc)) from None
-    return ItemSpec(slo=slo, workload=wl, sweep=sweep, tolerances=tolerances, workers=workers)
+    return ItemSpec(slo=slo, workload=wl, sweep=sweep, tolerances=tolerances, workers=workers,
+                    split=split_m is not None)
 
 
 def _split_workers(marker: pytest.Mark | None, where: str) -> int | None:
