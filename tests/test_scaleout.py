@@ -168,3 +168,20 @@ def test_two_shard_processes_merged_match_one_unsharded_run(sim_url: str,
     assert pooled == pytest.approx(exact, rel=RELATIVE_ACCURACY * 1.01)
     assert merged["observed"]["ttft_ms.p95"] == pytest.approx(
         1000 * float(np.percentile(np.concatenate(ttfts), 95)), rel=1e-9)
+
+
+def test_merge_names_what_it_cannot_merge(sim_url: str, tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    whole = tmp_path / "whole"
+    spec = load_workload("chat", {**CHAT, "users": 2, "turns": 1})
+    run_workload(sim_url, spec, name="plain", results_dir=whole)
+    assert main(["merge", str(whole)]) == 2
+    assert "no shard results" in capsys.readouterr().err
+    shards = tmp_path / "shards"
+    for name in ("a", "b"):
+        for i in range(2):
+            run_workload(sim_url, spec, name=name, part=Part(i, 2), results_dir=shards)
+    assert main(["merge", str(shards), "--json", str(tmp_path / "one.json")]) == 2
+    assert "2 tests merged; give a folder" in capsys.readouterr().err
+    assert main(["merge", str(shards), "--json", str(tmp_path / "out")]) == 0
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.json", "b.json"]
