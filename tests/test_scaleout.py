@@ -185,3 +185,20 @@ def test_merge_names_what_it_cannot_merge(sim_url: str, tmp_path: Path,
     assert "2 tests merged; give a folder" in capsys.readouterr().err
     assert main(["merge", str(shards), "--json", str(tmp_path / "out")]) == 0
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.json", "b.json"]
+
+
+def test_shards_played_by_several_workers_merge_as_their_parts(sim_url: str,
+                                                               tmp_path: Path) -> None:
+    spec = load_workload("chat", CHAT)
+    for shard in range(2):
+        local = run_workload(sim_url, spec, slo=SLO, name="t", workers=2,
+                             part=Part(shard, 2), results_dir=tmp_path)
+        assert local.verdict is None and local.metrics["requests"] == 16
+    names = sorted(p.name for p in tmp_path.glob("*.json"))
+    assert names == [f"t_shard_{i}_of_4.json" for i in range(4)]
+    assert main(["merge", str(tmp_path), "--json", str(tmp_path / "m" / "t.json")]) == 0
+    merged = orjson.loads((tmp_path / "m" / "t.json").read_bytes())
+    assert merged["metrics"]["requests"] == 32 and merged["parts"]["count"] == 4
+    users = [{r["user"] for r in orjson.loads((tmp_path / n).read_bytes())["records"]}
+             for n in names]
+    assert users == [{0, 4}, {1, 5}, {2, 6}, {3, 7}]

@@ -4,8 +4,10 @@ starts) and print the figures, writing the result JSON with ``--json``."""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
+from ..errors import ConfigError
 from .common import add_progress_option, finish, live_progress, shard_of, workload_and_slo
 
 __all__ = ["add_parser", "run"]
@@ -51,6 +53,12 @@ def run(args: argparse.Namespace) -> int:
 
     spec, slo = workload_and_slo(args)
     part = shard_of(args.shard, args.start_at)
+    parts_dir = None
+    if part is not None and args.workers > 1:  # each worker's part is a file of its own
+        if not args.json:
+            raise ConfigError("--workers with --shard: give --json FILE; the workers' "
+                              "parts are written beside it")
+        parts_dir = Path(args.json).parent
     sim = None
     server: str | ServerHandle | None = args.url
     if server is None:
@@ -59,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         result = run_workload(server, spec, slo=slo, seed=args.seed, name=args.name,
                               model=args.model, reset_cache=not args.no_reset,
-                              on_progress=display, workers=args.workers, part=part)
+                              on_progress=display, workers=args.workers, part=part,
+                              results_dir=parts_dir)
     finally:
         if display is not None:
             display.close()

@@ -240,12 +240,12 @@ class _Run:
             return {}
         runner = self.runner
         # a part is judged only merged with the others (ctxplat merge, or its workers')
-        return {"name": f"{self.opts.name} [{part.label}]", "verdict": None,
-                "parts": part_payload(
+        payload = part_payload(
             part=part, name=self.opts.name, spec=self.whole, started_wall=self.started_wall,
             time_scale=self.prep.time_scale, records=runner.records,
             designed_variants=runner.designed_variants, before=self.before, after=after,
-            peaks=self.peaks, notes=notes)}
+            peaks=self.peaks, notes=notes)
+        return {"name": f"{self.opts.name} [{part.label}]", "verdict": None, "parts": payload}
 
     def write(self, result: RunResult) -> None:
         if self.opts.results_dir is not None:

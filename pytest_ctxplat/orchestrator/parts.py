@@ -198,9 +198,11 @@ def _records(doc: Mapping[str, Any], shift_s: float) -> list[RequestRecord]:
     return out
 
 
-def check_parts(docs: Sequence[Mapping[str, Any]], where: str) -> list[Mapping[str, Any]]:
-    """The parts of one test, ordered by index: every index of ``0..N-1`` exactly once,
-    all of the same workload, seed and part count; errors name ``where``."""
+def check_parts(docs: Sequence[Mapping[str, Any]], where: str, *, partial: bool = False
+                ) -> list[Mapping[str, Any]]:
+    """The parts of one test, ordered by index: every index of ``0..N-1`` exactly once
+    (``partial``: at most once), all of the same workload, seed and part count; errors
+    name ``where``."""
     if not docs:
         raise ConfigError(f"{where}: no parts to merge")
     count = docs[0]["parts"]["count"]
@@ -216,18 +218,20 @@ def check_parts(docs: Sequence[Mapping[str, Any]], where: str) -> list[Mapping[s
                               "than shard 0 (results of different runs mixed?)")
         by_index[p["index"]] = doc
     missing = [i for i in range(count) if i not in by_index]
-    if missing:
+    if missing and not partial:
         raise ConfigError(f"{where}: shard(s) {', '.join(map(str, missing))} of {count} "
                           "missing: every shard's result is needed for one verdict")
-    return [by_index[i] for i in range(count)]
+    return [by_index[i] for i in sorted(by_index)]
 
 
-def merge_parts(docs: Sequence[Mapping[str, Any]], where: str = "merge") -> RunResult:
+def merge_parts(docs: Sequence[Mapping[str, Any]], where: str = "merge", *,
+                partial: bool = False) -> RunResult:
     """One result (the schema of an unsharded run) from the result documents of every
     part of one run (:meth:`RunResult.to_dict` of each part), judged on the pooled
     records. Raises :class:`~pytest_ctxplat.errors.ConfigError` when a part is missing,
-    repeated or of another run."""
-    parts = check_parts(docs, where)
+    repeated or of another run. ``partial``: some of the parts only (a shard played by
+    several workers), pooled but not judged."""
+    parts = check_parts(docs, where, partial=partial)
     first = parts[0]["parts"]
     t0 = min(d["parts"]["started_wall"] for d in parts)
     records: list[RequestRecord] = []
@@ -269,13 +273,18 @@ def merge_parts(docs: Sequence[Mapping[str, Any]], where: str = "merge") -> RunR
         interrupted=any(d["interrupted"] for d in parts), incomplete=incomplete,
         server_block_size=int(target.get("server_block_size") or 1),
         designed_variants=variants or None)
-    return dataclasses.replace(result, parts=_summary(parts, t0))
+    summary = _summary(parts, t0)
+    if partial:
+        return dataclasses.replace(result, verdict=None, parts=summary,
+                                   name=f"{first['test']} [{len(parts)} of "
+                                        f"{first['count']} parts]")
+    return dataclasses.replace(result, parts=summary)
 
 
 def _summary(parts: Sequence[Mapping[str, Any]], t0: float) -> dict[str, Any]:
     """The merged result's ``parts`` section: each shard's host, start, clock offset
     (its start against the earliest shard's, seconds) and lag behind the agreed start."""
-    return {"count": len(parts), "shards": [
+    return {"count": parts[0]["parts"]["count"], "shards": [
         {"index": d["parts"]["index"], "host": d["parts"]["host"],
          "started_wall": d["parts"]["started_wall"],
          "clock_offset_s": d["parts"]["started_wall"] - t0,

@@ -20,10 +20,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from ..driver.limits import ClientLimits
 from ..driver.multiproc import new_event_loop, run_in_processes, tuned_gc
 from ..errors import ConfigError
-from ..report.result import RunResult, write_json
+from ..report.result import RunResult, result_path, write_json
 from ..servers.attach import AttachedServer
 from ..servers.base import ServerHandle, ServerInfo
 from ..workload.spec import WorkloadSpec
@@ -53,10 +55,8 @@ def check_workers(spec: WorkloadSpec, options: PlayOptions, workers: int) -> Non
     """Raise :class:`ConfigError` when ``spec`` cannot be split in ``workers`` parts."""
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ConfigError(f"workers: expected an integer >= 1, got {workers!r}")
-    if workers > 1 and options.part is not None:
-        raise ConfigError(f"workers={workers} with a shard ({options.part.label}): a shard "
-                          "is played by one process; use more shards instead")
-    refusal = split_refusal(spec, options.slo, workers) if workers > 1 else None
+    parts = workers * (options.part.count if options.part is not None else 1)
+    refusal = split_refusal(spec, options.slo, parts) if workers > 1 else None
     if refusal:
         raise ConfigError(f"workers={workers}: {options.name} cannot be split: {refusal}; "
                           "play it with workers=1")
@@ -69,26 +69,48 @@ async def play_workers(spec: WorkloadSpec, handle: ServerHandle, options: PlayOp
     """Play ``spec`` against ``handle``'s server from ``workers`` processes and return
     the merged, judged result (written to ``options.results_dir``). Raises
     :class:`ConfigError` when the workload cannot be split (see
-    :func:`~.parts.split_refusal`), ``DriverError`` when a worker fails."""
+    :func:`~.parts.split_refusal`), ``DriverError`` when a worker fails.
+
+    A shard (``options.part``, I of N) played by ``workers`` processes is parts
+    ``I * workers + j`` of ``N * workers``: each worker's result is written as a part
+    of its own (``ctxplat merge`` pools all of them); the result returned pools this
+    shard's parts, unjudged."""
     check_workers(spec, options, workers)
+    shard = options.part
     base = dataclasses.replace(options, on_progress=None, results_dir=None, ready=None)
     reset = reset_cache if handle.reset_cache is None else handle.reset_cache
+    first, count = (0, workers) if shard is None else (shard.index * workers,
+                                                       shard.count * workers)
     args = [{"url": handle.url, "headers": handle.headers(), "info": handle.info,
              "capabilities": handle.capabilities, "reset_cache": reset and i == 0,
              "model": model, "time_scale": time_scale, "limits": limits, "spec": spec,
-             "options": dataclasses.replace(base, part=Part(i, workers))}
+             "options": dataclasses.replace(base, part=Part(first + i, count))}
             for i in range(workers)]
+    agreed = 0.0 if shard is None or shard.start_at is None else shard.start_at
     docs = await asyncio.to_thread(run_in_processes, _play_main, args,
-                                   start=lambda: time.time() + START_MARGIN_S,
+                                   start=lambda: max(agreed, time.time() + START_MARGIN_S),
                                    timeout_s=timeout_s)
-    result = merge_parts(docs, f"{options.name}: workers={workers}")
+    if shard is not None and options.results_dir is not None:
+        for doc in docs:
+            _write_doc(doc, Path(options.results_dir))
+    result = merge_parts(docs, f"{options.name}: workers={workers}", partial=shard is not None)
     alive = handle.alive()
     target = {**result.target, "alive_after_run": alive,
               "log_tail": None if alive else handle.log_tail()}
     result = dataclasses.replace(result, target=target)
-    if options.results_dir is not None:
+    if options.results_dir is not None and shard is None:
         write_json(result, Path(options.results_dir))
     return result
+
+
+def _write_doc(doc: dict[str, Any], folder: Path) -> None:
+    """Write a worker's result document as :func:`write_json` writes a result."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = result_path(folder, str(doc["name"]))
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY
+                                 | orjson.OPT_NON_STR_KEYS))
+    tmp.replace(path)
 
 
 def _play_main(args: dict[str, Any], conn: Any) -> None:
