@@ -78,7 +78,7 @@ def test_shard_pods_then_the_merge_pod_give_one_verdict(sim_url: str, tmp_path: 
     local = [part.replace(FULL_LOAD, SMALL_LOAD).replace("/results", str(tmp_path))
              for part in shard_cmd]
     shards = 2  # the manifest's 4 shards, as 2 on this machine
-    start = f"{time.time() + 6.0:.3f}"
+    start = f"{time.time() + 8.0:.3f}"
     procs = [subprocess.Popen(local, env=_pod_env(
         shard_env, JOB_COMPLETION_INDEX=str(i), CTXPLAT_SHARDS=str(shards),
         CTXPLAT_START_AT=start, CTXPLAT_URL=sim_url), stdout=subprocess.PIPE,

@@ -142,7 +142,7 @@ def test_two_shard_processes_merged_match_one_unsharded_run(sim_url: str,
     slos = [a for k, v in SLO.items() for a in ("--slo", f"{k}={v}")]
     cli = [sys.executable, "-m", "pytest_ctxplat.cli", "run", "chat", "--url", sim_url,
            *sets, *slos, "--name", "chat", "--no-progress"]
-    start = time.time() + 6.0
+    start = time.time() + 8.0  # time for both processes to start and prepare
     procs = [subprocess.Popen([*cli, "--json", str(tmp_path / "shards" / f"s{i}.json")],
                               env=_shard_env(i, 2, start), stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT) for i in range(2)]
