@@ -102,9 +102,11 @@ def parse_start_at(text: str | float, where: str = "--ctxplat-start-at") -> floa
     """An agreed start time as epoch seconds: a number (epoch seconds) or an ISO 8601
     time (``2026-11-30T21:00:00Z``; without a zone: UTC)."""
     try:
-        return float(text)
+        epoch = float(text)
     except (TypeError, ValueError):
         pass
+    else:
+        return _not_far_ahead(epoch, text, where)
     try:
         when = _dt.datetime.fromisoformat(str(text).strip().replace("Z", "+00:00"))
     except ValueError:
@@ -112,7 +114,19 @@ def parse_start_at(text: str | float, where: str = "--ctxplat-start-at") -> floa
                           f"2026-11-30T21:00:00Z, got {text!r}") from None
     if when.tzinfo is None:
         when = when.replace(tzinfo=_dt.timezone.utc)
-    return when.timestamp()
+    return _not_far_ahead(when.timestamp(), text, where)
+
+
+MAX_AHEAD_S = 86_400.0  # a start further ahead is a mistake (a placeholder, a typo)
+
+
+def _not_far_ahead(start_at: float, text: object, where: str) -> float:
+    ahead = start_at - time.time()
+    if ahead > MAX_AHEAD_S:
+        raise ConfigError(f"{where}: {text!r} is {ahead / 3600:.0f} hours ahead (more than a "
+                          "day): set the agreed start to a time shortly after the shards "
+                          "are scheduled")
+    return start_at
 
 
 def split_refusal(spec: WorkloadSpec, slo: SLOSpec | None, count: int) -> str | None:
