@@ -43,7 +43,9 @@ from .orchestrator.knees import (
     profile_capacities,
     run_knees,
 )
+from .orchestrator.parts import Part, split_refusal
 from .orchestrator.sweep import plan_sweep, run_sweep, sweep_result, sweep_spec
+from .orchestrator.workers import check_workers, play_workers
 from .report.result import RunResult, write_json
 from .servers.attach import AttachedServer
 from .servers.base import ServerHandle
@@ -164,6 +166,8 @@ async def arun_workload(
     workload_dirs: list[Path] | None = None,
     limits: ClientLimits | None = None,
     on_progress: Callable[[Progress], None] | None = None,
+    workers: int = 1,
+    part: Part | None = None,
 ) -> RunResult:
     """Play ``workload`` against ``server`` (a URL or a started server's handle),
     measure, judge against ``slo``.
@@ -180,20 +184,36 @@ async def arun_workload(
     :class:`~pytest_ctxplat.errors.ServerError` before anything is played.
     ``on_progress`` is called with the run's
     :class:`~pytest_ctxplat.orchestrator.progress.Progress` about every second.
+    ``workers`` > 1 splits the users across that many processes and merges their
+    results into one (:mod:`~pytest_ctxplat.orchestrator.workers`); ``part`` plays one
+    shard of a run split across hosts, judged later by ``ctxplat merge``
+    (:mod:`~pytest_ctxplat.orchestrator.parts`). A workload that cannot be split raises
+    :class:`~pytest_ctxplat.errors.ConfigError` saying why.
     """
     handle: ServerHandle = AttachedServer(server) if isinstance(server, str) else server
     spec = resolve_workload(workload, overrides, dirs=workload_dirs or (), where=name)
     lim = limits or DEFAULT_LIMITS
+    options = PlayOptions(
+        slo=_slo(slo, name), seed=seed, name=name, token_salt=token_salt,
+        results_dir=None if results_dir is None else Path(results_dir),
+        sample_every_s=scrape_every_s, extra_body=dict(extra_body or {}),
+        max_connect_failures=lim.max_connect_failures, on_progress=on_progress, part=part)
+    check_workers(spec, options, workers)
+    if part is not None and part.count > 1:
+        refusal = split_refusal(spec, options.slo, part.count)
+        if refusal:
+            raise ConfigError(f"{name}: cannot play {part.label}: {refusal}")
+        reset_cache = reset_cache and part.index == 0  # one shard resets, before the start
+    if workers > 1:
+        result = await play_workers(spec, handle, options, workers, model=model,
+                                    reset_cache=reset_cache, time_scale=time_scale, limits=lim)
+        return _judged(result, check)
 
     def target() -> HttpTarget:
         return HttpTarget(handle, model=model, reset_cache=reset_cache,
                           time_scale=time_scale, limits=lim)
 
-    result = await play_judged(spec, target, PlayOptions(
-        slo=_slo(slo, name), seed=seed, name=name, token_salt=token_salt,
-        results_dir=None if results_dir is None else Path(results_dir),
-        sample_every_s=scrape_every_s, extra_body=dict(extra_body or {}),
-        max_connect_failures=lim.max_connect_failures, on_progress=on_progress))
+    result = await play_judged(spec, target, options)
     return _judged(result, check)
 
 

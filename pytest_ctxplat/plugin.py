@@ -57,6 +57,12 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     config.addinivalue_line(
         "markers",
+        "split(*, workers=None): play this test's users from `workers` processes on this "
+        "machine (one merged result and verdict); under pytest-xdist against --ctxplat-url, "
+        "split the test across the xdist workers.",
+    )
+    config.addinivalue_line(
+        "markers",
         "servers(*profiles): run the test once per server profile (e.g. 'sim', 'vllm-cpu'); "
         "the terminal summary compares the profiles side by side.",
     )
@@ -67,7 +73,12 @@ def pytest_configure(config: pytest.Config) -> None:
         "--ctxplat-compare NAME.",
     )
     config.stash[settings_key] = read_settings(config)
-    config.pluginmanager.register(_Summary(), "ctxplat-summary")
+    config.pluginmanager.register(_Summary(config), "ctxplat-summary")
+    if not hasattr(config, "workerinput"):  # no barrier left from an earlier session
+        import shutil
+
+        shutil.rmtree(config.stash[settings_key].results / ".ctxplat-barrier",
+                      ignore_errors=True)
     config.stash[_before_key] = _live_servers()
     _stop_on_sigterm(config)
 
@@ -106,6 +117,13 @@ def _stop_on_sigterm(config: pytest.Config) -> None:
     clear()
     signal.signal(signal.SIGTERM, on_sigterm)
     config.stash[_sigterm_key] = True
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """pytest-xdist: tell each worker the distribution mode (``--dist each`` splits the
+    ``split()`` tests across the workers)."""
+    node.workerinput["ctxplat_dist"] = node.config.getoption("dist", None)
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
@@ -268,20 +286,35 @@ class _Summary:
     so this also works under xdist), prints the SLO summary table and writes the
     Markdown summary (``--ctxplat-markdown``, ``$GITHUB_STEP_SUMMARY``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, config: pytest.Config) -> None:
         self.rows: list[dict[str, Any]] = []
+        self.config = config
+        self.split: Any = None  # runtime.SplitMerger, once a split() test's part arrives
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if report.when != "call":
             return
         props = {k[len("ctxplat."):]: v for k, v in report.user_properties
                  if isinstance(k, str) and k.startswith("ctxplat.")}
+        if "part" in props and not hasattr(self.config, "workerinput"):
+            from .runtime import SplitMerger
+
+            self.split = self.split or SplitMerger(self.config)
+            self.split.add(report.nodeid, props["part"])
         if props:
             props["nodeid"] = report.nodeid
             props["outcome"] = "xfailed" if hasattr(report, "wasxfail") else report.outcome
             self.rows.append(props)
 
+    @pytest.hookimpl(trylast=True)
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        if self.split is not None and self.split.failed and \
+                session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if self.split is not None:
+            self.split.summary(terminalreporter)
         if not self.rows:
             return
         from .report.table import summary_table

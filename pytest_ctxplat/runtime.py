@@ -4,7 +4,9 @@ the work itself is done by the library (:mod:`pytest_ctxplat.api`)."""
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -23,6 +25,7 @@ from .settings import item_key, kind_registry, settings_key
 from .workload.loader import load_workload, resolve_workload
 
 if TYPE_CHECKING:
+    from .orchestrator.parts import Part
     from .report.result import RunResult
 
 DEFAULT_WORKLOAD = "chat"
@@ -53,7 +56,8 @@ def start_profile(config: pytest.Config, name: str) -> ServerHandle:
     if name == "url" and hasattr(config, "workerinput"):  # an xdist worker
         warnings.warn(
             "ctxplat: several xdist workers share one server at --ctxplat-url; their "
-            "loads overlap and /metrics deltas mix. Run SLO tests without -n.",
+            "loads overlap and /metrics deltas mix. Run SLO tests without -n, or mark a "
+            "test split() and use --dist each to split its users across the workers.",
             pytest.PytestWarning, stacklevel=1)
     try:
         profile = s.profile(name)
@@ -184,6 +188,10 @@ async def run_item(item: pytest.Item, server: ServerHandle, workload: str | None
     common: dict[str, Any] = {"seed": s.seed, "model": s.model,
                               "reset_cache": s.reset_cache, "limits": s.limits}
     slo = spec.slo if spec else None
+    workers, part = xdist_split(item, s.workers, s.part)
+    if spec is not None and spec.sweep is not None and (part is not None or workers > 1):
+        raise ConfigError(f"{item.nodeid}: a sweep is played whole: run it without "
+                          "--ctxplat-shard, --ctxplat-workers or split(workers=N)")
     if spec is not None and spec.sweep is not None:
         try:
             result = await asweep(wl, users=spec.sweep.users, rates=spec.sweep.rates,
@@ -196,12 +204,17 @@ async def run_item(item: pytest.Item, server: ServerHandle, workload: str | None
         try:
             result = await arun_workload(server, wl, slo=slo, name=item.nodeid,
                                          results_dir=s.results, check=False,
-                                         on_progress=display, **common)
+                                         on_progress=display, workers=workers, part=part,
+                                         **common)
         finally:
             if display is not None:
                 display.close()
+            if s.part is not None and s.part.start_at is not None:  # the first run only
+                s.part = dataclasses.replace(s.part, start_at=None)
     result = against_baselines(item, server, result)
     item.user_properties.extend(properties(result))
+    if part is not None and xdist_worker(config) is not None:  # the controller merges it
+        item.user_properties.append(("ctxplat.part", f"{part.index}/{part.count}"))
     config.pluginmanager.hook.pytest_ctxplat_result(config=config, item=item, result=result)
     if result.target.get("alive_after_run") is False:
         # The server died during the run: a failure whatever the SLO says; what was
@@ -323,3 +336,121 @@ def make_warm(item: pytest.Item, server: ServerHandle, tier: str, workload: str 
     except (ConfigError, TypeError) as exc:
         raise ConfigError(f"{item.nodeid}: {exc}") from None
     return run_sync(warm(server, wl, tier, name=item.nodeid, seed=s.seed, evict=evict))
+
+
+# -- pytest-xdist: one test split across the xdist workers ------------------------------
+BARRIER_TIMEOUT_S = 3600.0  # the others may be playing other tests first
+BARRIER_MARGIN_S = 2.0
+
+
+def xdist_worker(config: pytest.Config) -> tuple[int, int] | None:
+    """``(index, count)`` of this xdist worker; None: not one."""
+    info = getattr(config, "workerinput", None)
+    if info is None:
+        return None
+    return int(str(info["workerid"]).removeprefix("gw")), int(info["workercount"])
+
+
+def xdist_split(item: pytest.Item, workers: int, part: Part | None
+                ) -> tuple[int, Part | None]:
+    """The test's worker count and part. A ``split()`` test under xdist against
+    ``--ctxplat-url``: with ``--dist each``, this worker's part of it, starting at a
+    barrier shared through the results directory; else all of it, split across as many
+    processes as there are xdist workers. Under ``--dist each`` any other test is played
+    whole by the first worker only (skipped by the others)."""
+    s = item.config.stash[settings_key]
+    spec = item.stash.get(item_key, None)
+    if spec is not None and spec.workers is not None:
+        workers = spec.workers
+    worker = xdist_worker(item.config)
+    if worker is None or s.server != "url":
+        return workers, part
+    each = getattr(item.config, "workerinput", {}).get("ctxplat_dist") == "each"
+    if spec is None or not spec.split:
+        if each and worker[0] != 0:
+            pytest.skip("--dist each: a test without split() is played whole by gw0")
+        return workers, part
+    if part is not None:
+        raise ConfigError(f"{item.nodeid}: split() under xdist with --ctxplat-shard: a "
+                          "shard is one process; drop -n or the shard")
+    if not each:
+        return max(workers, worker[1]), None
+    from .orchestrator.parts import Part
+
+    return 1, Part(worker[0], worker[1], _barrier(s.results, item.nodeid, *worker))
+
+
+def _barrier(results: Path, nodeid: str, index: int, count: int) -> float:
+    """Every xdist worker writes its arrival time for ``nodeid`` and waits for the
+    others'; all return the same start: the latest arrival plus a margin."""
+    import re
+    import time
+
+    folder = results / ".ctxplat-barrier" / re.sub(r"[^A-Za-z0-9_.-]+", "_", nodeid)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{index}.tmp").write_text(repr(time.time()))
+    (folder / f"{index}.tmp").replace(folder / str(index))
+    deadline = time.monotonic() + BARRIER_TIMEOUT_S
+    while True:
+        arrived = [folder / str(i) for i in range(count) if (folder / str(i)).exists()]
+        if len(arrived) == count:
+            return max(float(p.read_text()) for p in arrived) + BARRIER_MARGIN_S
+        if time.monotonic() > deadline:
+            raise ConfigError(f"{nodeid}: {len(arrived)} of {count} xdist workers reached "
+                              f"this split() test within {BARRIER_TIMEOUT_S:.0f} s: under "
+                              "--dist each every worker runs it (deselect nothing per worker)")
+        time.sleep(0.05)
+
+
+class SplitMerger:
+    """On the xdist controller: collects the parts of each ``split()`` test from the
+    workers' reports, merges them into one result (written beside the parts) and one
+    verdict, shows it in the terminal summary; :attr:`failed` fails the session."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        self.parts: dict[str, set[str]] = {}
+        self.merged: list[RunResult] = []
+        self.errors: list[str] = []
+
+    def add(self, nodeid: str, part: str) -> None:
+        """Part ``"I/N"`` of ``nodeid`` was played; merge once all N were."""
+        index, count = part.split("/")
+        seen = self.parts.setdefault(nodeid, set())
+        seen.add(index)
+        if len(seen) == int(count):
+            self._merge(nodeid, int(count))
+
+    def _merge(self, nodeid: str, count: int) -> None:
+        from .orchestrator.parts import merge_parts
+        from .report.result import read_document, result_path, write_json
+
+        results = self.config.stash[settings_key].results
+        try:
+            docs = [read_document(result_path(results, f"{nodeid} [shard {i} of {count}]"),
+                                  "parts", "a part's result") for i in range(count)]
+            merged = merge_parts(docs, nodeid)
+        except ConfigError as exc:
+            self.errors.append(f"{nodeid}: parts not merged: {exc}")
+            return
+        write_json(merged, results)
+        self.merged.append(merged)
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.errors) or any(not r.passed for r in self.merged)
+
+    def summary(self, terminalreporter: Any) -> None:
+        if not self.merged and not self.errors:
+            return
+        terminalreporter.write_sep("=", "ctxplat split tests (merged across xdist workers)")
+        for r in self.merged:
+            v = r.verdict
+            terminalreporter.write_line(
+                f"{r.name}: {len(r.records)} requests from {(r.parts or {}).get('count')} "
+                f"workers: {'no objectives' if v is None else v.status} "
+                f"({'passed' if r.passed else 'failed'})")
+            if not r.passed:
+                terminalreporter.write_line(format_breach(r), red=True)
+        for line in self.errors:
+            terminalreporter.write_line(line, red=True)

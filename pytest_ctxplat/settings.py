@@ -20,6 +20,7 @@ import pytest
 
 if TYPE_CHECKING:
     from .driver.limits import ClientLimits
+    from .orchestrator.parts import Part
     from .orchestrator.sweep import SweepSpec
     from .servers.launchers import LauncherRegistry
     from .servers.profiles import ServerProfile
@@ -72,6 +73,14 @@ OPTIONS: list[tuple[str, Literal["string", "bool"], str, Any]] = [
      "tolerances and a significance test; a regression fails the test.", None),
     ("baseline_dir", "string", "Directory of saved baselines (relative to the rootdir).",
      "ctxplat-baselines"),
+    ("workers", "string", "Play each test's users from this many worker processes on this "
+     "machine, merged into one result and verdict (a split(workers=N) marker wins).", "1"),
+    ("shard", "string", "Play shard I of N of every test (I/N, e.g. 0/2): its share of the "
+     "users; results carry the shard in their names; 'ctxplat merge' judges the shards "
+     "together. Unset: JOB_COMPLETION_INDEX of CTXPLAT_SHARDS (a Kubernetes Indexed Job).",
+     None),
+    ("start_at", "string", "When the shards start their first run: epoch seconds or an ISO "
+     "8601 time (unset: CTXPLAT_START_AT, else each shard starts when ready).", None),
 ]
 
 
@@ -102,6 +111,8 @@ class Settings:
     tolerances: dict[str, Any] = dataclasses.field(default_factory=dict)  # ini overrides
     sim_set: dict[str, Any] = dataclasses.field(default_factory=dict)  # --ctxplat-sim-set
     engines: dict[str, Any] = dataclasses.field(default_factory=dict)  # url -> /version
+    workers: int = 1  # --ctxplat-workers
+    part: Part | None = None  # --ctxplat-shard I/N (start_at: the first run's start)
 
     def launcher_registry(self) -> LauncherRegistry:
         assert self.launchers is not None, "built in pytest_configure"
@@ -140,6 +151,8 @@ class ItemSpec:
     sweep: SweepSpec | None = None  # the sweep marker: one run per load point
     ran: bool = False  # ctxplat_run was called (an slo marker without a run is an error)
     tolerances: dict[str, Any] = dataclasses.field(default_factory=dict)  # tolerance()
+    workers: int | None = None  # split(workers=N)
+    split: bool = False  # a split marker: under xdist --dist each, split across workers
 
 
 settings_key = pytest.StashKey[Settings]()
@@ -330,6 +343,8 @@ def read_settings(config: pytest.Config) -> Settings:
         launchers=launchers,
         limits=_limits(config),
         progress=progress_enabled(config),
+        workers=_number(config, "workers", int, 1),
+        part=_part(config),
     )
     html = html_output(config)  # a bad path is a usage error now, not a surprise at the end
     if html is not None and not html[1].resolve().is_relative_to(settings.results.resolve()):
@@ -348,6 +363,25 @@ def read_settings(config: pytest.Config) -> Settings:
     settings.check_servers(servers, "--ctxplat-server")
     _read_baselines(config, settings)
     return settings
+
+
+def _part(config: pytest.Config) -> Part | None:
+    """``--ctxplat-shard`` (else an Indexed Job's environment) with its agreed start."""
+    from .errors import ConfigError
+    from .orchestrator.parts import ENV_START, parse_part, parse_start_at, part_from_env
+
+    shard, start = _get(config, "shard"), _get(config, "start_at")
+    try:
+        part = parse_part(shard) if shard else part_from_env()
+        if start is None and os.environ.get(ENV_START):
+            start = parse_start_at(os.environ[ENV_START], ENV_START)
+        elif start is not None:
+            start = parse_start_at(start)
+    except ConfigError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    if part is None or part.count == 1:
+        return None
+    return dataclasses.replace(part, start_at=start)
 
 
 def _read_baselines(config: pytest.Config, s: Settings) -> None:
@@ -411,7 +445,8 @@ def parse_markers(item: pytest.Item) -> ItemSpec:
     wl_m = item.get_closest_marker("workload")
     tol_m = item.get_closest_marker("tolerance")
     sweep_m = item.get_closest_marker("sweep")
-    if slo_m is None and wl_m is None and tol_m is None and sweep_m is None:
+    split_m = item.get_closest_marker("split")
+    if slo_m is None and wl_m is None and tol_m is None and sweep_m is None and split_m is None:
         return ItemSpec(slo=None, workload=None)
     from .errors import ConfigError
     from .orchestrator.sweep import point_overrides, sweep_spec
@@ -444,9 +479,29 @@ def parse_markers(item: pytest.Item) -> ItemSpec:
                 except ConfigError as exc:
                     raise ConfigError(f"{item.nodeid}: {exc}") from None
         tolerances = _tolerances(tol_m, item.nodeid)
+        workers = _split_workers(split_m, item.nodeid)
     except ConfigError as exc:
         raise pytest.UsageError(str(exc)) from None
-    return ItemSpec(slo=slo, workload=wl, sweep=sweep, tolerances=tolerances)
+    return ItemSpec(slo=slo, workload=wl, sweep=sweep, tolerances=tolerances, workers=workers,
+                    split=split_m is not None)
+
+
+def _split_workers(marker: pytest.Mark | None, where: str) -> int | None:
+    """The ``split`` marker's ``workers`` (None: no marker, or no count given)."""
+    from .errors import ConfigError
+
+    if marker is None:
+        return None
+    unknown = sorted(set(marker.kwargs) - {"workers"})
+    if marker.args or unknown:
+        raise ConfigError(f"{where}: split() takes one keyword, workers=N; got "
+                          f"{', '.join(map(repr, marker.args)) or ', '.join(unknown)}")
+    workers = marker.kwargs.get("workers")
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
+                                or workers < 1):
+        raise ConfigError(f"{where}: split(): workers: expected an integer >= 1, got "
+                          f"{workers!r}")
+    return workers
 
 
 def _tolerances(marker: pytest.Mark | None, where: str) -> dict[str, Any]:

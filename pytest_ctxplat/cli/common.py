@@ -11,6 +11,7 @@ from ..assignments import parse_assignments
 if TYPE_CHECKING:
     import argparse
 
+    from ..orchestrator.parts import Part
     from ..progress import LiveProgress
     from ..report.result import RunResult
     from ..slo import SLOSpec
@@ -18,7 +19,7 @@ if TYPE_CHECKING:
 
 __all__ = ["EXIT_BREACH", "EXIT_OK", "EXIT_SERVER", "EXIT_USAGE", "add_progress_option",
            "finish", "live_progress", "parse_assignments", "print_result",
-           "workload_and_slo"]
+           "shard_of", "workload_and_slo"]
 
 EXIT_OK = 0  # passed (or nothing to judge)
 EXIT_BREACH = 1  # an SLO was breached
@@ -58,6 +59,23 @@ def workload_and_slo(args: Any) -> tuple[WorkloadSpec, SLOSpec | None]:
                          dirs=[Path.cwd() / "workloads"], where="--set")
     slo = parse_assignments(args.slo, "--slo")
     return spec, parse_slo(slo, "--slo") if slo else None
+
+
+def shard_of(shard: str | None, start_at: str | None) -> Part | None:
+    """``--shard I/N`` (else an Indexed Job's environment) with ``--start-at`` (else
+    ``CTXPLAT_START_AT``); None: not a shard."""
+    import dataclasses
+    import os
+
+    from ..orchestrator.parts import ENV_START, parse_part, parse_start_at, part_from_env
+
+    part = parse_part(shard, "--shard") if shard else part_from_env()
+    if part is None or part.count == 1:
+        return None
+    start = start_at or os.environ.get(ENV_START)
+    where = "--start-at" if start_at else ENV_START
+    return dataclasses.replace(part, start_at=None if not start else
+                               parse_start_at(start, where))
 
 
 def finish(result: RunResult, json_path: str | None) -> int:

@@ -4,9 +4,11 @@ starts) and print the figures, writing the result JSON with ``--json``."""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
-from .common import add_progress_option, finish, live_progress, workload_and_slo
+from ..errors import ConfigError
+from .common import add_progress_option, finish, live_progress, shard_of, workload_and_slo
 
 __all__ = ["add_parser", "run"]
 
@@ -33,6 +35,13 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--no-reset", action="store_true",
                    help="do not POST /reset_prefix_cache before the run")
     p.add_argument("--json", help="write the result JSON to this file")
+    p.add_argument("--workers", type=int, default=1, help="play the users from this many "
+                   "processes, merged into one result. Default: %(default)r")
+    p.add_argument("--shard", default=None, metavar="I/N", help="play shard I of N (judged "
+                   "by 'ctxplat merge'). Default: JOB_COMPLETION_INDEX of CTXPLAT_SHARDS "
+                   "when set")
+    p.add_argument("--start-at", default=None, metavar="TIME", help="the shards' agreed "
+                   "start: epoch seconds or ISO 8601. Default: CTXPLAT_START_AT when set")
     add_progress_option(p)
     return p
 
@@ -43,6 +52,13 @@ def run(args: argparse.Namespace) -> int:
     from ..servers.sim import start_sim
 
     spec, slo = workload_and_slo(args)
+    part = shard_of(args.shard, args.start_at)
+    parts_dir = None
+    if part is not None and args.workers > 1:  # each worker's part is a file of its own
+        if not args.json:
+            raise ConfigError("--workers with --shard: give --json FILE; the workers' "
+                              "parts are written beside it")
+        parts_dir = Path(args.json).parent
     sim = None
     server: str | ServerHandle | None = args.url
     if server is None:
@@ -51,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         result = run_workload(server, spec, slo=slo, seed=args.seed, name=args.name,
                               model=args.model, reset_cache=not args.no_reset,
-                              on_progress=display)
+                              on_progress=display, workers=args.workers, part=part,
+                              results_dir=parts_dir)
     finally:
         if display is not None:
             display.close()

@@ -31,8 +31,8 @@ from typing import Any
 from ..errors import ConfigError, DriverError
 from ..report.records import RequestRecord
 
-__all__ = ["StreamsResult", "WorkerReport", "new_event_loop", "run_streams", "split_evenly",
-           "tuned_gc", "wait_until"]
+__all__ = ["StreamsResult", "WorkerReport", "new_event_loop", "run_in_processes",
+           "run_streams", "split_evenly", "tuned_gc", "wait_until"]
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
@@ -328,17 +328,40 @@ def _in_process(url: str, path: str, body: bytes, requests: int, concurrency: in
 def _in_workers(url: str, path: str, body: bytes, requests: int, concurrency: int,
                 workers: int, headers: dict[str, str], start_method: str | None,
                 timeout_s: float | None, rate: float | None, seed: int) -> StreamsResult:
-    ctx: Any = mp.get_context(start_method or "spawn")
     shares = zip(split_evenly(concurrency, workers), split_evenly(requests, workers), strict=True)
+    args = [{"url": url, "path": path, "body": body, "requests": reqs, "concurrency": conc,
+             "headers": headers, "worker": i, "seed": seed,
+             "rate": None if rate is None else rate * reqs / requests}
+            for i, (conc, reqs) in enumerate(shares)]
+    starts: list[float] = []
+
+    def start_line() -> float:
+        starts.append(time.monotonic() + 0.05)
+        return starts[0]
+
+    reports: list[WorkerReport] = run_in_processes(_worker_main, args, start=start_line,
+                                                   start_method=start_method,
+                                                   timeout_s=timeout_s)
+    return _merge(reports, starts[0], max(r.wall_s for r in reports))
+
+
+def run_in_processes(main: Callable[[Any, Any], None], args: Sequence[Any], *,
+                     start: Callable[[], Any], start_method: str | None = None,
+                     timeout_s: float | None = None) -> list[Any]:
+    """One process per item of ``args``, each running ``main(arg, conn)``, behind one
+    start barrier: a worker sends ``("ready", None)`` when set up, then receives the
+    start line (``start()``, called once every worker is ready, e.g. a
+    ``time.monotonic()`` or ``time.time()`` value) and ends with ``("done", payload)``.
+    Returns the payloads in ``args`` order. A worker that sends ``("error", text)``,
+    dies, or does not answer within ``timeout_s`` raises ``DriverError``; every
+    process is joined (terminated after 5 s) on the way out."""
+    ctx: Any = mp.get_context(start_method or "spawn")
     procs = []
     conns = []
     try:
-        for i, (conc, reqs) in enumerate(shares):
+        for i, arg in enumerate(args):
             parent, child = ctx.Pipe()
-            args = {"url": url, "path": path, "body": body, "requests": reqs,
-                    "concurrency": conc, "headers": headers, "worker": i, "seed": seed,
-                    "rate": None if rate is None else rate * reqs / requests}
-            proc = ctx.Process(target=_worker_main, args=(args, child), daemon=True,
+            proc = ctx.Process(target=main, args=(arg, child), daemon=True,
                                name=f"ctxplat-worker-{i}")
             proc.start()
             child.close()
@@ -349,17 +372,16 @@ def _in_workers(url: str, path: str, body: bytes, requests: int, concurrency: in
             kind, payload = _receive(conn, deadline, i)
             if kind != "ready":
                 raise DriverError(f"worker {i} failed to start: {payload}")
-        t0 = time.monotonic() + 0.05
+        line = start()
         for conn in conns:
-            conn.send(t0)
-        reports: list[WorkerReport] = []
+            conn.send(line)
+        out: list[Any] = []
         for i, conn in enumerate(conns):
             kind, payload = _receive(conn, deadline, i)
             if kind != "done":
                 raise DriverError(f"worker {i} failed: {payload}")
-            reports.append(payload)
-        wall = max(r.wall_s for r in reports)
-        return _merge(reports, t0, wall)
+            out.append(payload)
+        return out
     finally:
         for proc in procs:
             proc.join(5)

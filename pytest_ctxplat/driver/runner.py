@@ -113,7 +113,8 @@ class RunOptions:
     seconds) before they are cancelled. ``slo`` is what the SLO-governed controller
     judges (the workload's ``load.controller``, or implied by ``min_sustained_users``).
     After ``max_connect_failures`` connection failures in a row the run stops (a circuit
-    breaker; 0: never).
+    breaker; 0: never). ``part`` ``(i, n)``: play only users ``u`` with ``u % n == i``,
+    with block ids of part ``i``'s own range (one part of a split run).
     """
 
     model: str
@@ -129,6 +130,7 @@ class RunOptions:
     token_max: int = 4096
     chat_overhead_tokens: int = 0
     slo: SLOSpec | None = None
+    part: tuple[int, int] = (0, 1)
 
 
 class Runner:
@@ -195,7 +197,9 @@ class Runner:
         bound = wl.bound_s
         if bound is not None:
             self._deadline = bound
-        ctx = WorkloadContext(seed=self.options.seed)
+        part, parts = self.options.part
+        ctx = WorkloadContext.for_part(self.options.seed, part) if parts > 1 else \
+            WorkloadContext(seed=self.options.seed)
         wl.prepare(ctx)
         timed = wl.timed_requests(ctx)
         self._t0 = loop.time()
@@ -207,7 +211,8 @@ class Runner:
         elif self.capacity is not None:
             tasks = self._governed(ctx, self.capacity)
         else:
-            tasks = [asyncio.create_task(self._user(u, ctx)) for u in range(wl.user_count())]
+            tasks = [asyncio.create_task(self._user(u, ctx))
+                     for u in range(part, wl.user_count(), parts)]
         end = None if math.isinf(self._deadline) else \
             loop.time() + (self._deadline + self.options.grace_s) / self._scale
         try:

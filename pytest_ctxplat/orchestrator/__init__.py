@@ -11,20 +11,25 @@ the rest the same way for both, so both produce the same
 from .core import PlayOptions, Preparation, Target, play
 from .http import HttpTarget
 from .inprocess import EngineSink, InProcessTarget
+from .parts import Part, merge_parts
 from .progress import Progress
 from .repeat import play_judged
 from .results import build_result, format_breach
+from .workers import play_workers
 
 __all__ = [
     "EngineSink",
     "HttpTarget",
     "InProcessTarget",
+    "Part",
     "PlayOptions",
     "Preparation",
     "Progress",
     "Target",
     "build_result",
     "format_breach",
+    "merge_parts",
     "play",
     "play_judged",
+    "play_workers",
 ]

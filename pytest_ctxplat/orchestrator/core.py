@@ -20,6 +20,7 @@ from ..report.result import RunResult, write_json
 from ..servers.scrape import MetricsSnapshot
 from ..slo import SLOSpec
 from ..workload.spec import WorkloadSpec
+from .parts import Part, part_payload, part_spec, wait_for_start
 from .progress import Progress, ProgressTracker
 from .results import build_result
 
@@ -100,6 +101,9 @@ class PlayOptions:
     ``earlier_runs``: records of earlier runs of the
     same workload judged together with this one (``repeat``, reruns); ``policy``
     overrides the SLO's ``on_inconclusive`` (see :func:`~.repeat.play_judged`).
+    ``part``: play one part of a split run (:mod:`~.parts`), starting at its
+    ``start_at``; ``ready``, when given, is called once the target is prepared and
+    returns the agreed start instead (a start barrier between processes).
     """
 
     slo: SLOSpec | None = None
@@ -116,6 +120,8 @@ class PlayOptions:
     progress_every_s: float = 0.5
     earlier_runs: tuple[tuple[RequestRecord, ...], ...] = ()
     policy: str | None = None
+    part: Part | None = None
+    ready: Callable[[], float | None] | None = None
 
 
 async def play(spec: WorkloadSpec, target: Target, options: PlayOptions | None = None
@@ -125,9 +131,13 @@ async def play(spec: WorkloadSpec, target: Target, options: PlayOptions | None =
     died, the circuit breaker) is judged ``incomplete``."""
     opts = options or PlayOptions()
     salt = zlib.crc32(opts.name.encode()) if opts.token_salt is None else opts.token_salt
+    if opts.part is not None:
+        salt = opts.part.salt(salt)
     async with target:
         prep = await target.prepare(spec, seed=opts.seed, token_salt=salt)
         run = _Run(prep, target, opts, await target.snapshot(), salt)
+        if opts.part is not None:
+            await run.start_part(opts.part)
         sampler = asyncio.ensure_future(run.sample())
         interrupted: str | None = None
         try:
@@ -167,13 +177,20 @@ class _Run:
         self.prep, self.target, self.opts, self.before = prep, target, opts, before
         self.started_at = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
         self.wall0 = time.perf_counter()
+        self.whole = prep.spec  # a part plays its share of it
+        self.part = opts.part
+        if opts.part is not None:
+            prep = dataclasses.replace(prep, spec=part_spec(prep.spec, opts.part))
+            self.prep = prep
+        self.started_wall = time.time()
         self.block_size = (prep.server_block_size or (before.block_size() if before else None)
                            or 1)
         self.runner = Runner(prep.spec, target.sink, RunOptions(
             model=prep.model, seed=opts.seed, token_salt=salt, time_scale=prep.time_scale,
             server_block_size=self.block_size, extra_body=dict(opts.extra_body),
             chat_overhead_tokens=prep.chat_overhead_tokens,
-            max_connect_failures=opts.max_connect_failures, slo=opts.slo))
+            max_connect_failures=opts.max_connect_failures, slo=opts.slo,
+            part=(0, 1) if opts.part is None else (opts.part.index, opts.part.count)))
         self.peaks: dict[str, float] = {}
         self.timeline: list[dict[str, float]] = []
         self.progress = ProgressTracker(duration_s=prep.spec.bound_s,
@@ -191,7 +208,7 @@ class _Run:
             notes["run.stopped"] = runner.stop_reason
         if self.progress_failed:
             notes["run.progress"] = f"progress display stopped: {self.progress_failed}"
-        return build_result(
+        result = build_result(
             name=self.opts.name, target=self.target.describe(), spec=self.prep.spec,
             seed=self.opts.seed, started_at=self.started_at,
             wall_s=time.perf_counter() - self.wall0, records=list(runner.records),
@@ -203,6 +220,32 @@ class _Run:
             capacity=runner.capacity.report() if runner.capacity is not None else None,
             judged_records=runner.capacity.sustained_records()
             if runner.capacity is not None else None)
+        fields = self.part_fields(after, notes)
+        return dataclasses.replace(result, **fields) if fields else result
+
+    async def start_part(self, part: Part) -> None:
+        """Wait for the agreed start of this part (asking ``ready`` for it first)."""
+        if self.opts.ready is not None:
+            part = dataclasses.replace(part, start_at=self.opts.ready())
+            self.part = part
+        await wait_for_start(part.start_at)
+        self.wall0 = time.perf_counter()
+        self.started_wall = time.time()
+
+    def part_fields(self, after: MetricsSnapshot | None, notes: Mapping[str, str]
+                    ) -> dict[str, Any]:
+        """A part's result: its name carries the shard; ``parts`` what merging needs."""
+        part = self.part
+        if part is None:
+            return {}
+        runner = self.runner
+        # a part is judged only merged with the others (ctxplat merge, or its workers')
+        payload = part_payload(
+            part=part, name=self.opts.name, spec=self.whole, started_wall=self.started_wall,
+            time_scale=self.prep.time_scale, records=runner.records,
+            designed_variants=runner.designed_variants, before=self.before, after=after,
+            peaks=self.peaks, notes=notes)
+        return {"name": f"{self.opts.name} [{part.label}]", "verdict": None, "parts": payload}
 
     def write(self, result: RunResult) -> None:
         if self.opts.results_dir is not None:

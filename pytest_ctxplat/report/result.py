@@ -92,6 +92,7 @@ class RunResult:
     knees: Mapping[str, Any] | None = None  # where each tier runs out (orchestrator.knees)
     sessions: Mapping[str, Any] | None = None  # session-level figures (report.sessions)
     tiers: Mapping[str, Any] | None = None  # hits per KV tier (servers.tiers.TierHits)
+    parts: Mapping[str, Any] | None = None  # a split run: a part's, or the merged shards'
 
     @property
     def passed(self) -> bool:
@@ -127,6 +128,7 @@ class RunResult:
             "timeline": [dict(t) for t in self.timeline],
             "records": [r.to_dict() for r in self.records] if records else None,
             "comparison": dict(self.comparison) if self.comparison is not None else None,
+            "parts": dict(self.parts) if self.parts is not None else None,
         }
 
 

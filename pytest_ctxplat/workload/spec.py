@@ -19,9 +19,13 @@ from ..config import Validated, setting
 from .load import LoadShape
 from .model import BlockIdAllocator, SessionPlan, TimedRequest
 
-__all__ = ["APIS", "WorkloadContext", "WorkloadSpec"]
+__all__ = ["APIS", "PART_ID_STRIDE", "WorkloadContext", "WorkloadSpec"]
 
 APIS = ("completions", "chat")
+
+# Block ids of part ``i`` of a split run start at ``1 + i * PART_ID_STRIDE``: the parts'
+# ids never meet (2**40 ids a part), so no part is served another part's blocks.
+PART_ID_STRIDE = 1 << 40
 
 
 @dataclasses.dataclass(slots=True)
@@ -35,6 +39,11 @@ class WorkloadContext:
     def rng(self, *key: object) -> random.Random:
         """An independent, reproducible random stream for ``key`` (e.g. a user index)."""
         return random.Random(repr((self.seed, *key)))
+
+    @classmethod
+    def for_part(cls, seed: int, part: int) -> WorkloadContext:
+        """The context of part ``part`` of a split run: same seed, its own block ids."""
+        return cls(seed=seed, ids=BlockIdAllocator(1 + part * PART_ID_STRIDE))
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
