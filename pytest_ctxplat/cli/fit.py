@@ -75,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(definition_yaml(definition, command), encoding="utf-8")
     spec = load_workload(str(out), where="ctxplat fit")
-    doc = realism_report(trace, spec, sessions=args.sessions, seed=args.seed,
+    sessions = args.sessions or (info.get("conversations") if mooncake else None)
+    doc = realism_report(trace, spec, sessions=sessions, seed=args.seed,
                          per_session=not mooncake)
     doc["fit"] = info
     doc["definition"] = str(out)

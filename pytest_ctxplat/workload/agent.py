@@ -168,9 +168,10 @@ class CodingAgent(WorkloadSpec):
                 return
 
     def _limit(self, rng: random.Random, floor: int) -> int:
-        """The context size that triggers the next compaction (above ``floor``)."""
+        """The context size that triggers the next compaction (at least 1.5 x ``floor``, the
+        context it starts from)."""
         return max(self._count("compact_at_tokens", rng, self.context_limit_tokens),
-                   2 * floor)
+                   floor + floor // 2)
 
     def _session(self, sid: str, ctx: WorkloadContext, rng: random.Random,
                  first_delay: float) -> Iterator[Step]:
