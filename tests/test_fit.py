@@ -44,7 +44,7 @@ def test_quantile_table_draws_follow_the_table() -> None:
     d = Dist(quantiles=((0, 0), (0.5, 10), (0.9, 100), (1, 1000)))
     rng = random.Random(1)
     draws = sorted(d.sample(rng) for _ in range(4000))
-    assert 0 <= draws[0] and draws[-1] <= 1000
+    assert draws[0] >= 0 and draws[-1] <= 1000
     assert 4 < draws[1000] < 6
     assert 50 < draws[2800] < 60
 
@@ -140,7 +140,7 @@ def test_fit_reads_the_sessions_the_way_the_docs_say() -> None:
     assert s.sessions == 1 and s.session_requests == [len(main_reqs)]
     assert len(s.output_tokens) == len(main_reqs)
     assert len(s.think_time_s) + len(s.tool_time_s) == len(main_reqs) - 1
-    d, info = fit_agent(s)
+    d, _ = fit_agent(s)
     assert d["kind"] == "coding_agent" and "subagents" not in d["distributions"]
 
 

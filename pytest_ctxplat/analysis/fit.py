@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Iterable, Sequence
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -177,7 +178,7 @@ def _rewrite(s: AgentSamples, prev: dict[str, Any], e: dict[str, Any]) -> None:
     """A step that keeps less of the previous context than all but its last blocks."""
     a, b = prev.get("hash_ids") or [], e.get("hash_ids") or []
     common = 0
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=False):
         if x != y:
             break
         common += 1
@@ -199,7 +200,7 @@ def _spawns(s: AgentSamples, subs: list[dict[str, Any]], growth: float) -> None:
             s.subagent_tool_steps.append(len(reqs) - 1)
     starts.sort()
     group = 1
-    for a, b in zip(starts, starts[1:]):
+    for a, b in pairwise(starts):
         if b - a <= SPAWN_WINDOW_S:
             group += 1
         else:
@@ -226,7 +227,7 @@ class ChoiceInfo:
 def _round(v: float) -> float:
     if v == 0 or not math.isfinite(v):
         return 0.0
-    digits = max(0, 3 - int(math.floor(math.log10(abs(v)))) - 1)
+    digits = max(0, 2 - math.floor(math.log10(abs(v))))
     r = round(v, digits)
     return float(int(r)) if r == int(r) and abs(r) >= 1 else r
 
@@ -247,13 +248,14 @@ def _draws(d: dict[str, Any], n: int, integer: bool) -> np.ndarray[Any, Any]:
     """``n`` draws from definition data ``d`` as the generator makes them."""
     rng = np.random.default_rng(12345)
     if "quantiles" in d:
-        ps, vs = zip(*d["quantiles"])
+        ps, vs = zip(*d["quantiles"], strict=True)
         out = np.interp(rng.random(n), ps, vs)
     else:
         ln = d["lognormal"]
         out = np.clip(np.exp(rng.normal(math.log(ln["median"]), ln["sigma"], n)),
                       d["min"], d["max"])
-    return np.round(out) if integer else out
+    res: np.ndarray[Any, Any] = np.round(out) if integer else out
+    return res
 
 
 def choose(values: Sequence[float], *, integer: bool = False
@@ -270,7 +272,8 @@ def choose(values: Sequence[float], *, integer: bool = False
     n = max(2000, len(x))
     qs = np.quantile(x, QUANTILE_PS)
     vals = np.maximum.accumulate(np.array([_round(float(v)) for v in qs]))
-    table: dict[str, Any] = {"quantiles": [[p, float(v)] for p, v in zip(QUANTILE_PS, vals)]}
+    table: dict[str, Any] = {"quantiles": [[p, float(v)] for p, v in
+                                           zip(QUANTILE_PS, vals, strict=True)]}
     ks_table = ks_distance(x, _draws(table, n, integer))
     ks_ln = None
     if x[0] > 0 and len(x) >= 20:
@@ -286,7 +289,8 @@ def choose(values: Sequence[float], *, integer: bool = False
 
 
 # -- definitions -----------------------------------------------------------------------
-INTEGER_FIELDS = ("tool_steps", "human_turns", "session_requests", "subagents", "subagent_tool_steps")
+INTEGER_FIELDS = ("tool_steps", "human_turns", "session_requests", "subagents",
+                  "subagent_tool_steps")
 SWARM_FIELDS = ("subagents", "subagent_task_tokens", "subagent_tool_steps",
                 "subagent_result_tokens")
 
@@ -312,14 +316,15 @@ def fit_agent(s: AgentSamples, kind: str | None = None
         if got is not None:
             dists[name], ci = got
             info[name] = ci.to_dict()
-    median = (lambda v: int(np.median(v)) if v else 0)  # noqa: E731
+    median = _median_int
     d: dict[str, Any] = {
         "kind": kind,
         "system_prompt_tokens": median(s.system_tokens),
         "tool_tokens": median(s.tool_tokens),
         "output_tokens": max(1, median(s.output_tokens)),
         "compaction_request": False,
-        "rewrite_probability": round(s.rewrites / max(1, s.tool_calls + len(s.user_tokens)), 5),
+        "rewrite_probability": round(s.rewrites / max(1, s.tool_calls + len(s.user_tokens)),
+                                     5),
     }
     if s.compact_at_tokens:
         d["context_limit_tokens"] = median(s.compact_at_tokens)
@@ -329,6 +334,10 @@ def fit_agent(s: AgentSamples, kind: str | None = None
         d["subagents_max"] = int(max(s.subagents, default=1))
     d["distributions"] = dists
     return d, info
+
+
+def _median_int(v: Sequence[float]) -> int:
+    return int(np.median(v)) if len(v) else 0
 
 
 def fit_chat(paths: Sequence[str | Path]) -> tuple[dict[str, Any], dict[str, Any]]:

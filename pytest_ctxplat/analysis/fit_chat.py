@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,10 @@ from ..workload.traces import read_traces
 __all__ = ["fit_chat_trace"]
 
 SHARED_SHARE = 0.1
+
+
+def med(v: Sequence[float] | np.ndarray[Any, Any], default: int) -> int:
+    return int(np.median(v)) if len(v) else default
 
 
 def fit_chat_trace(paths: Sequence[str | Path]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -52,7 +57,7 @@ def fit_chat_trace(paths: Sequence[str | Path]) -> tuple[dict[str, Any], dict[st
         turns.append(len(rows))
         firsts.append(tuple(int(x) for x in tr.blocks(int(rows[0]))))
         gaps.extend(np.diff(tr.arrival_s[rows]).tolist())
-        for a, b in zip(rows, rows[1:]):
+        for a, b in pairwise(rows):
             growth.append(max(0, int(tr.input_tokens[b] - tr.input_tokens[a]
                                      - tr.output_tokens[a])))
     shared = 0
@@ -61,7 +66,6 @@ def fit_chat_trace(paths: Sequence[str | Path]) -> tuple[dict[str, Any], dict[st
         if not top or top[0][1] < SHARED_SHARE * n_conv:
             break
         shared = k
-    med = (lambda v, d: int(np.median(v)) if len(v) else d)  # noqa: E731
     definition = {
         "kind": "chat",
         "block_size": tr.block_size,

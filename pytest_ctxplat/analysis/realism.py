@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
@@ -92,7 +93,7 @@ def _by_age(trace: Trace, sessions: list[np.ndarray[Any, Any]]) -> list[dict[str
     for g in sessions:
         age[g] = trace.arrival_s[g] - trace.arrival_s[g].min()
     out = []
-    for lo, hi in zip(AGE_BUCKETS_S, AGE_BUCKETS_S[1:]):
+    for lo, hi in pairwise(AGE_BUCKETS_S):
         sel = (age >= lo) & (age < hi)
         n = int(sel.sum())
         out.append({"from_s": lo, "to_s": None if math.isinf(hi) else hi, "requests": n,
@@ -110,7 +111,7 @@ def synthetic_trace(spec: WorkloadSpec, sessions: int, *, seed: int = 0,
         changes["recycle"] = False
     if hasattr(spec, "start_spread_s"):
         changes["start_spread_s"] = 0.0
-    spec = dataclasses.replace(spec, **changes)  # type: ignore[type-var]
+    spec = dataclasses.replace(spec, **changes)
     plan = plan_workload(spec, seed=seed)
     trace = trace_from_plan(plan, f"synthetic {spec.kind}", per_session=per_session)
     delay = np.fromiter((r.delay_s for r in plan.requests), np.float64, len(plan))
@@ -165,6 +166,10 @@ def _summary(x: np.ndarray[Any, Any]) -> dict[str, float | None]:
             "p90": float(np.quantile(x, 0.9))}
 
 
+def fmt(v: float | None) -> str:
+    return "-" if v is None else f"{v:,.1f}"
+
+
 def format_realism(doc: dict[str, Any]) -> str:
     """The report as text: the TTL table, then the distributions."""
     from tabulate import tabulate
@@ -185,7 +190,6 @@ def format_realism(doc: dict[str, Any]) -> str:
     drows = []
     for name, d in doc["distributions"].items():
         s, y = d["source"], d["synthetic"]
-        fmt = (lambda v: "-" if v is None else f"{v:,.1f}")  # noqa: E731
         drows.append([name, f"{d['ks']:.3f}", f"{fmt(s['median'])} / {fmt(s['mean'])}",
                       f"{fmt(y['median'])} / {fmt(y['mean'])}"])
     lines.append(tabulate(drows, headers=["distribution", "KS", "source median / mean",

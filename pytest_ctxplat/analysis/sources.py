@@ -74,7 +74,8 @@ def trace_from_plan(plan: Plan, name: str, *, per_session: bool = False) -> Trac
     where = {u: i for i, u in enumerate(names)}
     session = [where[k] for k in keys]
     if per_session:
-        blocks = [np.asarray(b, np.int64) + (np.int64(s) << 40) for b, s in zip(blocks, session)]
+        blocks = [np.asarray(b, np.int64) + (np.int64(s) << 40)
+                  for b, s in zip(blocks, session, strict=True)]
     return build_trace(
         name, int(plan.requests[0].block_size), plan.t_s, plan.prompt_tokens, blocks,
         output_tokens=[r.output_tokens for r in plan.requests], last_block_partial=partial,

@@ -67,6 +67,9 @@ class CodingAgent(WorkloadSpec):
     recycle: bool = setting(False, doc="start a new session after the last turn")
     compaction_request: bool = setting(True, doc="a compaction sends the whole context "
                                        "once more (the summarising call) before it shrinks")
+    max_context_tokens: int | None = setting(None, gt=0, doc="no request's context is "
+                                             "larger: compaction comes first, and a "
+                                             "session starts from at most half of it")
     rewrite_probability: float = setting(0.0, ge=0, le=1, doc="chance that a tool step "
                                          "rewrites the context after a cut (new ids)")
     distributions: AgentDistributions = dataclasses.field(default_factory=AgentDistributions)
@@ -81,6 +84,10 @@ class CodingAgent(WorkloadSpec):
                 "context_limit_tokens", f"must be above the context right after a compaction "
                 f"({floor} tokens: shared prefix + summary + a user message + a block), got "
                 f"{self.context_limit_tokens}")
+        if self.max_context_tokens is not None and self.max_context_tokens <= 2 * floor:
+            raise FieldError("max_context_tokens", f"must be above twice the context right "
+                             f"after a compaction ({2 * floor} tokens), got "
+                             f"{self.max_context_tokens}")
         if self.recycle and self.bound_s is None and self.max_requests is None:
             raise FieldError("recycle", "recycle: true needs a bound: set duration_s or "
                                         "max_requests")
@@ -97,7 +104,7 @@ class CodingAgent(WorkloadSpec):
     def _count(self, name: str, rng: random.Random, default: int, least: int = 0) -> int:
         """A whole number from distribution ``name`` (``default`` when not given)."""
         d = self._fitted(name)
-        return default if d is None else max(least, int(round(d.sample(rng))))
+        return default if d is None else max(least, round(d.sample(rng)))
 
     def _output(self, rng: random.Random) -> int:
         d = self._fitted("output_tokens")
@@ -170,14 +177,17 @@ class CodingAgent(WorkloadSpec):
     def _limit(self, rng: random.Random, floor: int) -> int:
         """The context size that triggers the next compaction (at least 1.5 x ``floor``, the
         context it starts from)."""
-        return max(self._count("compact_at_tokens", rng, self.context_limit_tokens),
-                   floor + floor // 2)
+        limit = max(self._count("compact_at_tokens", rng, self.context_limit_tokens),
+                    floor + floor // 2)
+        return limit if self.max_context_tokens is None else min(limit,
+                                                                 self.max_context_tokens)
 
     def _session(self, sid: str, ctx: WorkloadContext, rng: random.Random,
                  first_delay: float) -> Iterator[Step]:
-        stream = self._fresh_context(
-            ctx, self._count("initial_context_tokens", rng, self.initial_context_tokens),
-            "user")
+        first = self._count("initial_context_tokens", rng, self.initial_context_tokens)
+        if self.max_context_tokens is not None:
+            first = min(first, self.max_context_tokens // 2 - self.shared_tokens)
+        stream = self._fresh_context(ctx, first, "user")
         delay = first_delay
         spawner = self._spawner(sid, ctx, rng)
         limit = self._limit(rng, stream.tokens)

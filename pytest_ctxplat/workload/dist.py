@@ -22,6 +22,7 @@ import bisect
 import dataclasses
 import math
 import random
+from itertools import pairwise
 
 from ..config import FieldError, Validated, setting
 
@@ -151,9 +152,9 @@ def _check_table(table: tuple[tuple[float, ...], ...]) -> None:
     vs = [r[1] for r in table]
     if ps[0] != 0 or ps[-1] != 1:
         raise FieldError("quantiles", f"p must run from 0 to 1, got {ps[0]:g} to {ps[-1]:g}")
-    if any(b <= a for a, b in zip(ps, ps[1:])):
+    if any(b <= a for a, b in pairwise(ps)):
         raise FieldError("quantiles", "p must increase from one pair to the next")
-    if any(b < a for a, b in zip(vs, vs[1:])):
+    if any(b < a for a, b in pairwise(vs)):
         raise FieldError("quantiles", "values must not decrease as p increases")
 
 
