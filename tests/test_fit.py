@@ -6,6 +6,7 @@ sample traces in ``../shared/traces`` are used where present (skipped otherwise)
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 
@@ -165,3 +166,13 @@ def test_fit_on_a_mooncake_trace_gives_a_chat_definition(tmp_path) -> None:
     data = yaml.safe_load(out.read_text())
     assert data["kind"] == "chat" and data["block_size"] == 512
     assert load_workload(str(out)).kind == "chat"
+
+
+def test_a_number_set_on_a_fitted_definition_wins_over_its_distribution() -> None:
+    spec = load_workload("coding-agent", {"think_time_median_s": 2.0, "output_tokens": 48})
+    d = spec.distributions
+    assert d.think_time_s is None and d.output_tokens is None  # the numbers are used
+    assert d.tool_time_s is not None  # the rest of the fit stays
+    plan = plan_workload(dataclasses.replace(spec, users=2, duration_s=600, recycle=False))
+    outs = [r.output_tokens for r in plan.requests]
+    assert sorted(outs)[len(outs) // 2] in range(30, 80)  # log-normal around 48

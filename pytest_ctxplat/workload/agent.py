@@ -28,7 +28,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import random
-from collections.abc import Generator, Iterator
+from collections.abc import Generator, Iterator, Mapping
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -39,6 +40,20 @@ from .model import RequestPlan, SessionPlan, SessionStream, SpawnStep, Step
 from .spec import WorkloadContext, WorkloadSpec
 
 __all__ = ["CodingAgent", "CodingSwarm"]
+
+# numbers and the distributions (``distributions:``) that replace their draws
+REPLACED_BY: dict[str, tuple[str, ...]] = {
+    "output_tokens": ("output_tokens",), "output_sigma": ("output_tokens",),
+    "initial_context_tokens": ("initial_context_tokens",), "user_tokens": ("user_tokens",),
+    "tool_result_tokens": ("tool_result_tokens",), "tool_result_sigma": ("tool_result_tokens",),
+    "tool_latency_s": ("tool_time_s",), "think_time_median_s": ("think_time_s",),
+    "think_time_sigma": ("think_time_s",), "think_time_max_s": ("think_time_s",),
+    "tool_steps_mean": ("tool_steps",), "human_turns": ("human_turns", "session_requests"),
+    "context_limit_tokens": ("compact_at_tokens",), "summary_tokens": ("summary_tokens",),
+    "subagents_max": (), "subagent_task_tokens": ("subagent_task_tokens",),
+    "subagent_tool_steps_mean": ("subagent_tool_steps",),
+    "subagent_result_tokens": ("subagent_result_tokens",),
+}
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -91,6 +106,19 @@ class CodingAgent(WorkloadSpec):
         if self.recycle and self.bound_s is None and self.max_requests is None:
             raise FieldError("recycle", "recycle: true needs a bound: set duration_s or "
                                         "max_requests")
+
+    @classmethod
+    def defer_to_overrides(cls, values: dict[str, Any], overrides: Mapping[str, Any]
+                           ) -> dict[str, Any]:
+        """A number set on top of a definition (a marker's ``think_time_median_s=2``)
+        wins over the definition's distribution of the same quantity."""
+        dists = values.get("distributions")
+        if not isinstance(dists, Mapping) or "distributions" in overrides:
+            return values
+        drop = {d for k in overrides for d in REPLACED_BY.get(k, ())}
+        if not drop & dists.keys():
+            return values
+        return {**values, "distributions": {k: v for k, v in dists.items() if k not in drop}}
 
     @property
     def shared_tokens(self) -> int:
