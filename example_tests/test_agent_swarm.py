@@ -4,9 +4,10 @@ platform; the ``agent-swarm`` definition (workloads/agent-swarm.yaml) has the re
 defaults (10 minutes, human think times of minutes).
 
 Here think times and tool latencies are shortened so that a run of 15-20 s shows the
-structure (``distributions=None`` sets the fitted distributions aside, so the kind's
-simple draws around the numbers in the marker apply): a system + tools prefix shared by every agent, contexts that grow with every
-tool call, subagents running in parallel while their parent waits.
+structure: a system + tools prefix shared by every agent, contexts that grow with every
+tool call, subagents running in parallel while their parent waits. ``distributions=None``
+sets the definition's fitted distributions aside, so the kind's simple draws around the
+numbers in the marker apply.
 """
 
 import pytest
