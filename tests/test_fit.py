@@ -71,7 +71,7 @@ def test_a_distribution_replaces_the_default_draw() -> None:
     assert len(plan) == 18  # two sessions of exactly nine requests
 
 
-def test_choose_prefers_a_lognormal_where_it_fits_and_a_table_where_not() -> None:
+def test_choose_prefers_a_lognormal_then_a_mixture_then_a_table() -> None:
     rng = random.Random(3)
     ln = [rng.lognormvariate(2.0, 0.7) for _ in range(3000)]
     d, info = choose(ln)
@@ -79,7 +79,11 @@ def test_choose_prefers_a_lognormal_where_it_fits_and_a_table_where_not() -> Non
     bimodal = [rng.gauss(10, 1) for _ in range(1500)] + [rng.gauss(1000, 10)
                                                          for _ in range(1500)]
     d, info = choose(bimodal)
-    assert info.chosen == "quantiles" and info.ks_quantiles < info.ks_lognormal
+    assert info.chosen == "mixture" and info.ks_mixture < info.ks_lognormal
+    assert sorted(m["lognormal"]["median"] for m in d["mixture"]) == pytest.approx(
+        [10, 1000], rel=0.05)
+    d, info = choose([0.0] * 500 + ln)  # zeros: no log-normal fits
+    assert info.chosen == "quantiles" and d["quantiles"][0] == [0.0, 0.0]
     assert ks_distance([1, 2, 3], [1, 2, 3]) == 0
     assert ks_distance([1, 2, 3], [10, 20, 30]) == 1
 

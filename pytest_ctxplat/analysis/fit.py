@@ -20,8 +20,9 @@ How a kv-cache-tester session is read (main agent, in order; see
 * subagent entries that start within a second of each other are one spawn (fan-out =
   their number); the parent's next growth, divided among them, is their result size.
 
-Each distribution is either a fitted log-normal or an empirical quantile table, chosen
-by the Kolmogorov-Smirnov distance to the sample (:func:`choose`).
+Each distribution is a fitted log-normal, a mixture of two log-normals or an empirical
+quantile table, chosen by the Kolmogorov-Smirnov distance to the sample
+(:func:`choose`).
 """
 
 from __future__ import annotations
@@ -219,6 +220,7 @@ class ChoiceInfo:
     chosen: str
     ks_quantiles: float
     ks_lognormal: float | None
+    ks_mixture: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -251,9 +253,13 @@ def _draws(d: dict[str, Any], n: int, integer: bool) -> np.ndarray[Any, Any]:
         ps, vs = zip(*d["quantiles"], strict=True)
         out = np.interp(rng.random(n), ps, vs)
     else:
-        ln = d["lognormal"]
-        out = np.clip(np.exp(rng.normal(math.log(ln["median"]), ln["sigma"], n)),
-                      d["min"], d["max"])
+        parts = d["mixture"] if "mixture" in d else [{"weight": 1, "lognormal":
+                                                      d["lognormal"]}]
+        w = np.array([m["weight"] for m in parts], np.float64)
+        pick = rng.choice(len(parts), size=n, p=w / w.sum())
+        mu = np.log([m["lognormal"]["median"] for m in parts])[pick]
+        sd = np.array([m["lognormal"]["sigma"] for m in parts])[pick]
+        out = np.clip(np.exp(rng.normal(mu, sd)), d["min"], d["max"])
     res: np.ndarray[Any, Any] = np.round(out) if integer else out
     return res
 
@@ -262,8 +268,8 @@ def choose(values: Sequence[float], *, integer: bool = False
            ) -> tuple[dict[str, Any], ChoiceInfo] | None:
     """The distribution (as definition data) that fits ``values``, and how it was
     chosen: a log-normal when its KS distance to the sample (measured on draws, as the
-    generator makes them) is within ``PARAMETRIC_SLACK`` of the quantile table's, else
-    the table. None for no values."""
+    generator makes them) is within ``PARAMETRIC_SLACK`` of the quantile table's, else a
+    mixture of two log-normals on the same terms, else the table. None for no values."""
     x = np.sort(np.asarray(values, np.float64))
     if not len(x):
         return None
@@ -275,17 +281,39 @@ def choose(values: Sequence[float], *, integer: bool = False
     table: dict[str, Any] = {"quantiles": [[p, float(v)] for p, v in
                                            zip(QUANTILE_PS, vals, strict=True)]}
     ks_table = ks_distance(x, _draws(table, n, integer))
-    ks_ln = None
-    if x[0] > 0 and len(x) >= 20:
-        logs = np.log(x)
-        median, sigma = float(np.exp(logs.mean())), float(logs.std())
-        if sigma > 0:
-            ln = {"lognormal": {"median": _round(median), "sigma": round(sigma, 3)},
-                  "min": _round(float(x[0])), "max": _round(float(x[-1]))}
-            ks_ln = ks_distance(x, _draws(ln, n, integer))
-            if ks_ln <= ks_table + PARAMETRIC_SLACK:
-                return ln, ChoiceInfo(len(x), "lognormal", ks_table, ks_ln)
-    return table, ChoiceInfo(len(x), "quantiles", ks_table, ks_ln)
+    ks_ln = ks_mix = None
+    logs = np.log(x) if x[0] > 0 and len(x) >= 20 else np.zeros(0)
+    if len(logs) and logs.std() > 0:
+        bounds = {"min": _round(float(x[0])), "max": _round(float(x[-1]))}
+        ln = {"lognormal": _lognormal(float(logs.mean()), float(logs.std())), **bounds}
+        ks_ln = ks_distance(x, _draws(ln, n, integer))
+        if ks_ln <= ks_table + PARAMETRIC_SLACK:
+            return ln, ChoiceInfo(len(x), "lognormal", ks_table, ks_ln)
+        mix = {"mixture": _mixture(logs), **bounds}
+        ks_mix = ks_distance(x, _draws(mix, n, integer))
+        if ks_mix <= ks_table + PARAMETRIC_SLACK:
+            return mix, ChoiceInfo(len(x), "mixture", ks_table, ks_ln, ks_mix)
+    return table, ChoiceInfo(len(x), "quantiles", ks_table, ks_ln, ks_mix)
+
+
+def _lognormal(mu: float, sigma: float) -> dict[str, float]:
+    return {"median": _round(math.exp(mu)), "sigma": round(max(sigma, 1e-3), 3)}
+
+
+def _mixture(logs: np.ndarray[Any, Any], rounds: int = 60) -> list[dict[str, Any]]:
+    """Two log-normal components fitted to ``logs`` (the sample's logarithms) by EM."""
+    mu = np.quantile(logs, [0.25, 0.75])
+    sd = np.full(2, max(float(logs.std()) / 2, 1e-3))
+    w = np.array([0.5, 0.5])
+    for _ in range(rounds):
+        dens = w * np.exp(-0.5 * ((logs[:, None] - mu) / sd) ** 2) / sd
+        resp = dens / np.maximum(dens.sum(axis=1, keepdims=True), 1e-300)
+        nk = np.maximum(resp.sum(axis=0), 1e-9)
+        w = nk / len(logs)
+        mu = (resp * logs[:, None]).sum(axis=0) / nk
+        sd = np.sqrt(np.maximum((resp * (logs[:, None] - mu) ** 2).sum(axis=0) / nk, 1e-6))
+    return [{"weight": round(float(wk), 4), "lognormal": _lognormal(float(m), float(s))}
+            for wk, m, s in zip(w, mu, sd, strict=True) if round(float(wk), 4) > 0]
 
 
 # -- definitions -----------------------------------------------------------------------
