@@ -35,6 +35,10 @@ def _check_report_shape(doc: dict) -> None:
             row = doc[side]["ttl"][key]
             assert 0 <= row["block_hit_rate"] <= 1
             assert row["misses_per_block"] >= 1 or row["block_hit_rate"] > 0
+            assert row["working_set_tokens_per_session"] > 0
+        ages = doc[side]["context_tokens_by_session_age"]
+        assert ages[0]["from_s"] == 0 and sum(a["requests"] for a in ages) == \
+            doc[side]["requests"]
         assert 0 <= doc[side]["infinite"]["block_hit_rate"] <= 1
     for name in ("think_time_s", "input_tokens"):
         assert 0 <= doc["distributions"][name]["ks"] <= 1
@@ -121,6 +125,16 @@ def test_analyze_per_session_option(tmp_path, capsys) -> None:
                  "--set", "users=2", "--json", str(out)]) == 0
     doc = json.loads(out.read_text())
     assert doc["sessions"] >= 2 and set(doc["ttl"]) == set(TTL_KEYS)
+
+
+def test_fit_names_what_is_wrong(tmp_path, capsys) -> None:
+    out = str(tmp_path / "w.yaml")
+    assert main(["fit", str(tmp_path / "missing"), "-o", out]) == 2
+    assert "file not found" in capsys.readouterr().err
+    assert main(["fit", str(KVCACHE), "-o", out, "--kind", "chat"]) == 2
+    assert "--kind chat needs Mooncake-style traces" in capsys.readouterr().err
+    assert main(["fit", str(KVCACHE), "-o", out, "--set", "distributions={}"]) == 2
+    assert "set top-level keys only" in capsys.readouterr().err
 
 
 @needs_samples

@@ -92,7 +92,7 @@ def _files(paths: Iterable[str | Path]) -> list[Path]:
         elif p.is_file():
             out.append(p)
         else:
-            raise ConfigError(f"fit: file not found: {p}")
+            raise ConfigError(f"file not found: {p}")
     return out
 
 
@@ -104,13 +104,13 @@ def read_agent_samples(paths: Iterable[str | Path]) -> AgentSamples:
         try:
             data = orjson.loads(f.read_bytes())
         except (OSError, orjson.JSONDecodeError) as exc:
-            raise ConfigError(f"fit: {f}: not a kv-cache-tester session: {exc}") from None
+            raise ConfigError(f"{f}: not a kv-cache-tester session: {exc}") from None
         if not isinstance(data, dict) or not isinstance(data.get("requests"), list):
-            raise ConfigError(f"fit: {f}: not a kv-cache-tester session (a JSON object "
+            raise ConfigError(f"{f}: not a kv-cache-tester session (a JSON object "
                               "with a 'requests' list)")
         _read_session(data, s)
     if not s.sessions:
-        raise ConfigError("fit: no kv-cache-tester sessions with requests found")
+        raise ConfigError("no kv-cache-tester sessions with requests found")
     return s
 
 
@@ -329,7 +329,7 @@ def fit_agent(s: AgentSamples, kind: str | None = None
     the sessions have subagents) and, per distribution, how it was chosen."""
     kind = kind or ("coding_swarm" if s.subagents else "coding_agent")
     if kind not in ("coding_agent", "coding_swarm"):
-        raise ConfigError(f"fit: --kind {kind!r} does not fit agent traces; valid: "
+        raise ConfigError(f"--kind {kind!r} does not fit agent traces; valid: "
                           "coding_agent, coding_swarm")
     dists: dict[str, Any] = {}
     info: dict[str, dict[str, Any]] = {}

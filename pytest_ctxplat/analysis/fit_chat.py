@@ -35,7 +35,7 @@ def fit_chat_trace(paths: Sequence[str | Path]) -> tuple[dict[str, Any], dict[st
     """The definition and what it was fitted from (counts)."""
     tr = read_traces(paths, fmt="mooncake")
     if not len(tr):
-        raise ConfigError("fit: the Mooncake trace has no requests")
+        raise ConfigError("the Mooncake trace has no requests")
     ends: dict[tuple[int, ...], int] = {}  # a request's block list -> its conversation
     conv = np.empty(len(tr), np.int64)
     n_conv = 0

@@ -179,13 +179,16 @@ def format_realism(doc: dict[str, Any]) -> str:
     for key in src["ttl"]:
         s, y = src["ttl"][key], syn["ttl"][key]
         rows.append([key, f"{s['block_hit_rate']:.3f}", f"{y['block_hit_rate']:.3f}",
-                     f"{s['misses_per_block']:.2f}", f"{y['misses_per_block']:.2f}"])
+                     f"{s['misses_per_block']:.2f}", f"{y['misses_per_block']:.2f}",
+                     f"{s['working_set_tokens_per_session']:,.0f}",
+                     f"{y['working_set_tokens_per_session']:,.0f}"])
     rows.append(["inf", f"{src['infinite']['block_hit_rate']:.3f}",
-                 f"{syn['infinite']['block_hit_rate']:.3f}", "", ""])
+                 f"{syn['infinite']['block_hit_rate']:.3f}", "", "", "", ""])
     lines = [f"source: {src['requests']:,} requests in {src['sessions']} sessions; synthetic "
              f"({doc['kind']}): {syn['requests']:,} requests in {syn['sessions']} sessions",
              "", tabulate(rows, headers=["TTL s", "hit source", "hit synthetic",
-                                          "refills source", "refills synthetic"],
+                                          "refills source", "refills synthetic",
+                                          "WS tok/session source", "WS synthetic"],
                           tablefmt="simple", disable_numparse=True), ""]
     drows = []
     for name, d in doc["distributions"].items():

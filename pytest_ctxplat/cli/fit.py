@@ -55,16 +55,22 @@ def run(args: argparse.Namespace) -> int:
     if args.sessions is not None and args.sessions <= 0:
         raise ConfigError(f"--sessions must be > 0, got {args.sessions}")
     extra = parse_assignments(args.set, "--set")
+    for src in args.sources:
+        if not Path(src).exists():
+            raise ConfigError(f"file not found: {src}")
     trace = load_sources(args.sources, fmt=args.fmt)
     mooncake = "mooncake" in trace.formats
+    if mooncake and args.kind not in (None, "chat"):
+        raise ConfigError(f"--kind {args.kind} needs kv-cache-tester sessions; Mooncake "
+                          "traces fit a chat definition")
     if mooncake or args.kind == "chat":
         if not mooncake:
-            raise ConfigError("fit: --kind chat needs Mooncake-style traces")
+            raise ConfigError("--kind chat needs Mooncake-style traces")
         definition, info = fit_chat(args.sources)
     else:
         definition, info = fit_agent(read_agent_samples(args.sources), args.kind)
     if "distributions" in extra:
-        raise ConfigError("fit: --set distributions is what the fit writes; set top-level "
+        raise ConfigError("--set distributions is what the fit writes; set top-level "
                           "keys only")
     head = {"kind": definition.pop("kind"),
             "description": args.description or f"fitted to {len(trace):,} requests"}
