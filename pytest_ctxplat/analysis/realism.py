@@ -4,7 +4,8 @@ Both sides are measured the same way: keys per session (a block shared by two se
 counts once in each, as kv-cache-tester ids are local to a file), the exact TTL replay of
 :mod:`.replay`, and the same distributions. The synthetic side is the workload planned
 offline (the designed path: every response takes ``ttft_s + output / decode_tps``) with
-``sessions`` users that each play one session to its end, so no session is cut short.
+``sessions`` users that each play one session to its end, so no session is cut short
+(by default as many sessions as the source has, at least ``MIN_SYNTHETIC_SESSIONS``).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ __all__ = ["REPORT_TTLS", "format_realism", "realism_report", "synthetic_trace",
            "trace_figures"]
 
 REPORT_TTLS = (60.0, 300.0, 3600.0)
+MIN_SYNTHETIC_SESSIONS = 200  # by default: as many as the source, at least this many
 AGE_BUCKETS_S = (0.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, math.inf)
 DIST_NAMES = ("input_tokens", "output_tokens", "think_time_s", "gap_s", "session_requests",
               "session_duration_s")
@@ -137,7 +139,7 @@ def realism_report(source: Trace, spec: WorkloadSpec, *, sessions: int | None = 
     ``per_session`` False (a trace without sessions, like Mooncake): the synthetic
     sessions share their blocks as planned."""
     src = trace_figures(_first_waits_nan(source), ttls)
-    n = sessions if sessions is not None else max(1, src["sessions"])
+    n = sessions if sessions is not None else max(MIN_SYNTHETIC_SESSIONS, src["sessions"])
     syn_trace, delay = synthetic_trace(spec, n, seed=seed, per_session=per_session)
     syn = trace_figures(syn_trace, ttls, think_time_s=delay)
     a, b = src.pop("_samples"), syn.pop("_samples")

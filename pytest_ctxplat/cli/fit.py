@@ -41,7 +41,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--description", default=None, help="the definition's description")
     p.add_argument("--sessions", type=int, default=None,
                    help="synthetic sessions played for the report. Default: as many as "
-                   "the source has")
+                   "the source has, at least 200")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic play")
     return p
 
