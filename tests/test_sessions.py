@@ -20,7 +20,9 @@ from pytest_ctxplat.slo import GAP_BUCKET_NAMES, SLOSpec, evaluate, parse_slo
 
 # coding agents whose pauses run from seconds (tool calls) to many minutes (humans),
 # against a simulator whose HBM forgets blocks unused for 60 s
-CODING = {"users": 6, "duration_s": 3600}
+# contexts capped near the old default's 110k, so that six sessions' KV fits the
+# simulated HBM: the control below needs a cache that keeps every block
+CODING = {"users": 6, "duration_s": 3600, "max_context_tokens": 100_000}
 TTL_S = 60.0
 SWARM = {"users": 4, "duration_s": 600, "spawn_probability": 0.5, "load": {"ramp_s": 0}}
 

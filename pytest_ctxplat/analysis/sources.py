@@ -17,9 +17,10 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError
+from ..workload.plan import Plan
 from ..workload.traces import Trace, build_trace, read_traces
 
-__all__ = ["designed_analysis", "load_sources", "trace_from_workload"]
+__all__ = ["designed_analysis", "load_sources", "trace_from_plan", "trace_from_workload"]
 
 DEFAULT_WORKLOAD_DURATION_S = 3600.0
 
@@ -32,8 +33,11 @@ def trace_from_workload(
     duration_s: float | None = None,
     ttft_s: float = 0.5,
     decode_tps: float = 50.0,
+    per_session: bool = False,
 ) -> Trace:
-    """The requests workload ``name`` would send, as a :class:`Trace`."""
+    """The requests workload ``name`` would send, as a :class:`Trace`: one session per
+    user, or with ``per_session`` one per top-level session (a subagent's requests in
+    its parent's) with block keys of its own (see :func:`trace_from_plan`)."""
     from ..workload.loader import load_workload
     from ..workload.plan import plan_workload
 
@@ -45,6 +49,14 @@ def trace_from_workload(
                          decode_tps=decode_tps)
     if not len(plan):
         raise ConfigError(f"analyze {name}: the workload sends no requests within its bound")
+    return trace_from_plan(plan, name, per_session=per_session)
+
+
+def trace_from_plan(plan: Plan, name: str, *, per_session: bool = False) -> Trace:
+    """A planned workload as a :class:`Trace`. With ``per_session`` each top-level
+    session is a session of the trace and its blocks are its own (a block two sessions
+    share counts once in each), as in kv-cache-tester folders whose ids are local to a
+    file; otherwise each user is one session and blocks are shared as planned."""
     blocks = []
     partial = []
     for r in plan.requests:
@@ -53,12 +65,21 @@ def trace_from_workload(
         else:
             blocks.append(r.blocks)
         partial.append(r.tail_len > 0)
-    users = sorted(set(plan.user.tolist()))
-    where = {u: i for i, u in enumerate(users)}
+    if per_session:
+        keys: list[Any] = list(plan.root_session or plan.session_id)
+        names = list(dict.fromkeys(keys))
+    else:
+        keys = plan.user.tolist()
+        names = sorted(set(keys))
+    where = {u: i for i, u in enumerate(names)}
+    session = [where[k] for k in keys]
+    if per_session:
+        blocks = [np.asarray(b, np.int64) + (np.int64(s) << 40)
+                  for b, s in zip(blocks, session, strict=True)]
     return build_trace(
         name, int(plan.requests[0].block_size), plan.t_s, plan.prompt_tokens, blocks,
         output_tokens=[r.output_tokens for r in plan.requests], last_block_partial=partial,
-        session=[where[int(u)] for u in plan.user], session_names=[f"user {u}" for u in users],
+        session=session, session_names=[str(n) if per_session else f"user {n}" for n in names],
     )
 
 
@@ -96,10 +117,12 @@ def load_sources(
     duration_s: float | None = None,
     overrides: Mapping[str, Any] | None = None,
     strict: bool = False,
+    per_session: bool = False,
 ) -> Trace:
     """Trace paths are read together (:func:`read_traces`; odd records are counted, or
-    refused with ``strict``); a single non-path source is a workload. Mixing the two is
-    refused (their times and users do not line up)."""
+    refused with ``strict``); a single non-path source is a workload (``per_session``:
+    see :func:`trace_from_plan`). Mixing the two is refused (their times and users do
+    not line up)."""
     if not sources:
         raise ConfigError("analyze: give at least one trace path or workload")
     paths = [s for s in sources if _is_trace_path(s)]
@@ -115,4 +138,5 @@ def load_sources(
         return read_traces(paths, fmt=fmt, strict=strict)
     if len(others) > 1:
         raise ConfigError(f"analyze: one workload at a time, got {', '.join(others)}")
-    return trace_from_workload(others[0], overrides, seed=seed, duration_s=duration_s)
+    return trace_from_workload(others[0], overrides, seed=seed, duration_s=duration_s,
+                               per_session=per_session)

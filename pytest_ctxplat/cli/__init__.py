@@ -12,12 +12,12 @@ import sys
 from collections.abc import Sequence
 
 from ..errors import ConfigError, CtxplatError
-from . import analyze, compare, make_tiny_model, merge, report, run, serve_sim, simulate
+from . import analyze, compare, fit, make_tiny_model, merge, report, run, serve_sim, simulate
 from .common import EXIT_BREACH, EXIT_OK, EXIT_SERVER, EXIT_USAGE
 
 __all__ = ["EXIT_BREACH", "EXIT_OK", "EXIT_SERVER", "EXIT_USAGE", "build_parser", "main"]
 
-SUBCOMMANDS = (run, simulate, analyze, report, compare, merge, serve_sim, make_tiny_model)
+SUBCOMMANDS = (run, simulate, analyze, fit, report, compare, merge, serve_sim, make_tiny_model)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -69,6 +69,10 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                    "dropped) instead of counting them; the error names the file and record")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="workload field override, repeatable")
+    p.add_argument("--per-session", action="store_true",
+                   help="a workload's figures per session, as for kv-cache-tester folders: "
+                   "each session (with its subagents) is a session of the trace and its "
+                   "blocks are its own, not shared with other sessions")
     p.add_argument("--seed", type=int, default=0, help="workload seed. Default: 0")
     p.add_argument("--duration", type=float, default=None,
                    help="workload duration bound in seconds (default: the spec's, else 3600)")
@@ -101,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
         plots_dir = None
     trace = load_sources(args.sources, fmt=args.fmt, seed=args.seed,
                          duration_s=args.duration, overrides=parse_assignments(args.set, "--set"),
-                         strict=args.strict)
+                         strict=args.strict, per_session=args.per_session)
     result = analyze(trace, args.ttl, lru_points=args.lru_points, model=model,
                      users=args.users, target_hit_rate=args.target_hit_rate,
                      hbm_ttl_s=args.hbm_ttl, dram_ttl_s=args.dram_ttl, prices=prices,

@@ -91,6 +91,7 @@ def load_workload(
     values = {k: v for k, v in data.items() if k not in _META_KEYS}
     if folder is not None:
         values = _relative_paths(cls, values, folder)
+    values = cls.defer_to_overrides(values, overrides)
     return build(cls, merge(values, overrides), layered(src, over_src, overrides))
 
 

@@ -35,6 +35,7 @@ class Plan:
     user: npt.NDArray[np.int64]
     session_id: list[str]
     requests: list[RequestPlan]
+    root_session: list[str] = dataclasses.field(default_factory=list)  # subagents: parent's
 
     def __len__(self) -> int:
         return len(self.requests)
@@ -68,13 +69,15 @@ class _Walk:
         self.ttft_s = ttft_s
         self.decode_tps = decode_tps
         self.out: list[tuple[float, int, int, str, RequestPlan]] = []
+        self.roots: dict[int, str] = {}  # seq -> the top-level session's id
         self.seq = 0
 
     def service(self, plan: RequestPlan) -> float:
         return self.ttft_s + plan.output_tokens / self.decode_tps
 
-    def play(self, user: int, session: SessionPlan, t: float) -> float:
+    def play(self, user: int, session: SessionPlan, t: float, root: str = "") -> float:
         """Walk ``session`` from time ``t``; return when it ends (inf: past the bound)."""
+        root = root or session.session_id
         load = self.spec.load
         for step in session.steps:
             t += step.delay_s
@@ -83,11 +86,12 @@ class _Walk:
             if t >= self.bound:
                 return math.inf
             if isinstance(step, SpawnStep):
-                ends = [self.play(user, c, t) for c in step.children]
+                ends = [self.play(user, c, t, root) for c in step.children]
                 if step.wait:
                     t = max([t, *ends])
                 continue
             self.out.append((t, self.seq, user, session.session_id, step))
+            self.roots[self.seq] = root
             self.seq += 1
             t += self.service(step)
         return t
@@ -134,5 +138,6 @@ def plan_workload(spec: WorkloadSpec, *, seed: int = 0, duration_s: float | None
     picked = list(rows)
     return Plan(t_s=np.fromiter((r[0] for r in picked), np.float64, len(picked)),
                 user=np.fromiter((r[2] for r in picked), np.int64, len(picked)),
-                session_id=[r[3] for r in picked], requests=[r[4] for r in picked])
+                session_id=[r[3] for r in picked], requests=[r[4] for r in picked],
+                root_session=[walk.roots.get(r[1], r[3]) for r in picked])
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any, ClassVar
 
 from ..config import Validated, setting
@@ -91,6 +91,13 @@ class WorkloadSpec(Validated):
         """Requests at fixed times, in time order (trace replay), or None: the workload
         is played by users (``user_sessions``)."""
         return None
+
+    @classmethod
+    def defer_to_overrides(cls, values: dict[str, Any], overrides: Mapping[str, Any]
+                           ) -> dict[str, Any]:
+        """A definition's ``values`` given way to ``overrides`` set on top of it (beyond
+        replacing the same keys): by default unchanged."""
+        return values
 
     @property
     def bound_s(self) -> float | None:
