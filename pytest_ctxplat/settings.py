@@ -42,6 +42,13 @@ OPTIONS: list[tuple[str, Literal["string", "bool"], str, Any]] = [
     ("results", "string", "Directory for result JSON files and server logs.", "ctxplat-results"),
     ("seed", "string", "Seed for workloads and the simulator.", "0"),
     ("sim_speedup", "string", "Simulator runs this many times faster than model time.", "1"),
+    ("timing_skew_max_ms", "string", "Measurement validity: a run whose client TTFT "
+     "differs from the server's model time (the simulator reports it) by more than this "
+     "many ms at p95, and by more than --ctxplat-timing-skew-max-ratio, is an invalid "
+     "measurement (the slo marker's timing_skew_max_ms wins).", "25"),
+    ("timing_skew_max_ratio", "string", "Measurement validity: the bound on that p95 "
+     "relative to each request's model TTFT (the slo marker's timing_skew_max_ratio "
+     "wins).", "0.25"),
     ("reset_cache", "bool", "POST /reset_prefix_cache before each run so a warm cache from "
      "an earlier test cannot inflate results.", True),
     ("model", "string", "Model name to request (default: the first from /v1/models).", None),
@@ -102,6 +109,8 @@ class Settings:
     tolerances: dict[str, Any] = dataclasses.field(default_factory=dict)  # ini overrides
     sim_set: dict[str, Any] = dataclasses.field(default_factory=dict)  # --ctxplat-sim-set
     engines: dict[str, Any] = dataclasses.field(default_factory=dict)  # url -> /version
+    # measurement validity bounds (ms, ratio): defaults of the slo keys timing_skew_max_*
+    timing_skew: tuple[float, float] = (25.0, 0.25)
 
     def launcher_registry(self) -> LauncherRegistry:
         assert self.launchers is not None, "built in pytest_configure"
@@ -330,6 +339,8 @@ def read_settings(config: pytest.Config) -> Settings:
         launchers=launchers,
         limits=_limits(config),
         progress=progress_enabled(config),
+        timing_skew=(_number(config, "timing_skew_max_ms", float, 0.0),
+                     _number(config, "timing_skew_max_ratio", float, 0.0)),
     )
     html = html_output(config)  # a bad path is a usage error now, not a surprise at the end
     if html is not None and not html[1].resolve().is_relative_to(settings.results.resolve()):

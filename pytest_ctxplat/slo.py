@@ -108,6 +108,12 @@ class SLOSpec(Validated):
     ``nvme``, ...) to the least share of prompt tokens that tier must serve (server
     ``/metrics`` deltas); ``external_hit_rate_min`` bounds the KV connector's own hit
     rate (external prefix cache hits over queries).
+
+    Measurement validity (not objectives: every run with a server that reports its
+    model time is checked, see :mod:`pytest_ctxplat.report.timing`): when the p95 of
+    the TTFT discrepancy, client minus the server's model time, exceeds both
+    ``timing_skew_max_ms`` and ``timing_skew_max_ratio`` of the model TTFT, the verdict
+    is an invalid measurement.
     """
 
     ttft_p50_ms: float | None = setting(None, ge=0)
@@ -155,6 +161,12 @@ class SLOSpec(Validated):
     tier_hit_rate_min: dict[str, float] | None = setting(None, doc="tier name -> least "
                                                         "share of prompt tokens it serves")
     external_hit_rate_min: float | None = setting(None, ge=0, le=1)
+    timing_skew_max_ms: float | None = setting(
+        None, ge=0, doc="bound on the p95 of |client - server model| TTFT in ms (default "
+        "25, or --ctxplat-timing-skew-max-ms)")
+    timing_skew_max_ratio: float | None = setting(
+        None, ge=0, doc="bound on that p95 relative to each request's model TTFT "
+        "(default 0.25, or --ctxplat-timing-skew-max-ratio)")
 
     def validate(self) -> None:
         if self.tier_hit_rate_min is not None:
@@ -302,23 +314,29 @@ class Check:
 @dataclasses.dataclass(frozen=True)
 class Verdict:
     """The judged objectives of one run. ``incomplete`` says why the run did not fill
-    its measurement window (interrupted, the server died, a circuit breaker): such a
-    verdict never passes, whatever the checks say."""
+    its measurement window (interrupted, the server died, a circuit breaker);
+    ``invalid`` why its timings are not a valid measurement (the client's TTFT strays
+    from the server's model time beyond the bound): such a verdict never passes,
+    whatever the checks say."""
 
     checks: tuple[Check, ...]
     incomplete: str | None = None
     confidence: float = 0.95
+    invalid: str | None = None
 
     @property
     def passed(self) -> bool:
-        return self.incomplete is None and all(c.passed for c in self.checks)
+        return self.incomplete is None and self.invalid is None and \
+            all(c.passed for c in self.checks)
 
     @property
     def status(self) -> str:
-        """``pass``, ``fail``, ``inconclusive`` (no check failed, one could not tell)
-        or ``incomplete``."""
+        """``pass``, ``fail``, ``inconclusive`` (no check failed, one could not tell),
+        ``incomplete`` or ``invalid`` (an invalid measurement)."""
         if self.incomplete is not None:
             return "incomplete"
+        if self.invalid is not None:
+            return "invalid"
         statuses = {c.status for c in self.checks}
         for s in ("fail", "inconclusive"):
             if s in statuses:
@@ -354,7 +372,8 @@ class Verdict:
 
     def to_dict(self) -> dict[str, Any]:
         return {"passed": self.passed, "status": self.status, "incomplete": self.incomplete,
-                "confidence": self.confidence, "checks": [c.to_dict() for c in self.checks]}
+                "invalid": self.invalid, "confidence": self.confidence,
+                "checks": [c.to_dict() for c in self.checks]}
 
 
 def _fmt(v: float) -> str:

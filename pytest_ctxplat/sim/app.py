@@ -6,7 +6,10 @@ Routes: ``POST /v1/completions``, ``POST /v1/chat/completions``, ``GET /v1/model
 step per request (several tokens when the client lagged), ``finish_reason: "length"`` on
 the last token chunk, an optional usage chunk (``stream_options.include_usage``) with
 ``"choices": []``, then ``data: [DONE]``. ``usage.prompt_tokens_details.cached_tokens``
-is always reported. A client that disconnects aborts its engine request.
+is always reported, and so is the request's model time (what it would take at speedup 1):
+``usage.ctxplat_model_ttft_ms`` and ``usage.ctxplat_model_e2e_ms``, also sent as the
+``X-Ctxplat-Model-TTFT-Ms`` / ``X-Ctxplat-Model-E2E-Ms`` headers of a non-streamed
+answer. A client that disconnects aborts its engine request.
 
 With several engines (a profile with ``replicas > 1``) the profile's router picks one
 per request; the ``session`` router keys on the ``X-Session-ID`` header.
@@ -33,6 +36,8 @@ from pytest_ctxplat.sim.cluster import Router
 from pytest_ctxplat.sim.engine import Engine, RequestError
 from pytest_ctxplat.sim.metrics import CONTENT_TYPE, SimMetrics
 from pytest_ctxplat.sim.protocol import (
+    MODEL_E2E_HEADER,
+    MODEL_TTFT_HEADER,
     SSE_DONE,
     BadRequest,
     GenParams,
@@ -159,8 +164,15 @@ class _Api:
                       "stop_reason": None}  # fmt: skip
         body = self._head(p, "chat.completion" if chat else "text_completion")
         body["choices"] = [choice]
-        body["usage"] = usage(last.prompt_tokens, last.num_generated, last.cached_tokens)
-        return _json(body)
+        model_ms = req.model_times_ms()
+        body["usage"] = usage(last.prompt_tokens, last.num_generated, last.cached_tokens,
+                              model_ms)
+        response = _json(body)
+        for header, value in zip((MODEL_TTFT_HEADER, MODEL_E2E_HEADER), model_ms,
+                                 strict=True):
+            if value is not None:
+                response.headers[header] = f"{value:.3f}"
+        return response
 
     async def _stream(self, p: GenParams, req: Request, chat: bool) -> AsyncIterator[bytes]:
         head = self._head(p, "chat.completion.chunk" if chat else "text_completion")
@@ -180,7 +192,8 @@ class _Api:
             last = event
             yield sse({**head, "choices": [choice]})
         if p.include_usage and last is not None:
-            u = usage(last.prompt_tokens, last.num_generated, last.cached_tokens)
+            u = usage(last.prompt_tokens, last.num_generated, last.cached_tokens,
+                      req.model_times_ms())
             yield sse({**head, "choices": [], "usage": u})
         yield SSE_DONE
 

@@ -140,6 +140,8 @@ class Engine:
             config = effective_config(config, profile)
         self.config = config
         self.clock: Clock = clock if clock is not None else RealClock(config.speedup)
+        # the model clock (real time: RealClock.model_now; a virtual clock is model time)
+        self.model_now: Callable[[], float] = getattr(self.clock, "model_now", self.clock.now)
         if timing is None and profile is not None:
             timing = RooflineTimingModel(profile)
         base: TimingModel = timing if timing is not None else LinearTimingModel(config)
@@ -269,6 +271,10 @@ class Engine:
         return req
 
     def _enqueue(self, req: Request) -> None:
+        hold = getattr(self.clock, "hold", None)
+        if hold is not None:
+            hold()
+        req.model_arrival = self.model_now()
         self.start()
         self._waiting.append(req)
         self._wake.set()
@@ -352,6 +358,7 @@ class Engine:
             while True:
                 if not self._running and not self._waiting:
                     self.quiet_until = float("inf")
+                    self._note_idle()
                     self._wake.clear()
                     await self._wake.wait()
                     continue
@@ -389,6 +396,11 @@ class Engine:
             self._fail_all(EngineStoppedError(f"simulator engine failed: {exc!r}"))
             raise
 
+    def _note_idle(self) -> None:
+        idle = getattr(self.clock, "idle", None)
+        if idle is not None:
+            idle()
+
     def _next_visible(self, now: float) -> float:
         """A lower bound on when this engine next finishes a request (what other tasks
         can see): every request needs its remaining tokens, one step each, and no step
@@ -408,6 +420,7 @@ class Engine:
         self._wake.clear()
         loading = [r.ready_at for r in self._running if r.ready_at > now]
         if not loading:
+            self._note_idle()
             await self._wake.wait()
             return
         waiter = asyncio.ensure_future(self._wake.wait())
@@ -569,6 +582,7 @@ class Engine:
                 continue  # prefill chunk; no token yet
             if req.num_out == 0:
                 req.first_token_time = now
+                req.model_first_token = self.model_now()
                 cached = req.cached_tokens or 0
                 stats.prompt_tokens += req.prompt_len
                 stats.prompt_tokens_cached += cached
@@ -578,6 +592,7 @@ class Engine:
             req.push_token(now)
             stats.generation_tokens += 1
             if req.finished:
+                req.model_finish = self.model_now()
                 self._running.remove(req)
                 self.cache.free(req.blocks, now)
                 req.blocks = []
