@@ -112,8 +112,8 @@ class SLOSpec(Validated):
     Measurement validity (not objectives: every run with a server that reports its
     model time is checked, see :mod:`pytest_ctxplat.report.timing`): when the p95 of
     the TTFT discrepancy, client minus the server's model time, exceeds both
-    ``timing_skew_max_ms`` and ``timing_skew_max_ratio`` of the model TTFT, the verdict
-    is an invalid measurement.
+    ``timing_skew_max_ms`` and ``timing_skew_max_ratio`` of the model TTFT, a verdict
+    with a timing objective (:meth:`judges_timing`) is an invalid measurement.
     """
 
     ttft_p50_ms: float | None = setting(None, ge=0)
@@ -222,6 +222,15 @@ class SLOSpec(Validated):
     def to_dict(self) -> dict[str, Any]:
         return {k: dict(v) if isinstance(v, Mapping) else v
                 for k, v in dataclasses.asdict(self).items() if v is not None}
+
+    def judges_timing(self) -> bool:
+        """Whether an objective depends on measured time (latency, speed, goodput's
+        time thresholds, sustained users): only then can timings that stray from the
+        server's own account make the verdict an invalid measurement."""
+        if self.goodput_min is not None or self.min_sustained_users is not None:
+            return True
+        return any(SLO_METRICS[k.partition(".")[0]][2] in ("ms", "s", "tok/s")
+                   for k in self.objectives())
 
     @staticmethod
     def valid_keys() -> list[str]:

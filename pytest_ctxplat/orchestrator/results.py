@@ -94,9 +94,9 @@ def build_result(*, name: str, target: Mapping[str, Any], spec: WorkloadSpec, se
         verdict = evaluate(slo_spec, observed, {**window.notes, **missing}, incomplete,
                            intervals=window.intervals, rate_intervals=window.rate_intervals,
                            periods=window.periods, policy=policy)
-    timing = measurement_timing(records, before, after, slo_spec)
+    timing = measurement_timing(judged, before, after, slo_spec)
     invalid = invalid_reason(timing)
-    if verdict is not None and invalid is not None:
+    if verdict is not None and invalid is not None and judge_spec.judges_timing():
         verdict = dataclasses.replace(verdict, invalid=invalid)
     return RunResult(name=name, target=_target(target, server_block_size),
                      workload=spec.describe(), seed=seed, started_at=started_at,
@@ -115,8 +115,9 @@ def build_result(*, name: str, target: Mapping[str, Any], spec: WorkloadSpec, se
 def measurement_timing(records: Sequence[RequestRecord], before: MetricsSnapshot | None,
                        after: MetricsSnapshot | None, slo_spec: SLOSpec | None
                        ) -> dict[str, Any] | None:
-    """The result's ``timing`` section: the client's TTFT against the server's model
-    time per request (the simulator), judged against the spec's bounds; else against
+    """The result's ``timing`` section over ``records`` (the judged window): the
+    client's TTFT against the server's model time per request (the simulator), judged
+    against the spec's bounds; else against
     the server's TTFT histogram (vLLM), for information; None when neither is known."""
     spec = slo_spec or SLOSpec()
     section = timing_section(records, spec.timing_skew_max_ms, spec.timing_skew_max_ratio)

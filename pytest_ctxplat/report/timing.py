@@ -70,7 +70,7 @@ def timing_section(records: Sequence[RequestRecord], max_ms: float | None = None
     abs_p95 = float(np.percentile(absolute, 95))
     rel_p95 = float(np.percentile(relative, 95))
     section: dict[str, Any] = {
-        "source": "server model time (usage.ctxplat_model_ttft_ms)",
+        "source": "server model time per request",
         "requests": len(known),
         "ttft_skew_ms": _dist(skew),
         "e2e_skew_ms": _dist(e2e),

@@ -37,12 +37,12 @@ class Clock(Protocol):
 class RealClock:
     """Real time of the running event loop; sleeps are divided by ``speedup``.
 
-    ``now()`` is ``loop.time()`` (real seconds, not scaled). Back-to-back sleeps are
+    Back-to-back sleeps are
     chained to deadlines (the next one starts where the previous one was due to end,
     when that was less than ``catch_up_s`` ago), so the engine's own bookkeeping between
     steps is absorbed into the step times instead of being added to them.
 
-    :meth:`model_now` is the engine's *model* clock: what the model would have taken at
+    ``now()`` is the engine's *model* clock (:meth:`model_now`): what the model takes at
     speedup 1. A step advances it by exactly its duration, however late the event loop
     woke the engine; between steps of a busy engine it stands still (bookkeeping is not
     model time); while the engine is idle (:meth:`idle`) it follows real time times
@@ -63,7 +63,9 @@ class RealClock:
         self._cap = math.inf
 
     def now(self) -> float:
-        return asyncio.get_running_loop().time()
+        """The engine's clock: model time (:meth:`model_now`), so TTLs, tier loads and
+        request times mean model seconds at any speed-up."""
+        return self.model_now()
 
     def model_now(self) -> float:
         """Model seconds since the clock's start (see the class docstring)."""
