@@ -32,8 +32,8 @@ __all__ = ["DEFAULT_SKEW_MAX_MS", "DEFAULT_SKEW_MAX_RATIO", "histogram_quantile"
 #: over HTTP"): a run is an invalid measurement when the p95 of |client - model| TTFT
 #: exceeds this many milliseconds *and* the p95 of that discrepancy relative to each
 #: request's model TTFT exceeds this ratio
-DEFAULT_SKEW_MAX_MS = 25.0
-DEFAULT_SKEW_MAX_RATIO = 0.25
+DEFAULT_SKEW_MAX_MS = 50.0
+DEFAULT_SKEW_MAX_RATIO = 0.5
 
 
 def _q(values: np.ndarray[Any, Any], q: float) -> float | None:
