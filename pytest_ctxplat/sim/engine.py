@@ -140,8 +140,11 @@ class Engine:
             config = effective_config(config, profile)
         self.config = config
         self.clock: Clock = clock if clock is not None else RealClock(config.speedup)
-        # the model clock (real time: RealClock.model_now; a virtual clock is model time)
+        # the model clock (RealClock.model_now; a virtual clock is model time), which
+        # stands still when work arrives outside a step and follows real time when idle
         self.model_now: Callable[[], float] = getattr(self.clock, "model_now", self.clock.now)
+        self._hold: Callable[[], None] = getattr(self.clock, "hold", lambda: None)
+        self._note_idle: Callable[[], None] = getattr(self.clock, "idle", lambda: None)
         if timing is None and profile is not None:
             timing = RooflineTimingModel(profile)
         base: TimingModel = timing if timing is not None else LinearTimingModel(config)
@@ -271,9 +274,7 @@ class Engine:
         return req
 
     def _enqueue(self, req: Request) -> None:
-        hold = getattr(self.clock, "hold", None)
-        if hold is not None:
-            hold()
+        self._hold()
         req.model_arrival = self.model_now()
         self.start()
         self._waiting.append(req)
@@ -395,11 +396,6 @@ class Engine:
             log.exception("simulator engine loop failed")
             self._fail_all(EngineStoppedError(f"simulator engine failed: {exc!r}"))
             raise
-
-    def _note_idle(self) -> None:
-        idle = getattr(self.clock, "idle", None)
-        if idle is not None:
-            idle()
 
     def _next_visible(self, now: float) -> float:
         """A lower bound on when this engine next finishes a request (what other tasks
