@@ -16,7 +16,7 @@ from ..report.result import HitRates, RunResult, ServerMetrics
 from ..report.timing import histogram_section, invalid_reason, timing_section
 from ..servers.scrape import TTFT_HISTOGRAM, MetricsSnapshot, histogram_delta, server_delta
 from ..servers.tiers import TierHits, tier_hits
-from ..slo import SLOSpec, evaluate
+from ..slo import SLOSpec, Verdict, evaluate
 from ..workload.spec import WorkloadSpec
 
 __all__ = ["NOT_A_CAPACITY_RUN", "build_result", "format_breach", "measurement_timing",
@@ -95,9 +95,7 @@ def build_result(*, name: str, target: Mapping[str, Any], spec: WorkloadSpec, se
                            intervals=window.intervals, rate_intervals=window.rate_intervals,
                            periods=window.periods, policy=policy)
     timing = measurement_timing(judged, before, after, slo_spec)
-    invalid = invalid_reason(timing)
-    if verdict is not None and invalid is not None and judge_spec.judges_timing():
-        verdict = dataclasses.replace(verdict, invalid=invalid)
+    verdict = _with_validity(verdict, timing, judge_spec)
     return RunResult(name=name, target=_target(target, server_block_size),
                      workload=spec.describe(), seed=seed, started_at=started_at,
                      wall_s=wall_s, metrics=summary,
@@ -125,6 +123,16 @@ def measurement_timing(records: Sequence[RequestRecord], before: MetricsSnapshot
         return section
     hist = histogram_delta(before, after, TTFT_HISTOGRAM)
     return None if hist is None else histogram_section(records, *hist)
+
+
+def _with_validity(verdict: Verdict | None, timing: Mapping[str, Any] | None,
+                   spec: SLOSpec) -> Verdict | None:
+    """``verdict`` made an invalid measurement when the timings are not valid and an
+    objective depends on them."""
+    invalid = invalid_reason(timing)
+    if verdict is None or invalid is None or not spec.judges_timing():
+        return verdict
+    return dataclasses.replace(verdict, invalid=invalid)
 
 
 def _missing(observed: Mapping[str, float | None], every: Sequence[RequestRecord],
