@@ -41,7 +41,10 @@ OPTIONS: list[tuple[str, Literal["string", "bool"], str, Any]] = [
      "--ctxplat-url; the key is never written anywhere.", None),
     ("results", "string", "Directory for result JSON files and server logs.", "ctxplat-results"),
     ("seed", "string", "Seed for workloads and the simulator.", "0"),
-    ("sim_speedup", "string", "Simulator runs this many times faster than model time.", "1"),
+    ("sim_speedup", "string", "Simulator runs this many times faster than model time "
+     "(above 2 the client's timings stray from the model's, and timing objectives may be "
+     "judged invalid measurements; higher speed-ups suit hit-rate and functional "
+     "checks).", "1"),
     ("timing_skew_max_ms", "string", "Measurement validity: a run whose client TTFT "
      "differs from the server's model time (the simulator reports it) by more than this "
      "many ms at p95, and by more than --ctxplat-timing-skew-max-ratio, is an invalid "
