@@ -22,6 +22,7 @@ import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import anyio
 import numpy as np
 import numpy.typing as npt
 import orjson
@@ -260,6 +261,10 @@ def create_app(engine: Engine, router: Router | None = None) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        # a streamed answer runs in an anyio task group, whose backend loads on first
+        # use (about 20 ms): load it now, not inside the first request's TTFT
+        async with anyio.create_task_group():
+            pass
         for e in api.engines:
             e.start()
         try:
