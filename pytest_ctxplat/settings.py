@@ -48,10 +48,10 @@ OPTIONS: list[tuple[str, Literal["string", "bool"], str, Any]] = [
     ("timing_skew_max_ms", "string", "Measurement validity: a run whose client TTFT "
      "differs from the server's model time (the simulator reports it) by more than this "
      "many ms at p95, and by more than --ctxplat-timing-skew-max-ratio, is an invalid "
-     "measurement (the slo marker's timing_skew_max_ms wins).", "50"),
+     "measurement (the slo marker's timing_skew_max_ms wins).", "100"),
     ("timing_skew_max_ratio", "string", "Measurement validity: the bound on that p95 "
      "relative to each request's model TTFT (the slo marker's timing_skew_max_ratio "
-     "wins).", "0.5"),
+     "wins).", "1"),
     ("reset_cache", "bool", "POST /reset_prefix_cache before each run so a warm cache from "
      "an earlier test cannot inflate results.", True),
     ("model", "string", "Model name to request (default: the first from /v1/models).", None),
@@ -113,7 +113,7 @@ class Settings:
     sim_set: dict[str, Any] = dataclasses.field(default_factory=dict)  # --ctxplat-sim-set
     engines: dict[str, Any] = dataclasses.field(default_factory=dict)  # url -> /version
     # measurement validity bounds (ms, ratio): defaults of the slo keys timing_skew_max_*
-    timing_skew: tuple[float, float] = (50.0, 0.5)
+    timing_skew: tuple[float, float] = (100.0, 1.0)
 
     def launcher_registry(self) -> LauncherRegistry:
         assert self.launchers is not None, "built in pytest_configure"

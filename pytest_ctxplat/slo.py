@@ -163,10 +163,10 @@ class SLOSpec(Validated):
     external_hit_rate_min: float | None = setting(None, ge=0, le=1)
     timing_skew_max_ms: float | None = setting(
         None, ge=0, doc="bound on the p95 of |client - server model| TTFT in ms (default "
-        "50, or --ctxplat-timing-skew-max-ms)")
+        "100, or --ctxplat-timing-skew-max-ms)")
     timing_skew_max_ratio: float | None = setting(
         None, ge=0, doc="bound on that p95 relative to each request's model TTFT "
-        "(default 0.5, or --ctxplat-timing-skew-max-ratio)")
+        "(default 1, or --ctxplat-timing-skew-max-ratio)")
 
     def validate(self) -> None:
         if self.tier_hit_rate_min is not None:
