@@ -42,7 +42,8 @@ def pytest_configure(config: pytest.Config) -> None:
         "max_reruns=2, repeat=1, min_sustained_users=None, knee_min_tokens=None, "
         "ttft_hit_p95_ms=None, ttft_miss_p95_ms=None, session_p95_s=None, fanout_p95_ms=None, "
         "hit_rate_gap_min={'lt_30s'|'30s_5m'|'gt_5m': rate}, tier_hit_rate_min=None "
-        "({'hbm': 0.3, ...}), external_hit_rate_min=None): "
+        "({'hbm': 0.3, ...}), external_hit_rate_min=None, timing_skew_max_ms=None, "
+        "timing_skew_max_ratio=None): "
         "service-level objectives judged by ctxplat_run; select SLO tests with -m slo.",
     )
     config.addinivalue_line(
@@ -326,10 +327,12 @@ class _Summary:
                 terminalreporter.write_line(
                     f"ctxplat: warning: baseline {r.get('comparison.baseline')!r} has no "
                     f"entry for {r['nodeid']}: not compared (save one with --ctxplat-save)")
-        from .report.table import inconclusive_lines
+        from .report.table import inconclusive_lines, timing_lines
 
         for line in inconclusive_lines(self.rows):
             terminalreporter.write_line(line, yellow=True)
+        for line in timing_lines(self.rows):
+            terminalreporter.write_line(line, red=True)
         if len({r.get("profile") for r in self.rows}) > 1:
             from .report.compare import profile_comparison
 

@@ -22,6 +22,7 @@ from .report.stats import outcome_counts
 from .servers.base import ServerHandle
 from .servers.launchers import LaunchContext
 from .settings import item_key, kind_registry, settings_key
+from .slo import SLOSpec
 from .workload.loader import load_workload, resolve_workload
 
 if TYPE_CHECKING:
@@ -109,12 +110,38 @@ def properties(result: RunResult) -> list[tuple[str, Any]]:
         "confidence": None if v is None else v.confidence,
         "on_inconclusive": None if result.slo is None else result.slo.on_inconclusive,
         "capacity_sustained_users": o.get("capacity.sustained_users"),
+        **_timing_properties(result.timing),
     }
     if result.comparison:  # judged against a baseline: what changed, in one line
         props["baseline_changes"] = changes_line(result.comparison)
     for c in v.checks if v is not None else ():
         props.update({f"slo.{c.key}.{k}": x for k, x in objective_fields(c).items()})
     return [(f"ctxplat.{k}", _round(x)) for k, x in props.items() if x is not None]
+
+
+def with_timing_bounds(slo: SLOSpec | None, bounds: tuple[float, float]) -> SLOSpec | None:
+    """``slo`` with the session's measurement-validity bounds where its marker set none
+    (``--ctxplat-timing-skew-max-ms`` / ``-ratio``)."""
+    if slo is None:
+        return None
+    ms, ratio = bounds
+    return dataclasses.replace(
+        slo, timing_skew_max_ms=ms if slo.timing_skew_max_ms is None else slo.timing_skew_max_ms,
+        timing_skew_max_ratio=ratio if slo.timing_skew_max_ratio is None
+        else slo.timing_skew_max_ratio)
+
+
+def _timing_properties(timing: Any) -> dict[str, Any]:
+    """Client-minus-server TTFT (report.timing): per request against the server's model
+    time (p50, p95, and whether the measurement is valid), or the histogram means."""
+    if not timing:
+        return {}
+    if "ttft_skew_ms" in timing:
+        return {"ttft_skew_p50_ms": timing["ttft_skew_ms"]["p50"],
+                "ttft_skew_p95_ms": timing["ttft_skew_ms"]["p95"],
+                "e2e_skew_p95_ms": timing["e2e_skew_ms"]["p95"],
+                "timing_valid": timing["valid"], "timing_invalid": timing["reason"]}
+    return {"ttft_skew_mean_ms": timing.get("ttft_skew_ms_mean")}
 
 
 def _comparison_properties(comparison: Any) -> dict[str, Any]:
@@ -187,7 +214,7 @@ async def run_item(item: pytest.Item, server: ServerHandle, workload: str | None
                           f"{server.log_tail()}")
     common: dict[str, Any] = {"seed": s.seed, "model": s.model,
                               "reset_cache": s.reset_cache, "limits": s.limits}
-    slo = spec.slo if spec else None
+    slo = with_timing_bounds(spec.slo if spec else None, s.timing_skew)
     workers, part = xdist_split(item, s.workers, s.part)
     if spec is not None and spec.sweep is not None and (part is not None or workers > 1):
         raise ConfigError(f"{item.nodeid}: a sweep is played whole: run it without "

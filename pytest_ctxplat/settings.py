@@ -42,7 +42,17 @@ OPTIONS: list[tuple[str, Literal["string", "bool"], str, Any]] = [
      "--ctxplat-url; the key is never written anywhere.", None),
     ("results", "string", "Directory for result JSON files and server logs.", "ctxplat-results"),
     ("seed", "string", "Seed for workloads and the simulator.", "0"),
-    ("sim_speedup", "string", "Simulator runs this many times faster than model time.", "1"),
+    ("sim_speedup", "string", "Simulator runs this many times faster than model time "
+     "(above 2 the client's timings stray from the model's, and timing objectives may be "
+     "judged invalid measurements; higher speed-ups suit hit-rate and functional "
+     "checks).", "1"),
+    ("timing_skew_max_ms", "string", "Measurement validity: a run whose client TTFT "
+     "differs from the server's model time (the simulator reports it) by more than this "
+     "many ms at p95, and by more than --ctxplat-timing-skew-max-ratio, is an invalid "
+     "measurement (the slo marker's timing_skew_max_ms wins).", "100"),
+    ("timing_skew_max_ratio", "string", "Measurement validity: the bound on that p95 "
+     "relative to each request's model TTFT (the slo marker's timing_skew_max_ratio "
+     "wins).", "1"),
     ("reset_cache", "bool", "POST /reset_prefix_cache before each run so a warm cache from "
      "an earlier test cannot inflate results.", True),
     ("model", "string", "Model name to request (default: the first from /v1/models).", None),
@@ -113,6 +123,8 @@ class Settings:
     engines: dict[str, Any] = dataclasses.field(default_factory=dict)  # url -> /version
     workers: int = 1  # --ctxplat-workers
     part: Part | None = None  # --ctxplat-shard I/N (start_at: the first run's start)
+    # measurement validity bounds (ms, ratio): defaults of the slo keys timing_skew_max_*
+    timing_skew: tuple[float, float] = (100.0, 1.0)
 
     def launcher_registry(self) -> LauncherRegistry:
         assert self.launchers is not None, "built in pytest_configure"
@@ -345,6 +357,8 @@ def read_settings(config: pytest.Config) -> Settings:
         progress=progress_enabled(config),
         workers=_number(config, "workers", int, 1),
         part=_part(config),
+        timing_skew=(_number(config, "timing_skew_max_ms", float, 0.0),
+                     _number(config, "timing_skew_max_ratio", float, 0.0)),
     )
     html = html_output(config)  # a bad path is a usage error now, not a surprise at the end
     if html is not None and not html[1].resolve().is_relative_to(settings.results.resolve()):

@@ -108,6 +108,12 @@ class SLOSpec(Validated):
     ``nvme``, ...) to the least share of prompt tokens that tier must serve (server
     ``/metrics`` deltas); ``external_hit_rate_min`` bounds the KV connector's own hit
     rate (external prefix cache hits over queries).
+
+    Measurement validity (not objectives: every run with a server that reports its
+    model time is checked, see :mod:`pytest_ctxplat.report.timing`): when the p95 of
+    the TTFT discrepancy, client minus the server's model time, exceeds both
+    ``timing_skew_max_ms`` and ``timing_skew_max_ratio`` of the model TTFT, a verdict
+    with a timing objective (:meth:`judges_timing`) is an invalid measurement.
     """
 
     ttft_p50_ms: float | None = setting(None, ge=0)
@@ -155,6 +161,12 @@ class SLOSpec(Validated):
     tier_hit_rate_min: dict[str, float] | None = setting(None, doc="tier name -> least "
                                                         "share of prompt tokens it serves")
     external_hit_rate_min: float | None = setting(None, ge=0, le=1)
+    timing_skew_max_ms: float | None = setting(
+        None, ge=0, doc="bound on the p95 of |client - server model| TTFT in ms (default "
+        "100, or --ctxplat-timing-skew-max-ms)")
+    timing_skew_max_ratio: float | None = setting(
+        None, ge=0, doc="bound on that p95 relative to each request's model TTFT "
+        "(default 1, or --ctxplat-timing-skew-max-ratio)")
 
     def validate(self) -> None:
         if self.tier_hit_rate_min is not None:
@@ -210,6 +222,15 @@ class SLOSpec(Validated):
     def to_dict(self) -> dict[str, Any]:
         return {k: dict(v) if isinstance(v, Mapping) else v
                 for k, v in dataclasses.asdict(self).items() if v is not None}
+
+    def judges_timing(self) -> bool:
+        """Whether an objective depends on measured time (latency, speed, goodput's
+        time thresholds, sustained users): only then can timings that stray from the
+        server's own account make the verdict an invalid measurement."""
+        if self.goodput_min is not None or self.min_sustained_users is not None:
+            return True
+        return any(SLO_METRICS[k.partition(".")[0]][2] in ("ms", "s", "tok/s")
+                   for k in self.objectives())
 
     @staticmethod
     def valid_keys() -> list[str]:
@@ -302,23 +323,29 @@ class Check:
 @dataclasses.dataclass(frozen=True)
 class Verdict:
     """The judged objectives of one run. ``incomplete`` says why the run did not fill
-    its measurement window (interrupted, the server died, a circuit breaker): such a
-    verdict never passes, whatever the checks say."""
+    its measurement window (interrupted, the server died, a circuit breaker);
+    ``invalid`` why its timings are not a valid measurement (the client's TTFT strays
+    from the server's model time beyond the bound): such a verdict never passes,
+    whatever the checks say."""
 
     checks: tuple[Check, ...]
     incomplete: str | None = None
     confidence: float = 0.95
+    invalid: str | None = None
 
     @property
     def passed(self) -> bool:
-        return self.incomplete is None and all(c.passed for c in self.checks)
+        return self.incomplete is None and self.invalid is None and \
+            all(c.passed for c in self.checks)
 
     @property
     def status(self) -> str:
-        """``pass``, ``fail``, ``inconclusive`` (no check failed, one could not tell)
-        or ``incomplete``."""
+        """``pass``, ``fail``, ``inconclusive`` (no check failed, one could not tell),
+        ``incomplete`` or ``invalid`` (an invalid measurement)."""
         if self.incomplete is not None:
             return "incomplete"
+        if self.invalid is not None:
+            return "invalid"
         statuses = {c.status for c in self.checks}
         for s in ("fail", "inconclusive"):
             if s in statuses:
@@ -354,7 +381,8 @@ class Verdict:
 
     def to_dict(self) -> dict[str, Any]:
         return {"passed": self.passed, "status": self.status, "incomplete": self.incomplete,
-                "confidence": self.confidence, "checks": [c.to_dict() for c in self.checks]}
+                "invalid": self.invalid, "confidence": self.confidence,
+                "checks": [c.to_dict() for c in self.checks]}
 
 
 def _fmt(v: float) -> str:

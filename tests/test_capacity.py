@@ -142,7 +142,8 @@ def test_capacity_marker_override_turns_the_controller_on(pytester: pytest.Pytes
     pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
     pytester.makepyfile(CAPACITY_TEST.format(gate=3, workload="chat",
                                              overrides=f"{TINY}, {CONTROLLER}"))
-    result = pytester.runpytest("--ctxplat-sim-speedup=20", "-p", "no:cacheprovider")
+    result = pytester.runpytest("--ctxplat-sim-speedup=20", "--ctxplat-timing-skew-max-ms=inf",
+                                "-p", "no:cacheprovider")
     result.assert_outcomes(passed=1)
     doc = json.loads(next((pytester.path / "ctxplat-results").glob("*.json")).read_text())
     assert doc["observed"]["capacity.sustained_users"] == 3
@@ -160,7 +161,8 @@ def test_capacity_workload_yaml_turns_the_controller_on_and_the_gate_fails(
         "load:\n  controller: {max_users: 3, cooldown_s: 1, window_s: 2,\n"
         "               hold_windows: 1, min_requests: 2, plateau_gain: 0}\n")
     pytester.makepyfile(CAPACITY_TEST.format(gate=4, workload="governed", overrides=""))
-    result = pytester.runpytest("--ctxplat-sim-speedup=20", "-p", "no:cacheprovider")
+    result = pytester.runpytest("--ctxplat-sim-speedup=20", "--ctxplat-timing-skew-max-ms=inf",
+                                "-p", "no:cacheprovider")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["*SLO breached (1 of 2 objectives)*",
                                  "*min_sustained_users*>= 4*3*FAIL*"])

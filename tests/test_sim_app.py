@@ -82,6 +82,9 @@ def test_streaming_completion_reports_cached_tokens_and_metrics(client: httpx.Cl
         results.append(("".join(ch["choices"][0]["text"] for ch in token_chunks), usage_chunk))
     (text1, u1), (text2, u2) = results
     assert text1 == text2 and len(text1.split()) == 5 and text1.startswith(" ")
+    model_ttft, model_e2e = (u1["usage"].pop(k) for k in ("ctxplat_model_ttft_ms",
+                                                           "ctxplat_model_e2e_ms"))
+    assert 0 < model_ttft < model_e2e  # the request's model time (docs: simulator)
     assert u1["usage"] == {"prompt_tokens": 2000, "completion_tokens": 5, "total_tokens": 2005,
                            "prompt_tokens_details": {"cached_tokens": 0}}  # fmt: skip
     assert u2["usage"]["prompt_tokens_details"] == {"cached_tokens": 1984}

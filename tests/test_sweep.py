@@ -134,7 +134,8 @@ def test_sweep(ctxplat_run):
 def test_sweep_marker_runs_the_workload_once_per_point(pytester: pytest.Pytester) -> None:
     pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
     pytester.makepyfile(SWEEP_TEST)
-    result = pytester.runpytest("--ctxplat-sim-speedup=20", "-p", "no:cacheprovider",
+    result = pytester.runpytest("--ctxplat-sim-speedup=20", "--ctxplat-timing-skew-max-ms=inf",
+                                "-p", "no:cacheprovider",
                                 "--junitxml=junit.xml")
     result.assert_outcomes(passed=1)
     (path,) = (pytester.path / "ctxplat-results").glob("*.json")

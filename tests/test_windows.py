@@ -150,7 +150,8 @@ def test_inconclusive_under_fail_policy_fails_the_pytest_test(pytester: pytest.P
         def test_gate(ctxplat_run):
             ctxplat_run()
     """)
-    result = pytester.runpytest("--ctxplat-sim-speedup=20", "-p", "no:cacheprovider",
+    result = pytester.runpytest("--ctxplat-sim-speedup=20", "--ctxplat-timing-skew-max-ms=inf",
+                                "-p", "no:cacheprovider",
                                 "--ctxplat-results=res")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines([

@@ -31,7 +31,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
                    "Default: %(default)r")
     p.add_argument("--sim-speedup", type=float, default=1.0,
                    help="the started simulator runs this many times faster than model "
-                   "time. Default: %(default)r")
+                   "time (above 2, timings stray from the model's: see docs/concepts/"
+                   "simulator.md, Timing over HTTP). Default: %(default)r")
     p.add_argument("--no-reset", action="store_true",
                    help="do not POST /reset_prefix_cache before the run")
     p.add_argument("--json", help="write the result JSON to this file")

@@ -411,6 +411,8 @@ def _count(record: RequestRecord, n_chunks: int, usage: StreamUsage | None,
         record.output_tokens = completion if completion is not None else n_chunks
         record.cached_tokens = usage.cached_tokens
         record.usage_prompt_tokens = usage.prompt_tokens
+        if usage.model_ms is not None:
+            record.set_model_ms(*usage.model_ms)
     else:
         record.output_tokens = n_chunks
 

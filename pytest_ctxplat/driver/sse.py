@@ -133,11 +133,14 @@ def _parse_event(block: bytes) -> bytes | None:
 
 
 class StreamUsage(NamedTuple):
-    """The ``usage`` object of a stream chunk; ``None`` where a figure is absent."""
+    """The ``usage`` object of a stream chunk; ``None`` where a figure is absent.
+    ``model_ms`` is the server's own model-time ``(TTFT, end)`` in milliseconds (the
+    simulator's ``ctxplat_model_ttft_ms`` / ``ctxplat_model_e2e_ms``), else None."""
 
     completion_tokens: int | None
     prompt_tokens: int | None
     cached_tokens: int | None
+    model_ms: tuple[float | None, float | None] | None = None
 
 
 class StreamEvent(NamedTuple):
@@ -181,7 +184,23 @@ def _read_usage(usage: dict[str, Any]) -> StreamUsage:
         _int_or_none(usage.get("completion_tokens")),
         _int_or_none(usage.get("prompt_tokens")),
         cached,
+        _model_ms(usage) if _MODEL_TTFT in usage else None,
     )
+
+
+_MODEL_TTFT = "ctxplat_model_ttft_ms"
+_MODEL_E2E = "ctxplat_model_e2e_ms"
+
+
+def _number_or_none(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
+
+
+def _model_ms(usage: dict[str, Any]) -> tuple[float | None, float | None]:
+    """The server's model-time TTFT and end in ms (only a simulator reports them)."""
+    return _number_or_none(usage.get(_MODEL_TTFT)), _number_or_none(usage.get(_MODEL_E2E))
 
 
 def _error_text(err: object) -> str:

@@ -3,6 +3,7 @@ and two metric snapshots, and the failure message of a breached SLO."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -12,12 +13,14 @@ from ..report import sessions, stats
 from ..report.judging import add_figures, judge_inputs
 from ..report.records import RequestRecord
 from ..report.result import HitRates, RunResult, ServerMetrics
-from ..servers.scrape import MetricsSnapshot, server_delta
+from ..report.timing import histogram_section, invalid_reason, timing_section
+from ..servers.scrape import TTFT_HISTOGRAM, MetricsSnapshot, histogram_delta, server_delta
 from ..servers.tiers import TierHits, tier_hits
-from ..slo import SLOSpec, evaluate
+from ..slo import SLOSpec, Verdict, evaluate
 from ..workload.spec import WorkloadSpec
 
-__all__ = ["NOT_A_CAPACITY_RUN", "build_result", "format_breach", "tier_table"]
+__all__ = ["NOT_A_CAPACITY_RUN", "build_result", "format_breach", "measurement_timing",
+           "tier_table"]
 
 NOT_A_CAPACITY_RUN = ("not a capacity run: min_sustained_users needs closed-loop users "
                       "without stages or ramp_s (the controller then starts with "
@@ -91,6 +94,8 @@ def build_result(*, name: str, target: Mapping[str, Any], spec: WorkloadSpec, se
         verdict = evaluate(slo_spec, observed, {**window.notes, **missing}, incomplete,
                            intervals=window.intervals, rate_intervals=window.rate_intervals,
                            periods=window.periods, policy=policy)
+    timing = measurement_timing(judged, before, after, slo_spec)
+    verdict = _with_validity(verdict, timing, judge_spec)
     return RunResult(name=name, target=_target(target, server_block_size),
                      workload=spec.describe(), seed=seed, started_at=started_at,
                      wall_s=wall_s, metrics=summary,
@@ -99,10 +104,35 @@ def build_result(*, name: str, target: Mapping[str, Any], spec: WorkloadSpec, se
                      server=_server(delta), observed=observed, slo=slo_spec, verdict=verdict,
                      records=every, timeline=tuple(timeline), interrupted=interrupted,
                      incomplete=incomplete, window=window.section, capacity=capacity,
-                     sessions=session_figures,
+                     sessions=session_figures, timing=timing,
                      tiers=tiers.to_dict() if tiers.engine != "unknown" else None,
                      errors_sample=tuple(f"{r.session_id}#{r.index}: {r.error}"
                                          for r in every if r.error)[:10])
+
+
+def measurement_timing(records: Sequence[RequestRecord], before: MetricsSnapshot | None,
+                       after: MetricsSnapshot | None, slo_spec: SLOSpec | None
+                       ) -> dict[str, Any] | None:
+    """The result's ``timing`` section over ``records`` (the judged window): the
+    client's TTFT against the server's model time per request (the simulator), judged
+    against the spec's bounds; else against
+    the server's TTFT histogram (vLLM), for information; None when neither is known."""
+    spec = slo_spec or SLOSpec()
+    section = timing_section(records, spec.timing_skew_max_ms, spec.timing_skew_max_ratio)
+    if section is not None or before is None or after is None:
+        return section
+    hist = histogram_delta(before, after, TTFT_HISTOGRAM)
+    return None if hist is None else histogram_section(records, *hist)
+
+
+def _with_validity(verdict: Verdict | None, timing: Mapping[str, Any] | None,
+                   spec: SLOSpec) -> Verdict | None:
+    """``verdict`` made an invalid measurement when the timings are not valid and an
+    objective depends on them."""
+    invalid = invalid_reason(timing)
+    if verdict is None or invalid is None or not spec.judges_timing():
+        return verdict
+    return dataclasses.replace(verdict, invalid=invalid)
 
 
 def _missing(observed: Mapping[str, float | None], every: Sequence[RequestRecord],
@@ -178,6 +208,8 @@ def format_breach(result: RunResult) -> str:
     assert v is not None
     if v.incomplete:
         head = f"run incomplete ({v.incomplete}) for {result.name}"
+    elif v.invalid:
+        head = f"invalid measurement ({v.invalid}) for {result.name}"
     elif v.status == "inconclusive":
         head = (f"SLO inconclusive ({len(v.inconclusive)} of {len(v.checks)} objectives: "
                 f"the {v.confidence:.0%} interval straddles the target) for {result.name}")

@@ -155,7 +155,9 @@ def _verdict(run: dict[str, Any]) -> str:
                if v.get("passed") and v.get("status") == "inconclusive"
                else '<span class="pass">SLO met</span>' if v.get("passed")
                else f'<span class="fail">incomplete: {_e(v["incomplete"])}</span>'
-               if v.get("incomplete") else '<span class="fail">SLO breached</span>')
+               if v.get("incomplete")
+               else f'<span class="fail">invalid measurement: {_e(v["invalid"])}</span>'
+               if v.get("invalid") else '<span class="fail">SLO breached</span>')
     return f"<p>{verdict}</p>" + _table(
         ["objective", "metric", "direction", "target", "observed", "margin", "interval",
          "result"], rows,
@@ -188,7 +190,21 @@ def _summary(run: dict[str, Any]) -> str:
     ]
     if run.get("incomplete"):
         rows.insert(0, ["run ended early", _e(run["incomplete"])])
+    rows.extend(_timing_rows(run.get("timing")))
     return _table(["figure", "value"], rows, "summary")
+
+
+def _timing_rows(t: dict[str, Any] | None) -> list[list[str]]:
+    """The client-minus-server TTFT rows of the summary (report.timing)."""
+    if not t:
+        return []
+    if "ttft_skew_ms" in t:
+        skew = t["ttft_skew_ms"]
+        valid = "valid" if t.get("valid") else f"INVALID: {t.get('reason')}"
+        return [["TTFT client - model ms p50 / p95",
+                 f"{_num(skew.get('p50'), '{:.2f}')} / {_num(skew.get('p95'), '{:.2f}')}"],
+                ["measurement", _e(valid)]]
+    return [["TTFT client - server ms (mean)", _num(t.get("ttft_skew_ms_mean"), "{:.2f}")]]
 
 
 def _capacity(run: dict[str, Any]) -> str:

@@ -165,7 +165,7 @@ def _hit(r: Mapping[str, Any]) -> str:
 
 
 _VERDICTS = {"pass": "✅ pass", "fail": "❌ fail", "inconclusive": "⚠️ inconclusive",
-             "incomplete": "⚠️ incomplete"}
+             "incomplete": "⚠️ incomplete", "invalid": "❌ invalid measurement"}
 
 
 def _verdict(value: Any) -> str:

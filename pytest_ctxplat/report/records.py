@@ -68,6 +68,11 @@ class RequestRecord:
     ``last_turn`` is True on the last request of a session that ran to its end (set once
     the session's plan is exhausted; a session cut short by the run's bound has none),
     False on its other requests and ``None`` where the driver does not know.
+
+    ``model_ttft_s`` / ``model_e2e_s`` are the server's own account of the request in
+    model time (what the simulator's model takes at speedup 1; ``usage``'s
+    ``ctxplat_model_*_ms``), ``None`` where the server does not say;
+    :attr:`ttft_skew_s` / :attr:`e2e_skew_s` are the client's figures minus them.
     """
 
     session_id: str
@@ -95,6 +100,8 @@ class RequestRecord:
     parent_session_id: str | None = None
     spawned_s: float | None = None
     last_turn: bool | None = None
+    model_ttft_s: float | None = None
+    model_e2e_s: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -130,6 +137,26 @@ class RequestRecord:
             return None
         return (self.output_tokens - 1) / span
 
+    def set_model_ms(self, ttft_ms: float | None, e2e_ms: float | None) -> None:
+        """Record the server's model-time TTFT and end (milliseconds)."""
+        self.model_ttft_s = None if ttft_ms is None else ttft_ms / 1000.0
+        self.model_e2e_s = None if e2e_ms is None else e2e_ms / 1000.0
+
+    @property
+    def ttft_skew_s(self) -> float | None:
+        """Client TTFT minus the server's model-time TTFT (None when either is unknown)."""
+        if self.ttft_s is None or self.model_ttft_s is None:
+            return None
+        return self.ttft_s - self.model_ttft_s
+
+    @property
+    def e2e_skew_s(self) -> float | None:
+        """Client end-to-end time minus the server's model-time one."""
+        e2e = self.e2e_s
+        if e2e is None or self.model_e2e_s is None:
+            return None
+        return e2e - self.model_e2e_s
+
     def fail(self, outcome: str, error: str, end_s: float) -> None:
         """End the request with ``outcome`` (not ``ok``), keeping what was measured."""
         self.outcome = outcome
@@ -144,6 +171,7 @@ class RequestRecord:
         del self.chunk_gaps_s[:]
         self.status = self.finish_reason = self.outcome = self.error = None
         self.retry_after_s = None
+        self.model_ttft_s = self.model_e2e_s = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -170,4 +198,6 @@ class RequestRecord:
             "parent_session_id": self.parent_session_id,
             "spawned_s": self.spawned_s,
             "last_turn": self.last_turn,
+            "model_ttft_s": self.model_ttft_s,
+            "model_e2e_s": self.model_e2e_s,
         }

@@ -93,6 +93,7 @@ class RunResult:
     sessions: Mapping[str, Any] | None = None  # session-level figures (report.sessions)
     tiers: Mapping[str, Any] | None = None  # hits per KV tier (servers.tiers.TierHits)
     parts: Mapping[str, Any] | None = None  # a split run: a part's, or the merged shards'
+    timing: Mapping[str, Any] | None = None  # client vs server model time (report.timing)
 
     @property
     def passed(self) -> bool:
@@ -125,6 +126,7 @@ class RunResult:
             "knees": dict(self.knees) if self.knees is not None else None,
             "sessions": dict(self.sessions) if self.sessions is not None else None,
             "tiers": dict(self.tiers) if self.tiers is not None else None,
+            "timing": dict(self.timing) if self.timing is not None else None,
             "timeline": [dict(t) for t in self.timeline],
             "records": [r.to_dict() for r in self.records] if records else None,
             "comparison": dict(self.comparison) if self.comparison is not None else None,

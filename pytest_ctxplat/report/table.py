@@ -7,7 +7,7 @@ from typing import Any
 
 from tabulate import tabulate
 
-__all__ = ["inconclusive_lines", "summary_table"]
+__all__ = ["inconclusive_lines", "summary_table", "timing_lines"]
 
 
 def _pct(v: Any) -> str:
@@ -28,7 +28,7 @@ _SHORT = {"http_status": "http", "connect_error": "connect", "protocol_error": "
           "timeout": "timeout", "incomplete": "short", "throttled": "429/503",
           "cancelled": "cancelled"}
 _VERDICT = {"pass": "pass", "fail": "FAIL", "incomplete": "INCOMPLETE",
-            "inconclusive": "inconclusive"}
+            "inconclusive": "inconclusive", "invalid": "INVALID"}
 
 
 def _errors(r: Mapping[str, Any]) -> str:
@@ -46,6 +46,7 @@ def summary_table(rows: Sequence[Mapping[str, Any]]) -> str:
     three hit rates, verdict; and the baseline comparison's verdict when a test was
     compared with one."""
     compared = any(r.get("comparison") for r in rows)
+    skewed = any(r.get("ttft_skew_p95_ms") is not None for r in rows)
     out = []
     for r in rows:
         out.append([
@@ -61,11 +62,22 @@ def summary_table(rows: Sequence[Mapping[str, Any]]) -> str:
             _VERDICT.get(str(r.get("verdict")), "-"),
         ])
         out[-1].insert(4, _errors(r))
+        if skewed:  # client minus the server's model time (report.timing)
+            out[-1].insert(6, f"{_num(r.get('ttft_skew_p50_ms'), '.1f')} / "
+                              f"{_num(r.get('ttft_skew_p95_ms'), '.1f')}")
         if compared:
             out[-1].append(_BASELINE.get(str(r.get("comparison")), "-"))
     headers = ["test", "outcome", "server", "req/err", "errors by class", "TTFT p95 ms",
                "decode tok/s p50", "out tok/s", "hit designed / request / server", "SLO"]
+    if skewed:
+        headers.insert(6, "TTFT skew p50 / p95 ms")
     return tabulate(out, headers=[*headers, "baseline"] if compared else headers)
+
+
+def timing_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """One line per test whose timings were not a valid measurement, and why."""
+    return [f"INVALID MEASUREMENT {r.get('nodeid', '')}: {r['timing_invalid']}"
+            for r in rows if r.get("timing_invalid")]
 
 
 def inconclusive_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:

@@ -15,8 +15,8 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-__all__ = ["MetricsSnapshot", "merge_snapshots", "parse_metrics", "scrape", "scrape_all",
-           "server_delta"]
+__all__ = ["TTFT_HISTOGRAM", "MetricsSnapshot", "histogram_delta", "merge_snapshots",
+           "parse_metrics", "scrape", "scrape_all", "server_delta"]
 
 _RENAMES = {
     "vllm:gpu_prefix_cache_queries_total": "vllm:prefix_cache_queries_total",
@@ -24,7 +24,8 @@ _RENAMES = {
     "vllm:gpu_cache_usage_perc": "vllm:kv_cache_usage_perc",
 }
 _KEPT_LABELS = ("source", "transfer_type", "tier", "block_size", "num_gpu_blocks",
-                "cache_source")
+                "cache_source", "le")
+TTFT_HISTOGRAM = "vllm:time_to_first_token_seconds"
 
 
 @dataclass(frozen=True)
@@ -117,6 +118,26 @@ async def scrape_all(client: httpx.AsyncClient, base_url: str,
         return main
     others = [await scrape(client, u.removesuffix("/metrics")) for u in extra]
     return merge_snapshots([main, *(o for o in others if o is not None)])
+
+
+def histogram_delta(before: MetricsSnapshot, after: MetricsSnapshot, name: str
+                    ) -> tuple[float, float, list[tuple[float, float]]] | None:
+    """``(count, sum, [(upper bound, cumulative count), ...])`` of histogram ``name``
+    over a run (deltas of two snapshots); None when the server does not expose it."""
+    if not after.has(f"{name}_count"):
+        return None
+    prefix = f"{name}_bucket{{"
+    buckets = []
+    for key, value in after.values.items():
+        if key.startswith(prefix) and "le=" in key:
+            le = key.split("le=")[1].split(",")[0].rstrip("}")
+            try:
+                bound = float(le)
+            except ValueError:
+                continue
+            buckets.append((bound, value - before.get(key)))
+    count = after.get(f"{name}_count") - before.get(f"{name}_count")
+    return count, after.get(f"{name}_sum") - before.get(f"{name}_sum"), sorted(buckets)
 
 
 def _rate(hits: float, queries: float) -> float | None:

@@ -6,7 +6,10 @@ Routes: ``POST /v1/completions``, ``POST /v1/chat/completions``, ``GET /v1/model
 step per request (several tokens when the client lagged), ``finish_reason: "length"`` on
 the last token chunk, an optional usage chunk (``stream_options.include_usage``) with
 ``"choices": []``, then ``data: [DONE]``. ``usage.prompt_tokens_details.cached_tokens``
-is always reported. A client that disconnects aborts its engine request.
+is always reported, and so is the request's model time (what it would take at speedup 1):
+``usage.ctxplat_model_ttft_ms`` and ``usage.ctxplat_model_e2e_ms``, also sent as the
+``X-Ctxplat-Model-TTFT-Ms`` / ``X-Ctxplat-Model-E2E-Ms`` headers of a non-streamed
+answer. A client that disconnects aborts its engine request.
 
 With several engines (a profile with ``replicas > 1``) the profile's router picks one
 per request; the ``session`` router keys on the ``X-Session-ID`` header.
@@ -19,6 +22,7 @@ import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import anyio
 import numpy as np
 import numpy.typing as npt
 import orjson
@@ -33,6 +37,8 @@ from pytest_ctxplat.sim.cluster import Router
 from pytest_ctxplat.sim.engine import Engine, RequestError
 from pytest_ctxplat.sim.metrics import CONTENT_TYPE, SimMetrics
 from pytest_ctxplat.sim.protocol import (
+    MODEL_E2E_HEADER,
+    MODEL_TTFT_HEADER,
     SSE_DONE,
     BadRequest,
     GenParams,
@@ -159,8 +165,15 @@ class _Api:
                       "stop_reason": None}  # fmt: skip
         body = self._head(p, "chat.completion" if chat else "text_completion")
         body["choices"] = [choice]
-        body["usage"] = usage(last.prompt_tokens, last.num_generated, last.cached_tokens)
-        return _json(body)
+        model_ms = req.model_times_ms()
+        body["usage"] = usage(last.prompt_tokens, last.num_generated, last.cached_tokens,
+                              model_ms)
+        response = _json(body)
+        for header, value in zip((MODEL_TTFT_HEADER, MODEL_E2E_HEADER), model_ms,
+                                 strict=True):
+            if value is not None:
+                response.headers[header] = f"{value:.3f}"
+        return response
 
     async def _stream(self, p: GenParams, req: Request, chat: bool) -> AsyncIterator[bytes]:
         head = self._head(p, "chat.completion.chunk" if chat else "text_completion")
@@ -180,7 +193,8 @@ class _Api:
             last = event
             yield sse({**head, "choices": [choice]})
         if p.include_usage and last is not None:
-            u = usage(last.prompt_tokens, last.num_generated, last.cached_tokens)
+            u = usage(last.prompt_tokens, last.num_generated, last.cached_tokens,
+                      req.model_times_ms())
             yield sse({**head, "choices": [], "usage": u})
         yield SSE_DONE
 
@@ -247,6 +261,10 @@ def create_app(engine: Engine, router: Router | None = None) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        # a streamed answer runs in an anyio task group, whose backend loads on first
+        # use (about 20 ms): load it now, not inside the first request's TTFT
+        async with anyio.create_task_group():
+            pass
         for e in api.engines:
             e.start()
         try:

@@ -140,6 +140,11 @@ class Engine:
             config = effective_config(config, profile)
         self.config = config
         self.clock: Clock = clock if clock is not None else RealClock(config.speedup)
+        # the model clock (RealClock.model_now; a virtual clock is model time), which
+        # stands still when work arrives outside a step and follows real time when idle
+        self.model_now: Callable[[], float] = getattr(self.clock, "model_now", self.clock.now)
+        self._hold: Callable[[], None] = getattr(self.clock, "hold", lambda: None)
+        self._note_idle: Callable[[], None] = getattr(self.clock, "idle", lambda: None)
         if timing is None and profile is not None:
             timing = RooflineTimingModel(profile)
         base: TimingModel = timing if timing is not None else LinearTimingModel(config)
@@ -269,6 +274,8 @@ class Engine:
         return req
 
     def _enqueue(self, req: Request) -> None:
+        self._hold()
+        req.model_arrival = self.model_now()
         self.start()
         self._waiting.append(req)
         self._wake.set()
@@ -352,6 +359,7 @@ class Engine:
             while True:
                 if not self._running and not self._waiting:
                     self.quiet_until = float("inf")
+                    self._note_idle()
                     self._wake.clear()
                     await self._wake.wait()
                     continue
@@ -408,6 +416,7 @@ class Engine:
         self._wake.clear()
         loading = [r.ready_at for r in self._running if r.ready_at > now]
         if not loading:
+            self._note_idle()
             await self._wake.wait()
             return
         waiter = asyncio.ensure_future(self._wake.wait())
@@ -571,6 +580,7 @@ class Engine:
                 continue  # prefill chunk; no token yet
             if req.num_out == 0:
                 req.first_token_time = now
+                req.model_first_token = self.model_now()
                 cached = req.cached_tokens or 0
                 stats.prompt_tokens += req.prompt_len
                 stats.prompt_tokens_cached += cached
@@ -580,6 +590,7 @@ class Engine:
             req.push_token(now)
             stats.generation_tokens += 1
             if req.finished:
+                req.model_finish = self.model_now()
                 self._running.remove(req)
                 self.cache.free(req.blocks, now)
                 req.blocks = []

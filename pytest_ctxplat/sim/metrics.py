@@ -24,7 +24,8 @@ Exposed (counters get the ``_total`` suffix in the text format):
 * gauges ``vllm:kv_cache_usage_perc`` (fraction 0..1), ``vllm:num_requests_running``,
   ``vllm:num_requests_waiting``, ``vllm:cache_config_info`` (value 1, labels
   ``block_size``, ``num_gpu_blocks``, ...);
-* histograms ``vllm:time_to_first_token_seconds``, ``vllm:e2e_request_latency_seconds``.
+* histograms ``vllm:time_to_first_token_seconds``, ``vllm:e2e_request_latency_seconds``
+  (in model time, as the usage fields ``ctxplat_model_*_ms`` report it).
 
 All but ``cache_config_info`` carry the labels ``model_name`` and ``engine`` (the
 engine's name: ``"0"``, or one per replica when several engines share the metrics).
@@ -247,10 +248,12 @@ class SimMetrics:
             e.finish_listeners.append(self._on_finish)
 
     def _on_finish(self, req: Request) -> None:
-        if req.first_token_time is not None:
-            self._ttft.observe(req.first_token_time - req.arrival_time)
-        if req.finish_time is not None:
-            self._e2e.observe(req.finish_time - req.arrival_time)
+        # model time (what the model takes at speedup 1), like the usage fields
+        ttft_ms, e2e_ms = req.model_times_ms()
+        if ttft_ms is not None:
+            self._ttft.observe(ttft_ms / 1000.0)
+        if e2e_ms is not None:
+            self._e2e.observe(e2e_ms / 1000.0)
 
     def render(self) -> bytes:
         """The Prometheus text exposition."""

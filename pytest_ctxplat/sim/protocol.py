@@ -21,6 +21,10 @@ from pytest_ctxplat.sim.tokenizer import Tokenizer
 
 __all__ = [
     "DEFAULT_MAX_TOKENS",
+    "MODEL_E2E_HEADER",
+    "MODEL_E2E_KEY",
+    "MODEL_TTFT_HEADER",
+    "MODEL_TTFT_KEY",
     "BadRequest",
     "GenParams",
     "error_body",
@@ -74,13 +78,30 @@ def sse(obj: object) -> bytes:
     return b"data: " + orjson.dumps(obj) + b"\n\n"
 
 
-def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> dict[str, Any]:
-    return {
+#: usage fields (and ``X-Ctxplat-Model-*`` response headers) with the request's model
+#: time: what the simulated server would take at speedup 1, in milliseconds from arrival
+MODEL_TTFT_KEY = "ctxplat_model_ttft_ms"
+MODEL_E2E_KEY = "ctxplat_model_e2e_ms"
+MODEL_TTFT_HEADER = "x-ctxplat-model-ttft-ms"
+MODEL_E2E_HEADER = "x-ctxplat-model-e2e-ms"
+
+
+def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int,
+          model_ms: tuple[float | None, float | None] = (None, None)) -> dict[str, Any]:
+    """The ``usage`` object; ``model_ms`` (model-time TTFT and end, ms) adds
+    :data:`MODEL_TTFT_KEY` / :data:`MODEL_E2E_KEY` where known."""
+    out: dict[str, Any] = {
         "prompt_tokens": prompt_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
         "completion_tokens": completion_tokens,
         "prompt_tokens_details": {"cached_tokens": cached_tokens},
     }
+    ttft, e2e = model_ms
+    if ttft is not None:
+        out[MODEL_TTFT_KEY] = round(ttft, 3)
+    if e2e is not None:
+        out[MODEL_E2E_KEY] = round(e2e, 3)
+    return out
 
 
 def _token_list(value: object, what: str) -> npt.NDArray[np.int64]:

@@ -72,6 +72,10 @@ class Request:
         self.arrival_time = arrival_time
         self.first_token_time: float | None = None
         self.finish_time: float | None = None
+        # the engine's model clock (see RealClock.model_now) at arrival, first token, end
+        self.model_arrival = 0.0
+        self.model_first_token: float | None = None
+        self.model_finish: float | None = None
         self.state = RequestState.WAITING
         self.cached_tokens: int | None = None  # set at first admission
         self.num_out = 0
@@ -121,6 +125,12 @@ class Request:
         self._signal.set()
         if self.listener is not None:
             self.listener(self, self._last_time)
+
+    def model_times_ms(self) -> tuple[float | None, float | None]:
+        """Model-time TTFT and end (from arrival) in milliseconds; None until known."""
+        first, end = self.model_first_token, self.model_finish
+        return (None if first is None else (first - self.model_arrival) * 1000.0,
+                None if end is None else (end - self.model_arrival) * 1000.0)
 
     # -- consumer side ---------------------------------------------------------------
     @property

@@ -87,9 +87,15 @@ def _as_dict(config: SimConfig) -> dict[str, object]:
 
 
 def _bind(host: str, port: int) -> socket.socket:
+    """The listening socket. Its protocol is IPPROTO_TCP (not 0) and it has TCP_NODELAY,
+    so every accepted connection sends each SSE event at once: asyncio disables Nagle's
+    algorithm only on sockets whose ``proto`` says TCP, and with it on, the events after
+    the headers waited for the client's delayed ACK (about 40 ms on Linux): a whole
+    short answer arrived in one piece, tens of model milliseconds late at a speed-up."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.bind((host, port))
     sock.set_inheritable(True)
     return sock

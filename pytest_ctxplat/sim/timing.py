@@ -37,10 +37,17 @@ class Clock(Protocol):
 class RealClock:
     """Real time of the running event loop; sleeps are divided by ``speedup``.
 
-    ``now()`` is ``loop.time()`` (real seconds, not scaled). Back-to-back sleeps are
+    Back-to-back sleeps are
     chained to deadlines (the next one starts where the previous one was due to end,
     when that was less than ``catch_up_s`` ago), so the engine's own bookkeeping between
     steps is absorbed into the step times instead of being added to them.
+
+    ``now()`` is the engine's *model* clock (:meth:`model_now`): what the model takes at
+    speedup 1. A step advances it by exactly its duration, however late the event loop
+    woke the engine; between steps of a busy engine it stands still (bookkeeping is not
+    model time); while the engine is idle (:meth:`idle`) it follows real time times
+    ``speedup``. A request's model TTFT and end come from it, so the HTTP client's
+    figures can be held against what the model says.
     """
 
     def __init__(self, speedup: float = 1.0, catch_up_s: float = 0.05) -> None:
@@ -49,16 +56,58 @@ class RealClock:
         self.speedup = speedup
         self.catch_up_s = catch_up_s
         self._due = float("-inf")
+        # model clock: model time at the anchor, the anchor's loop time (None: frozen)
+        # and the model time the current step ends at (inf: no step)
+        self._model = 0.0
+        self._anchor: float | None = None
+        self._cap = math.inf
 
     def now(self) -> float:
-        return asyncio.get_running_loop().time()
+        """The engine's clock: model time (:meth:`model_now`), so TTLs, tier loads and
+        request times mean model seconds at any speed-up."""
+        return self.model_now()
+
+    def model_now(self) -> float:
+        """Model seconds since the clock's start (see the class docstring)."""
+        if self._anchor is None:
+            return self._model
+        t = self._model + (asyncio.get_running_loop().time() - self._anchor) * self.speedup
+        return min(t, self._cap)
+
+    def idle(self) -> None:
+        """The engine waits for work: model time follows real time until :meth:`hold`,
+        and the next step starts when it is called, not where the last one was due
+        (chaining across an idle gap would shorten the first steps after it)."""
+        self._due = float("-inf")
+        self._model = self.model_now()
+        self._anchor = asyncio.get_running_loop().time()
+        self._cap = math.inf
+
+    def hold(self) -> None:
+        """Work arrived: outside a step, model time stops at this instant until the
+        next step starts."""
+        if math.isinf(self._cap):
+            self._model = self.model_now()
+            self._anchor = None
 
     async def sleep(self, dt: float) -> None:
         loop = asyncio.get_running_loop()
         now = loop.time()
+        dt = max(0.0, dt)
+        start_model = self.model_now()
+        self._model, self._anchor, self._cap = start_model, now, start_model + dt
         start = self._due if now - self._due < self.catch_up_s else now
-        self._due = start + max(0.0, dt) / self.speedup
-        await asyncio.sleep(max(0.0, self._due - now))
+        self._due = start + dt / self.speedup
+        try:
+            await asyncio.sleep(max(0.0, self._due - now))
+        except BaseException:  # a wait cut short ends where model time had got
+            self._model = self.model_now()
+            raise
+        else:  # a step takes its whole duration, however early or late the loop woke
+            self._model = self._cap
+        finally:
+            self._anchor = None
+            self._cap = math.inf
 
 
 @dataclass(frozen=True, slots=True)
