@@ -42,6 +42,7 @@ from pytest_ctxplat.driver.limits import (
     swallow_own_cancel,
 )
 from pytest_ctxplat.driver.sse import (
+    EMPTY_EVENT,
     TOKEN_EVENT,
     SSEDecoder,
     StreamUsage,
@@ -380,25 +381,40 @@ def _zero_gaps(gaps: array[float], n: int) -> None:
 def _split(template: TokenTemplate, region: bytes) -> tuple[int, list[bytes]]:
     """Split a region of complete events: ``(k, payloads)`` where ``k`` leading events
     are token chunks recognised in bulk by ``template`` and ``payloads`` are the rest,
-    to read one by one. A template not learnt yet is learnt from the first event."""
+    to read one by one. A template not learnt yet is learnt from the first token chunk,
+    after up to :data:`_MAX_LEADING` leading events that say nothing (the chat role
+    chunk: no token, finish, usage or error); those come back as empty payloads (read
+    as :data:`~pytest_ctxplat.driver.sse.EMPTY_EVENT`, so they still count as events)."""
     if template.learnt:
         k, rest = template.scan(region)
-    else:
-        end = region.find(b"\n\n")
+        if k == 0:
+            return 0, split_region(region)
+        return k, split_region(region[rest:]) if rest < len(region) else []
+    start = skipped = 0
+    while True:
+        end = region.find(b"\n\n", start)
         if end < 0:
             return 0, split_region(region)
-        head = split_region(region[:end])
-        if len(head) != 1 or interpret_payload(head[0]) is not TOKEN_EVENT:
+        head = split_region(region[start:end])
+        if len(head) != 1:
             return 0, split_region(region)
-        if not template.learn(head[0]):
-            return 1, split_region(region[end + 2 :])
-        k, rest = template.scan(region, end + 2)
-        if k == 0:
-            return 1, split_region(region[end + 2 :])
-        k += 1
+        event = interpret_payload(head[0])
+        if event is TOKEN_EVENT:
+            break
+        if event is not EMPTY_EVENT or skipped == _MAX_LEADING:
+            return 0, split_region(region)
+        skipped += 1
+        start = end + 2
+    empties = [b""] * skipped
+    if not template.learn(head[0]):
+        return 1, empties + split_region(region[end + 2 :])
+    k, rest = template.scan(region, end + 2)
     if k == 0:
-        return 0, split_region(region)
-    return k, split_region(region[rest:]) if rest < len(region) else []
+        return 1, empties + split_region(region[end + 2 :])
+    return k + 1, empties + split_region(region[rest:]) if rest < len(region) else empties
+
+
+_MAX_LEADING = 4  # events before a stream's first token chunk skipped to learn it
 
 
 def _count(record: RequestRecord, n_chunks: int, usage: StreamUsage | None,

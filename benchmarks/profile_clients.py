@@ -1,0 +1,93 @@
+"""Where a client's time goes: one contender of ``bench_clients.py`` under cProfile.
+
+    .venv/bin/python benchmarks/profile_clients.py --client runner [--requests 5000]
+        [--concurrency 256] [--top 25] [--sort tottime|cumtime] [--out FILE.prof]
+
+Starts the benchmark's nginx endpoint (fixed SSE body), runs the contender in this
+process (``ours``: ``run_streams`` with one worker; ``runner`` / ``runner-chat``: the
+``Runner`` path of a ``chat`` workload with ``/v1/completions`` or
+``/v1/chat/completions`` bodies; ``ceiling``: the minimal aiohttp client), and prints
+the functions with the most time, each with its share of the profiled total. cProfile
+slows Python code several times more than C code, so shares are indicative: read them
+beside the unprofiled CPU per request printed first (a separate, unprofiled run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import pstats
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
+
+import bench_clients  # noqa: E402
+from bench_endpoint import NginxEndpoint  # noqa: E402
+
+
+def run_client(kind: str, url: str, requests: int, concurrency: int) -> None:
+    """One run of contender ``kind`` in this process."""
+    if kind == "ours":
+        from pytest_ctxplat.driver.multiproc import run_streams
+
+        run_streams(url, "/v1/completions", bench_clients.REQUEST_BODY, requests=requests,
+                    concurrency=concurrency, workers=1)
+    elif kind in ("runner", "runner-chat"):
+        out = bench_clients._runner(url, requests, concurrency, 0.0,
+                                    "chat" if kind == "runner-chat" else "completions")
+        if out["errors"]:
+            raise SystemExit(f"{out['errors']} failed requests")
+    else:
+        from pytest_ctxplat.driver.multiproc import new_event_loop, tuned_gc
+
+        loop = new_event_loop()
+        with tuned_gc():
+            loop.run_until_complete(bench_clients._ceiling(
+                url + "/v1/completions", requests, concurrency, None))
+        loop.close()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--client", choices=["ours", "runner", "runner-chat", "ceiling"],
+                   default="runner")
+    p.add_argument("--requests", type=int, default=5000)
+    p.add_argument("--concurrency", type=int, default=256)
+    p.add_argument("--top", type=int, default=25)
+    p.add_argument("--sort", choices=["tottime", "cumtime"], default="tottime")
+    p.add_argument("--out", help="also write the raw profile here (pstats format)")
+    args = p.parse_args()
+    with NginxEndpoint() as endpoint:
+        run_client(args.client, endpoint.url, 500, args.concurrency)  # warm-up, imports
+        cpu0, wall0 = time.process_time(), time.perf_counter()
+        run_client(args.client, endpoint.url, args.requests, args.concurrency)
+        cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+        print(f"{args.client}: {args.requests} requests at {args.concurrency} streams, "
+              f"unprofiled: {args.requests / wall:,.0f} req/s, "
+              f"{cpu / args.requests * 1e6:.0f} us CPU per request")
+        prof = cProfile.Profile()
+        prof.enable()
+        run_client(args.client, endpoint.url, args.requests, args.concurrency)
+        prof.disable()
+    if args.out:
+        prof.dump_stats(args.out)
+    stats = pstats.Stats(prof)
+    total = stats.total_tt  # type: ignore[attr-defined]
+    rows = []
+    for (file, line, func), (_, calls, tt, ct, _) in stats.stats.items():  # type: ignore[attr-defined]
+        where = f"{Path(file).name}:{line}({func})" if line else func
+        rows.append((tt if args.sort == "tottime" else ct, tt, ct, calls, where))
+    rows.sort(reverse=True)
+    print(f"profiled total {total:.2f} s ({total / args.requests * 1e6:.0f} us per request "
+          f"under the profiler); top {args.top} by {args.sort}:")
+    print(f"{'share':>6} {'tottime':>8} {'cumtime':>8} {'calls':>9}  function")
+    for _, tt, ct, calls, where in rows[: args.top]:
+        print(f"{tt / total:6.1%} {tt:8.3f} {ct:8.3f} {calls:9d}  {where}")
+
+
+if __name__ == "__main__":
+    main()
