@@ -102,7 +102,7 @@ class BlockText:
     another user's with the same prefix) renders per block and caches them all, so a
     session that grows turn by turn finds its context cached from its third request on.
     A partial tail is cut from its block's full piece. The cache keeps at most
-    ``budget_bytes`` of pieces; beyond that the older half (in insertion order) is dropped.
+    ``budget_bytes`` of pieces: beyond that, the newest pieces up to half of it stay.
     """
 
     __slots__ = ("_ahead", "_batch", "_budget", "_cache", "_held", "_json", "_top",
@@ -186,14 +186,19 @@ class BlockText:
             step = _WORD * bs
             pieces = [raw[i : i + step - 1] for i in range(0, len(raw), step)]
         fresh = dict(zip(ids, pieces, strict=True))
-        added = sum(map(len, pieces))
-        if self._held + added > self._budget and cache:
-            keep = list(cache.items())[len(cache) // 2 :]
-            cache.clear()
-            cache.update(keep)
-            self._held = sum(len(p) for _, p in keep)
         cache.update(fresh)
-        self._held += added
+        self._held += sum(map(len, pieces))
+        if self._held > self._budget:  # keep the newest pieces, up to half the budget
+            keep: list[tuple[int, bytes]] = []
+            held = 0
+            for item in reversed(cache.items()):
+                held += len(item[1])
+                if held > self._budget // 2:
+                    break
+                keep.append(item)
+            cache.clear()
+            cache.update(reversed(keep))
+            self._held = sum(len(p) for _, p in keep)
         return fresh
 
 
