@@ -116,7 +116,11 @@ class StreamClient:
         # first-byte, token and request deadlines are the watch's (see driver.limits)
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=limits.connect_timeout_s,
                                         sock_read=None)
-        headers = {"Accept-Encoding": "identity", **self._headers}
+        # every request is a JSON POST: its Content-Type is a session header, not merged
+        # into the headers of each request
+        headers = {"Accept-Encoding": "identity",
+                   **{k: v for k, v in self._headers.items() if k.lower() != "content-type"},
+                   "Content-Type": "application/json"}
         self._session = aiohttp.ClientSession(
             connector=connector,
             timeout=timeout,
@@ -217,8 +221,7 @@ class StreamClient:
                         record: RequestRecord, now: Callable[[], float], flight: Flight
                         ) -> None:
         """Send, then read the answer; sets every field but ``start_s``."""
-        async with session.post(self._url(path), data=body,
-                                headers={"Content-Type": "application/json"}) as resp:
+        async with session.post(self._url(path), data=body) as resp:
             status = record.status = resp.status
             if status >= 400:
                 text = await _read_head(resp.content, _ERROR_BODY_CHARS * 4, self._secrets)
@@ -315,7 +318,7 @@ class StreamClient:
             raise
         record.end_s = t
         _count(record, n_chunks, usage, finish)
-        _judge(record, done, events, resp.headers.get("Content-Type", "?"))
+        _judge(record, done, events, resp)
         if done and not eof:
             # Read the rest (the chunked-encoding end) so the connection is reused; the
             # answer is complete, so a failure here changes nothing.
@@ -350,10 +353,12 @@ def _exc_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
 
 
-def _judge(record: RequestRecord, done: bool, events: int, content_type: str) -> None:
+def _judge(record: RequestRecord, done: bool, events: int,
+           resp: aiohttp.ClientResponse) -> None:
     """The outcome of a stream that was read to its end (``[DONE]`` or end of body)."""
     if not done and record.finish_reason is None:
         if events == 0:
+            content_type = resp.headers.get("Content-Type", "?")
             why = f"no server-sent event in the body (Content-Type {content_type})"
         else:
             why = (f"the stream ended before [DONE] and before a finish_reason, after "

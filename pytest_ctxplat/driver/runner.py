@@ -525,7 +525,8 @@ class Runner:
             budget = self._budgets.get(user)
             if budget is not None:
                 budget.charge_output(record.output_tokens, self.now())
-            self._breaker(record)
+            if record.outcome == "connect_error" or self._connect_failures:
+                self._breaker(record)
         return record
 
     def _min_tokens(self, max_tokens: int) -> int:
