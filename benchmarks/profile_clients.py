@@ -60,7 +60,11 @@ def main() -> None:
     p.add_argument("--top", type=int, default=25)
     p.add_argument("--sort", choices=["tottime", "cumtime"], default="tottime")
     p.add_argument("--out", help="also write the raw profile here (pstats format)")
+    p.add_argument("--load", help="print the shares of a profile written by --out, and stop")
     args = p.parse_args()
+    if args.load:
+        print_profile(pstats.Stats(args.load), args.requests, args.top, args.sort)
+        return
     with NginxEndpoint() as endpoint:
         run_client(args.client, endpoint.url, 500, args.concurrency)  # warm-up, imports
         cpu0, wall0 = time.process_time(), time.perf_counter()
@@ -75,17 +79,57 @@ def main() -> None:
         prof.disable()
     if args.out:
         prof.dump_stats(args.out)
-    stats = pstats.Stats(prof)
+    print_profile(pstats.Stats(prof), args.requests, args.top, args.sort)
+
+
+AREAS = (  # (area, path fragments): the first that matches a function's file
+    ("SSE reading (sse.py, StreamClient)", ("driver/sse.py", "driver/http.py",
+                                            "driver/limits.py")),
+    ("request bodies (tokens, render, body)", ("workload/tokens.py", "workload/render.py",
+                                               "driver/body.py", "orjson.dumps")),
+    ("plans and designed hits (workload)", ("pytest_ctxplat/workload/",)),
+    ("runner and records", ("driver/runner.py", "report/records.py", "<string>")),
+    ("client loops (benchmark, run_streams)", ("bench_clients.py", "driver/multiproc.py",
+                                               "profile_clients.py")),
+    ("aiohttp, asyncio, event loop", ("aiohttp", "asyncio", "yarl", "multidict",
+                                      "aiohappyeyeballs", "runners.py", "socket", "uvloop",
+                                      "selector", "events.py", "tasks.py", "base_events")),
+)
+
+
+def area_of(file: str, func: str) -> str:
+    where = file if file != "~" else func
+    for name, parts in AREAS:
+        if any(p in where for p in parts):
+            return name
+    return "other"
+
+
+def print_profile(stats: pstats.Stats, requests: int, top: int, sort: str) -> None:
+    """Shares of the profiled total: by area, then the top functions."""
     total = stats.total_tt  # type: ignore[attr-defined]
+    by_area: dict[str, float] = {}
+    for (file, _, func), (_, _, tt, _, callers) in stats.stats.items():  # type: ignore[attr-defined]
+        area = area_of(file, func)
+        if area == "other" and callers:  # a builtin: its callers' areas
+            spent = sum(c[2] for c in callers.values()) or 1.0
+            for (cfile, _, cfunc), c in callers.items():
+                carea = area_of(cfile, cfunc)
+                by_area[carea] = by_area.get(carea, 0.0) + tt * c[2] / spent
+            continue
+        by_area[area] = by_area.get(area, 0.0) + tt
+    print(f"profiled total {total:.2f} s; own time by area:")
+    for area, tt in sorted(by_area.items(), key=lambda kv: -kv[1]):
+        print(f"{tt / total:6.1%}  {area}")
     rows = []
     for (file, line, func), (_, calls, tt, ct, _) in stats.stats.items():  # type: ignore[attr-defined]
         where = f"{Path(file).name}:{line}({func})" if line else func
-        rows.append((tt if args.sort == "tottime" else ct, tt, ct, calls, where))
+        rows.append((tt if sort == "tottime" else ct, tt, ct, calls, where))
     rows.sort(reverse=True)
-    print(f"profiled total {total:.2f} s ({total / args.requests * 1e6:.0f} us per request "
-          f"under the profiler); top {args.top} by {args.sort}:")
+    print(f"({total / requests * 1e6:.0f} us per request under the profiler); top {top} "
+          f"by {sort}:")
     print(f"{'share':>6} {'tottime':>8} {'cumtime':>8} {'calls':>9}  function")
-    for _, tt, ct, calls, where in rows[: args.top]:
+    for _, tt, ct, calls, where in rows[:top]:
         print(f"{tt / total:6.1%} {tt:8.3f} {ct:8.3f} {calls:9d}  {where}")
 
 

@@ -96,11 +96,12 @@ class BlockText:
     together in one vectorised pass, with up to ``readahead_tokens`` of the block ids
     that follow the highest of them: fresh ids come from a counter, so the next
     requests' new blocks are usually among them and a small prompt costs no numpy pass
-    of its own. A request with more new blocks than that and none cached is rendered
-    whole in one pass (cutting it into pieces costs about as much again) and caches
-    only its first block: a later request that shares it (the session's next turn, or
-    another user's with the same prefix) renders per block and caches them all, so a
-    session that grows turn by turn finds its context cached from its third request on.
+    of its own. A request longer than a batch whose first block is not cached is
+    rendered whole in one pass (cutting it into pieces costs about as much again) and
+    caches only its first block: a later request that shares it (the session's next
+    turn, or another user's with the same prefix) renders its missing blocks into the
+    cache, so a session that grows turn by turn finds its context cached from its third
+    request on.
     A partial tail is cut from its block's full piece. The cache keeps at most
     ``budget_bytes`` of pieces: beyond that, the newest pieces up to half of it stay.
     """
@@ -131,13 +132,13 @@ class BlockText:
             parts = list(map(cache.__getitem__, blocks))
             tail = cache[tail_id] if tail_len else b""
         except KeyError:
+            if len(blocks) + bool(tail_len) > self._batch and blocks[0] not in cache:
+                return self._whole(block_ids, tail_id, tail_len)  # (no scan of the rest)
             found = list(map(cache.get, blocks))
             maybe = cache.get(tail_id) if tail_len else b""
             missing = [b for b, p in zip(blocks, found, strict=True) if p is None]
             if maybe is None:
                 missing.append(tail_id)
-            if len(missing) > self._batch and len(missing) == len(blocks) + bool(tail_len):
-                return self._whole(block_ids, tail_id, tail_len)
             fresh = self._render(missing)
             parts = [p if p is not None else fresh[b]
                      for b, p in zip(blocks, found, strict=True)]
