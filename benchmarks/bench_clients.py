@@ -82,9 +82,10 @@ def client_main(args: argparse.Namespace) -> None:
         bad = [r for r in res.records if not r.ok or r.output_tokens != N_CHUNKS]
         out = {"ttfts": ttfts, "errors": len(bad),
                "sample_error": bad[0].error if bad else None}
-    elif args.client == "runner":
+    elif args.client in ("runner", "runner-chat"):
         spread = args.concurrency / args.rate if args.rate else 0.0
-        out = _runner(args.url, args.requests, args.concurrency, spread)
+        api = "chat" if args.client == "runner-chat" else "completions"
+        out = _runner(args.url, args.requests, args.concurrency, spread, api)
     else:
         from pytest_ctxplat.driver.multiproc import new_event_loop, tuned_gc
 
@@ -96,12 +97,14 @@ def client_main(args: argparse.Namespace) -> None:
     Path(args.out).write_text(json.dumps(out))
 
 
-def _runner(url: str, n: int, concurrency: int, spread_s: float) -> dict[str, object]:
+def _runner(url: str, n: int, concurrency: int, spread_s: float, api: str = "completions"
+            ) -> dict[str, object]:
     """The full driver path: ``Runner`` + ``StreamClient`` playing a ``chat`` workload
     of ``concurrency`` users, one-turn sessions back to back (128-token prompts: 64
     shared + 64 own; 64 output tokens), ``n`` requests in all, through ``run_sync``.
     ``spread_s``: users start spread over that time (the TTFT run: one delay, so the
-    answers do not all come at once)."""
+    answers do not all come at once). ``api``: ``completions`` (token ids) or ``chat``
+    (``/v1/chat/completions`` bodies: messages rendered as words)."""
     from pytest_ctxplat.api import run_sync
     from pytest_ctxplat.driver.http import ClientLimits, StreamClient
     from pytest_ctxplat.driver.runner import Runner, RunOptions
@@ -110,7 +113,7 @@ def _runner(url: str, n: int, concurrency: int, spread_s: float) -> dict[str, ob
     spec = load_workload("chat", {
         "users": concurrency, "turns": 1, "think_time_s": 0.0, "start_spread_s": spread_s,
         "system_prompt_tokens": 64, "user_tokens": 64, "block_size": 64,
-        "output_tokens": N_CHUNKS, "max_requests": n, "recycle": True})
+        "output_tokens": N_CHUNKS, "max_requests": n, "recycle": True, "api": api})
 
     async def main() -> list[object]:
         limits = ClientLimits(max_connections=concurrency)
@@ -329,11 +332,12 @@ def run_once(o: Outcome, endpoint: NginxEndpoint, args: argparse.Namespace,
     n = (args.ttft_requests or max(4 * c, 400)) if delayed else args.requests
     rate = c / endpoint.delay_s if delayed else 0.0
     url = endpoint.delay_url if delayed else endpoint.url
-    path = "/v1/completions"
+    path = "/v1/chat/completions" if name == "ours (Runner chat)" else "/v1/completions"
     with tempfile.TemporaryDirectory(prefix="ctxplat-bench-") as rdir:
         out = Path(rdir) / "client.json"
         if peer is None:
-            kind = {"ceiling": "ceiling", "ours (Runner)": "runner"}.get(name, "ours")
+            kind = {"ceiling": "ceiling", "ours (Runner)": "runner",
+                    "ours (Runner chat)": "runner-chat"}.get(name, "ours")
             argv = [sys.executable, __file__, "--client", kind, "--url", url, "--path", path,
                     "--requests", str(n), "--concurrency", str(c), "--workers",
                     "2" if name == "ours x2" else "1", "--rate", str(rate), "--out", str(out)]
@@ -424,18 +428,23 @@ def table(outcomes: Sequence[Outcome]) -> str:
 
 
 def ratios(outcomes: Sequence[Outcome]) -> list[str]:
+    """Ratios of medians within this run, and per round (the runs of one round sample
+    the same period of the machine's load), so their spread shows."""
     by = {(o.name, o.concurrency): o for o in outcomes if o.status == "ok"}
     lines = []
+    pairs = (("ours", "vllm bench serve"), ("ours", "ceiling"), ("ours (Runner)", "ceiling"),
+             ("ours (Runner chat)", "ceiling"), ("ours x2", "ours"))
     for c in sorted({o.concurrency for o in outcomes}):
-        ours = by.get(("ours", c))
-        if ours is None or ours.rps is None:
-            continue
-        for other, label in (("vllm bench serve", "ours / vllm bench serve"),
-                             ("ceiling", "ours / ceiling"), ("ours x2", "ours x2 / ours")):
-            o = by.get((other, c))
-            if o is not None and o.rps:
-                r = o.rps / ours.rps if other == "ours x2" else ours.rps / o.rps
-                lines.append(f"{c} streams: {label} = {r:.2f}")
+        for num, den in pairs:
+            a, b = by.get((num, c)), by.get((den, c))
+            if a is None or b is None or not a.rps or not b.rps:
+                continue
+            line = f"{c} streams: {num} / {den} = {a.rps / b.rps:.2f}"
+            runs_a, runs_b = a.extra.get("rps_runs"), b.extra.get("rps_runs")
+            if isinstance(runs_a, list) and isinstance(runs_b, list) and len(runs_a) > 1:
+                per = [x / y for x, y in zip(runs_a, runs_b, strict=False) if y]
+                line += " (per round: " + " / ".join(f"{r:.2f}" for r in per) + ")"
+            lines.append(line)
     return lines
 
 
@@ -452,12 +461,12 @@ def main() -> None:
     parser.add_argument("--peer-repeat", type=int, default=1,
                         help="throughput runs per cell of each peer (median)")
     parser.add_argument("--clients", nargs="+",
-                        default=["ours", "ours x2", "ours (Runner)", "ceiling",
-                                 "vllm bench serve", "AIPerf", "GuideLLM"])
+                        default=["ours", "ours x2", "ours (Runner)", "ours (Runner chat)",
+                                 "ceiling", "vllm bench serve", "AIPerf", "GuideLLM"])
     parser.add_argument("--timeout-s", type=float, default=600)
     parser.add_argument("--json", help="also write the outcomes here")
     parser.add_argument("--no-setup", action="store_true", help="do not install peers")
-    parser.add_argument("--client", choices=["ours", "runner", "ceiling"],
+    parser.add_argument("--client", choices=["ours", "runner", "runner-chat", "ceiling"],
                         help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     parser.add_argument("--path", help=argparse.SUPPRESS)

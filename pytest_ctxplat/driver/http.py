@@ -42,6 +42,7 @@ from pytest_ctxplat.driver.limits import (
     swallow_own_cancel,
 )
 from pytest_ctxplat.driver.sse import (
+    EMPTY_EVENT,
     TOKEN_EVENT,
     SSEDecoder,
     StreamUsage,
@@ -115,7 +116,11 @@ class StreamClient:
         # first-byte, token and request deadlines are the watch's (see driver.limits)
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=limits.connect_timeout_s,
                                         sock_read=None)
-        headers = {"Accept-Encoding": "identity", **self._headers}
+        # every request is a JSON POST: its Content-Type is a session header, not merged
+        # into the headers of each request
+        headers = {"Accept-Encoding": "identity",
+                   **{k: v for k, v in self._headers.items() if k.lower() != "content-type"},
+                   "Content-Type": "application/json"}
         self._session = aiohttp.ClientSession(
             connector=connector,
             timeout=timeout,
@@ -216,8 +221,7 @@ class StreamClient:
                         record: RequestRecord, now: Callable[[], float], flight: Flight
                         ) -> None:
         """Send, then read the answer; sets every field but ``start_s``."""
-        async with session.post(self._url(path), data=body,
-                                headers={"Content-Type": "application/json"}) as resp:
+        async with session.post(self._url(path), data=body) as resp:
             status = record.status = resp.status
             if status >= 400:
                 text = await _read_head(resp.content, _ERROR_BODY_CHARS * 4, self._secrets)
@@ -314,7 +318,7 @@ class StreamClient:
             raise
         record.end_s = t
         _count(record, n_chunks, usage, finish)
-        _judge(record, done, events, resp.headers.get("Content-Type", "?"))
+        _judge(record, done, events, resp)
         if done and not eof:
             # Read the rest (the chunked-encoding end) so the connection is reused; the
             # answer is complete, so a failure here changes nothing.
@@ -349,10 +353,12 @@ def _exc_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
 
 
-def _judge(record: RequestRecord, done: bool, events: int, content_type: str) -> None:
+def _judge(record: RequestRecord, done: bool, events: int,
+           resp: aiohttp.ClientResponse) -> None:
     """The outcome of a stream that was read to its end (``[DONE]`` or end of body)."""
     if not done and record.finish_reason is None:
         if events == 0:
+            content_type = resp.headers.get("Content-Type", "?")
             why = f"no server-sent event in the body (Content-Type {content_type})"
         else:
             why = (f"the stream ended before [DONE] and before a finish_reason, after "
@@ -380,25 +386,40 @@ def _zero_gaps(gaps: array[float], n: int) -> None:
 def _split(template: TokenTemplate, region: bytes) -> tuple[int, list[bytes]]:
     """Split a region of complete events: ``(k, payloads)`` where ``k`` leading events
     are token chunks recognised in bulk by ``template`` and ``payloads`` are the rest,
-    to read one by one. A template not learnt yet is learnt from the first event."""
+    to read one by one. A template not learnt yet is learnt from the first token chunk,
+    after up to :data:`_MAX_LEADING` leading events that say nothing (the chat role
+    chunk: no token, finish, usage or error); those come back as empty payloads (read
+    as :data:`~pytest_ctxplat.driver.sse.EMPTY_EVENT`, so they still count as events)."""
     if template.learnt:
         k, rest = template.scan(region)
-    else:
-        end = region.find(b"\n\n")
+        if k == 0:
+            return 0, split_region(region)
+        return k, split_region(region[rest:]) if rest < len(region) else []
+    start = skipped = 0
+    while True:
+        end = region.find(b"\n\n", start)
         if end < 0:
             return 0, split_region(region)
-        head = split_region(region[:end])
-        if len(head) != 1 or interpret_payload(head[0]) is not TOKEN_EVENT:
+        head = split_region(region[start:end])
+        if len(head) != 1:
             return 0, split_region(region)
-        if not template.learn(head[0]):
-            return 1, split_region(region[end + 2 :])
-        k, rest = template.scan(region, end + 2)
-        if k == 0:
-            return 1, split_region(region[end + 2 :])
-        k += 1
+        event = interpret_payload(head[0])
+        if event is TOKEN_EVENT:
+            break
+        if event is not EMPTY_EVENT or skipped == _MAX_LEADING:
+            return 0, split_region(region)
+        skipped += 1
+        start = end + 2
+    empties = [b""] * skipped
+    if not template.learn(head[0]):
+        return 1, empties + split_region(region[end + 2 :])
+    k, rest = template.scan(region, end + 2)
     if k == 0:
-        return 0, split_region(region)
-    return k, split_region(region[rest:]) if rest < len(region) else []
+        return 1, empties + split_region(region[end + 2 :])
+    return k + 1, empties + split_region(region[rest:]) if rest < len(region) else empties
+
+
+_MAX_LEADING = 4  # events before a stream's first token chunk skipped to learn it
 
 
 def _count(record: RequestRecord, n_chunks: int, usage: StreamUsage | None,

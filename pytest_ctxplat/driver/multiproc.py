@@ -61,8 +61,7 @@ def _uvloop_class() -> Any:
             _UVLOOP.append(None)
         else:
             class MonotonicUVLoop(uvloop.Loop):
-                def time(self) -> float:
-                    return time.monotonic()
+                time = staticmethod(time.monotonic)  # (no Python frame per call)
 
             _UVLOOP.append(MonotonicUVLoop)
     return _UVLOOP[0]

@@ -34,6 +34,7 @@ from ..workload.model import DesignedCache, RequestPlan, SessionPlan, SpawnStep,
 from ..workload.render import render_messages
 from ..workload.spec import WorkloadContext, WorkloadSpec
 from ..workload.tokens import TokenSpace
+from .body import BodyBuilder
 from .controller import CapacitySearch, controller_config, govern
 
 __all__ = ["HttpSink", "OutgoingRequest", "RequestSink", "RunOptions", "Runner",
@@ -81,7 +82,7 @@ class OutgoingRequest:
 
     def body(self) -> bytes:
         if self._body is None:
-            self._body = self.runner.render_body(self.plan, self.tokens())
+            self._body = self.runner.bodies.body(self.plan)
         return self._body
 
 
@@ -162,6 +163,9 @@ class Runner:
             token_min=options.token_min,
             token_max=options.token_max,
         )
+        self.bodies = BodyBuilder(self.token_space, chat=workload.api == "chat",
+                                  overhead=options.chat_overhead_tokens,
+                                  payload=self._payload, plain=self._plain_body)
         sbs = options.server_block_size
         self._designed = DesignedCache(sbs)
         self._variants = [DesignedCache(sbs, ttl_s=t) for t in workload.designed_ttl_s] + [
@@ -170,6 +174,7 @@ class Runner:
         self._stop = asyncio.Event()
         self._scale = options.time_scale
         self._t0 = 0.0
+        self._clock: Callable[[], float] = _loop_time  # the loop's clock, once running
         self._deadline = math.inf
         self._path = "/v1/chat/completions" if workload.api == "chat" else "/v1/completions"
         self._budgets: dict[int, TokenBudget] = {}
@@ -181,7 +186,7 @@ class Runner:
 
     def now(self) -> float:
         """Model time since the run started."""
-        return (asyncio.get_running_loop().time() - self._t0) * self._scale
+        return (self._clock() - self._t0) * self._scale
 
     def stop(self, reason: str | None = None) -> None:
         """Stop starting new requests (e.g. on an external signal); ``reason`` says why
@@ -202,6 +207,7 @@ class Runner:
             WorkloadContext(seed=self.options.seed)
         wl.prepare(ctx)
         timed = wl.timed_requests(ctx)
+        self._clock = loop.time
         self._t0 = loop.time()
         if timed is not None:
             self.capacity = None  # a replay at the trace's own times: no users to govern
@@ -325,7 +331,10 @@ class Runner:
         load = self.workload.load
         last: RequestRecord | None = None  # the session's previous request
         for index, step in enumerate(session.steps):
-            if not await self._sleep(step.delay_s):
+            if step.delay_s > 0:
+                if not await self._sleep(step.delay_s):
+                    return False
+            elif not self._may_send():
                 return False
             planned = self.now()  # when the plan wants the request sent
             if arrival is not None and index == 0:
@@ -346,7 +355,8 @@ class Runner:
                 if not self._may_send():
                     return False
                 continue
-            if not await self._admit(user, step):
+            if (load.input_tpm is not None or load.output_tpm is not None) and \
+                    not await self._admit(user, step):
                 return False
             last = await self._send(user, session.session_id, index, step, planned,
                                     last=last, parent=parent, final=False)
@@ -452,22 +462,33 @@ class Runner:
 
     # -- requests -----------------------------------------------------------------------
     def render_body(self, plan: RequestPlan, tokens: npt.NDArray[np.int64]) -> bytes:
+        """The body of ``plan`` (with its ``tokens``), encoded from the whole payload:
+        the definition. Requests are sent with :attr:`bodies`' rendering of the same
+        bytes (:class:`~pytest_ctxplat.driver.body.BodyBuilder`)."""
+        if self.workload.api == "chat":
+            prompt: Any = render_messages(plan, tokens, self.options.chat_overhead_tokens)
+        else:
+            prompt = tokens
+        return orjson.dumps(self._payload(plan.output_tokens, prompt),
+                            option=orjson.OPT_SERIALIZE_NUMPY)
+
+    def _payload(self, max_tokens: int, prompt: Any) -> dict[str, Any]:
         payload: dict[str, Any] = {
             "model": self.options.model,
-            "max_tokens": plan.output_tokens,
+            "max_tokens": max_tokens,
             "stream": True,
             "stream_options": {"include_usage": True},
             "temperature": 0.0,
         }
         if self.options.ignore_eos:
             payload["ignore_eos"] = True
-        if self.workload.api == "chat":
-            payload["messages"] = render_messages(plan, tokens,
-                                                  self.options.chat_overhead_tokens)
-        else:
-            payload["prompt"] = tokens
+        payload["messages" if self.workload.api == "chat" else "prompt"] = prompt
         payload.update(self.options.extra_body)
-        return orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY)
+        return payload
+
+    def _plain_body(self, plan: RequestPlan) -> bytes:
+        p = plan
+        return self.render_body(p, self.token_space.tokens(p.blocks, p.tail_id, p.tail_len))
 
     async def _send(self, user: int, session_id: str, index: int, plan: RequestPlan,
                     scheduled_s: float | None = None, *, last: RequestRecord | None = None,
@@ -498,14 +519,19 @@ class Runner:
         self.records.append(record)
         self.in_flight += 1
         try:
-            await self.sink.submit(request, record, self.now)
+            sink = self.sink
+            if type(sink) is HttpSink:  # (one coroutine less per request)
+                await sink.client.request(request.path, request.body(), record, self.now)
+            else:
+                await sink.submit(request, record, self.now)
         finally:
             self.in_flight -= 1
             self.completed += 1
             budget = self._budgets.get(user)
             if budget is not None:
                 budget.charge_output(record.output_tokens, self.now())
-            self._breaker(record)
+            if record.outcome == "connect_error" or self._connect_failures:
+                self._breaker(record)
         return record
 
     def _min_tokens(self, max_tokens: int) -> int:
@@ -526,3 +552,7 @@ class Runner:
         if limit and self._connect_failures >= limit:
             self.stop(f"circuit breaker: {self._connect_failures} connection failures in "
                       f"a row (last: {record.error})")
+
+
+def _loop_time() -> float:
+    return asyncio.get_running_loop().time()

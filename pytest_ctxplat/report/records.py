@@ -31,7 +31,9 @@ count in neither the errors nor the denominator: they say nothing about the serv
 from __future__ import annotations
 
 from array import array
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 __all__ = ["ERROR_OUTCOMES", "OUTCOMES", "RequestRecord"]
@@ -39,6 +41,9 @@ __all__ = ["ERROR_OUTCOMES", "OUTCOMES", "RequestRecord"]
 OUTCOMES = ("ok", "http_status", "connect_error", "timeout", "protocol_error", "incomplete",
             "throttled", "cancelled")
 ERROR_OUTCOMES = tuple(o for o in OUTCOMES if o not in ("ok", "cancelled"))
+
+
+_gaps: Callable[[], array[float]] = partial(array, "d")  # type: ignore[assignment]
 
 
 @dataclass(slots=True)
@@ -89,7 +94,7 @@ class RequestRecord:
     output_tokens: int = 0
     cached_tokens: int | None = None
     usage_prompt_tokens: int | None = None
-    chunk_gaps_s: array[float] = field(default_factory=lambda: array("d"))
+    chunk_gaps_s: array[float] = field(default_factory=_gaps)
     status: int | None = None
     finish_reason: str | None = None
     outcome: str | None = None

@@ -152,11 +152,10 @@ class SessionStream:
     def start(
         cls, block_size: int, ids: BlockIdAllocator, shared: npt.NDArray[np.int64]
     ) -> SessionStream:
-        s = cls(block_size=block_size, ids=ids)
-        s._blocks = np.array(shared, dtype=np.int64, copy=True)
-        s._n = len(shared)
-        s.tokens = len(shared) * block_size
-        return s
+        n = len(shared)
+        blocks = np.zeros(max(16, 2 * n), np.int64)  # room to grow: one array per session
+        blocks[:n] = shared
+        return cls(block_size=block_size, ids=ids, _blocks=blocks, _n=n, tokens=n * block_size)
 
     def extend(self, tokens: int, role: str | None = None) -> None:
         """Append ``tokens``; with ``role`` they end a chat message of that role (see
@@ -259,13 +258,16 @@ class DesignedCache:
             self._partial[plan.tail_id] = plan.tail_len
 
     def _observe_inf(self, plan: RequestPlan) -> int:
-        blocks = plan.blocks
+        blocks: list[int] = plan.blocks.tolist()
         seen = self._seen
         n = len(blocks)
-        hits = bisect.bisect_left(range(n), True, key=lambda i: int(blocks[i]) not in seen)
+        if n and blocks[-1] in seen:  # the whole prefix (prefix-chained: all before it too)
+            hits = n
+        else:
+            hits = bisect.bisect_left(blocks, True, key=lambda b: b not in seen)
         tokens = hits * plan.block_size + self._tail_credit(
             plan, hits, plan.tail_id in seen, _always)
-        seen.update(blocks[hits:].tolist())
+        seen.update(blocks[hits:])
         self._note_tail(plan)
         return tokens
 

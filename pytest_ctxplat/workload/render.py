@@ -14,14 +14,16 @@ block boundaries. :func:`probe_chat_tokenizer` measures that overhead with the s
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
+import orjson
 
 from .model import RequestPlan
+from .tokens import TokenSpace
 
-__all__ = ["probe_chat_tokenizer", "render_messages", "words"]
+__all__ = ["BlockText", "probe_chat_tokenizer", "render_messages", "words"]
 
 _DIGITS = 7
 _POW = 10 ** np.arange(_DIGITS - 1, -1, -1, dtype=np.int64)
@@ -43,15 +45,162 @@ def words(tokens: npt.NDArray[np.int64]) -> str:
     """Token ids as text: a fixed-width word ``t0000123`` per token, joined by spaces.
     Built as one byte array (a 100k-token prompt in about a millisecond); the same id
     always gives the same word, so equal token prefixes render to equal text prefixes."""
-    n = len(tokens)
-    if not n:
-        return ""
-    buf = np.empty((n, _DIGITS + 2), np.uint8)
-    buf[:, 0] = ord("t")
-    buf[:, -1] = ord(" ")
-    ids = np.asarray(tokens, np.int64) % (10 ** _DIGITS)
-    buf[:, 1:-1] = _digits(int(ids.max()))[ids]
-    return buf.tobytes()[:-1].decode("ascii")
+    return word_bytes(tokens)[:-1].decode("ascii")
+
+
+_WORD = _DIGITS + 2  # bytes per word with its separator: "t0000123 "
+_WORDS: list[npt.NDArray[np.void]] = [np.zeros(0, np.dtype((np.void, _WORD)))]
+
+
+def _word_table(top: int) -> npt.NDArray[np.void]:
+    """``t0000123 `` for every id 0 .. ``top`` (at least), one 9-byte item each."""
+    table = _WORDS[0]
+    if top >= len(table):
+        digits = _digits(top)
+        rows = np.empty((len(digits), _WORD), np.uint8)
+        rows[:, 0] = ord("t")
+        rows[:, 1:-1] = digits
+        rows[:, -1] = ord(" ")
+        table = rows.view(np.dtype((np.void, _WORD))).ravel()
+        _WORDS[0] = table
+    return table
+
+
+def word_bytes(tokens: npt.NDArray[np.int64]) -> bytes:
+    """:func:`words` as ASCII bytes with a space after every word (the last one too):
+    token ``i``'s word is bytes ``9 i`` to ``9 i + 8``."""
+    return _word_view(tokens).tobytes()
+
+
+def _word_view(tokens: npt.NDArray[np.int64], top: int | None = None) -> memoryview:
+    """:func:`word_bytes` without copying them out of numpy; ``top``: the largest
+    token id there may be, below ``10 ** 7`` (saves a pass)."""
+    if not len(tokens):
+        return memoryview(b"")
+    if top is None or top >= 10 ** _DIGITS:
+        tokens = np.asarray(tokens, np.int64) % (10 ** _DIGITS)
+        top = int(tokens.max())
+    words: Any = np.take(_word_table(top), tokens)
+    return memoryview(words).cast("B")
+
+
+class BlockText:
+    """A prompt's text built from per-block pieces, rendered once per block and cached.
+
+    ``style="json"``: a block's piece is its token ids as JSON array items (``1,2,3``);
+    ``style="words"``: its :func:`words` (``t0000001 t0000002``). :meth:`text` joins the
+    pieces of a request's blocks and its tail, byte for byte what rendering the whole
+    token array gives (``orjson.dumps(tokens)`` without the brackets, or ``words``).
+
+    Up to ``batch_tokens`` of blocks a request needs that are not cached are rendered
+    together in one vectorised pass, with up to ``readahead_tokens`` of the block ids
+    that follow the highest of them: fresh ids come from a counter, so the next
+    requests' new blocks are usually among them and a small prompt costs no numpy pass
+    of its own. A request longer than a batch whose first block is not cached is
+    rendered whole in one pass (cutting it into pieces costs about as much again) and
+    caches only its first block: a later request that shares it (the session's next
+    turn, or another user's with the same prefix) renders its missing blocks into the
+    cache, so a session that grows turn by turn finds its context cached from its third
+    request on.
+    A partial tail is cut from its block's full piece. The cache keeps at most
+    ``budget_bytes`` of pieces: beyond that, the newest pieces up to half of it stay.
+    """
+
+    __slots__ = ("_ahead", "_batch", "_budget", "_cache", "_held", "_json", "_top",
+                 "block_size", "space")
+
+    def __init__(self, space: TokenSpace, style: Literal["json", "words"], *,
+                 budget_bytes: int = 32 << 20, readahead_tokens: int = 2048,
+                 batch_tokens: int = 4096) -> None:
+        self.space = space
+        self.block_size = space.block_size
+        self._json = style == "json"
+        self._cache: dict[int, bytes] = {}
+        self._held = 0
+        self._budget = budget_bytes
+        self._ahead = max(0, readahead_tokens // space.block_size)
+        self._batch = max(1, batch_tokens // space.block_size)
+        self._top = space.token_min + space.span - 1
+
+    def text(self, block_ids: npt.NDArray[np.int64], tail_id: int = 0, tail_len: int = 0
+             ) -> bytes | memoryview:
+        """The text of ``block_ids`` (full blocks) and the first ``tail_len`` tokens of
+        block ``tail_id``."""
+        cache = self._cache
+        blocks: list[int] = block_ids.tolist()
+        try:
+            parts = list(map(cache.__getitem__, blocks))
+            tail = cache[tail_id] if tail_len else b""
+        except KeyError:
+            if len(blocks) + bool(tail_len) > self._batch and blocks[0] not in cache:
+                return self._whole(block_ids, tail_id, tail_len)  # (no scan of the rest)
+            found = list(map(cache.get, blocks))
+            maybe = cache.get(tail_id) if tail_len else b""
+            missing = [b for b, p in zip(blocks, found, strict=True) if p is None]
+            if maybe is None:
+                missing.append(tail_id)
+            fresh = self._render(missing)
+            parts = [p if p is not None else fresh[b]
+                     for b, p in zip(blocks, found, strict=True)]
+            tail = maybe if maybe is not None else fresh[tail_id]
+        if tail_len:
+            if self._json:
+                parts.append(b",".join(tail.split(b",", tail_len)[:tail_len]))
+            else:
+                parts.append(tail[: _WORD * tail_len - 1])
+        return (b"," if self._json else b" ").join(parts)
+
+    def _whole(self, block_ids: npt.NDArray[np.int64], tail_id: int, tail_len: int
+               ) -> bytes | memoryview:
+        """The text in one pass; caches the first block's piece."""
+        tokens = self.space.tokens(block_ids, tail_id, tail_len)
+        bs = self.block_size
+        text: bytes | memoryview
+        if self._json:
+            raw = orjson.dumps(tokens, option=orjson.OPT_SERIALIZE_NUMPY)
+            end = 0
+            for _ in range(bs):
+                end = raw.find(b",", end + 1)
+            first = raw[1:end] if end >= 0 else raw[1:-1]
+            text = memoryview(raw)[1:-1]
+        else:
+            text = _word_view(tokens, self._top)[:-1]
+            first = text[: _WORD * bs - 1].tobytes()
+        if len(block_ids):
+            self._cache[int(block_ids[0])] = first
+            self._held += len(first)
+        return text
+
+    def _render(self, missing: list[int]) -> dict[int, bytes]:
+        """Render ``missing`` and the read-ahead ids after them; cache them all."""
+        cache = self._cache
+        top = max(missing)
+        ids = sorted(set(missing))
+        ids += [b for b in range(top + 1, top + 1 + self._ahead) if b not in cache]
+        bs = self.block_size
+        tokens = self.space.tokens(np.asarray(ids, np.int64))
+        if self._json:
+            rows = orjson.dumps(tokens.reshape(len(ids), bs), option=orjson.OPT_SERIALIZE_NUMPY)
+            pieces = rows[2:-2].split(b"],[")
+        else:
+            raw = _word_view(tokens, self._top).tobytes()
+            step = _WORD * bs
+            pieces = [raw[i : i + step - 1] for i in range(0, len(raw), step)]
+        fresh = dict(zip(ids, pieces, strict=True))
+        cache.update(fresh)
+        self._held += sum(map(len, pieces))
+        if self._held > self._budget:  # keep the newest pieces, up to half the budget
+            keep: list[tuple[int, bytes]] = []
+            held = 0
+            for item in reversed(cache.items()):
+                held += len(item[1])
+                if held > self._budget // 2:
+                    break
+                keep.append(item)
+            cache.clear()
+            cache.update(reversed(keep))
+            self._held = sum(len(p) for _, p in keep)
+        return fresh
 
 
 def render_messages(plan: RequestPlan, tokens: npt.NDArray[np.int64],
