@@ -202,3 +202,36 @@ def test_tuned_gc_pauses_the_collector_and_restores_it() -> None:
         assert not gc.isenabled()  # left as the caller had it
     finally:
         gc.enable()
+
+
+def test_a_stopped_runs_orphaned_body_writer_is_quiet_and_other_orphans_are_not(
+        caplog: pytest.LogCaptureFixture) -> None:
+    # A run stopped mid-request closes aiohttp's connection under its body-writer task;
+    # that task's AssertionError must not print a traceback into an interrupted run's
+    # output. Any other task's unretrieved exception is still reported.
+    import asyncio
+    import gc
+
+    from pytest_ctxplat.driver.multiproc import new_event_loop
+
+    ns: dict[str, object] = {}
+    exec(compile("async def write_bytes():\n    raise AssertionError\n",
+                 "/venv/site-packages/aiohttp/client_reqrep.py", "exec"), ns)
+
+    async def unrelated() -> None:
+        raise AssertionError("a real bug")
+
+    async def main() -> None:
+        tasks = [asyncio.ensure_future(ns["write_bytes"]()),  # type: ignore[operator]
+                 asyncio.ensure_future(unrelated())]
+        await asyncio.sleep(0.01)
+        tasks.clear()  # unretrieved and unreferenced: reported when collected
+
+    loop = new_event_loop()
+    with caplog.at_level("ERROR", logger="asyncio"):
+        loop.run_until_complete(main())
+        loop.close()
+        gc.collect()
+    text = caplog.text
+    assert "a real bug" in text
+    assert "write_bytes" not in text

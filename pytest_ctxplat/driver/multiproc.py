@@ -44,10 +44,25 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
     delay from ``self.time()``, so its timers agree with that clock.
     """
     cls = _uvloop_class()
-    if cls is None:
-        return asyncio.new_event_loop()
-    loop: asyncio.AbstractEventLoop = cls()
+    loop: asyncio.AbstractEventLoop = asyncio.new_event_loop() if cls is None else cls()
+    loop.set_exception_handler(_quiet_orphaned_writes)
     return loop
+
+
+def _quiet_orphaned_writes(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """Drop the one known-harmless orphan: aiohttp's body-writer task failing because its
+    connection was closed under it (a run stopped by Ctrl-C, SIGTERM or a timeout closes
+    the client while a body is still being written). Its "Task exception was never
+    retrieved" would otherwise print a traceback into a run that already reported itself
+    as interrupted. Everything else goes to asyncio's default handler."""
+    exc = context.get("exception")
+    future = context.get("future")
+    coro = getattr(future, "get_coro", lambda: None)()
+    if (isinstance(exc, (AssertionError, ConnectionError, OSError))
+            and getattr(coro, "__qualname__", "").endswith("write_bytes")
+            and "aiohttp" in getattr(getattr(coro, "cr_code", None), "co_filename", "")):
+        return
+    loop.default_exception_handler(context)
 
 
 _UVLOOP: list[Any] = []
