@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 
 from ..workload.model import RequestPlan
-from ..workload.render import BlockText
+from ..workload.render import BlockText, message_spans
 from ..workload.tokens import TokenSpace
 
 __all__ = ["BodyBuilder"]
@@ -88,27 +88,13 @@ def _messages(plan: RequestPlan, text: bytes | memoryview, overhead: int
     whole prompt, so they are copied once, by the join."""
     n = (len(text) + 1) // _W
     view = memoryview(text)
-    log = plan.messages
-    if log is None or plan.n_messages == 0:
+    if plan.messages is None or plan.n_messages == 0:
         return [_ROLE_HEADS["user"], view[_W * overhead:] if n > overhead else view, b'"}']
     out: list[bytes | memoryview] = []
-    start = 0
-    calls = 0
-    ends = log.ends[: plan.n_messages]
-    roles = log.roles[: plan.n_messages]
-    if ends[-1] < n:  # content after the last message boundary: a user message
-        ends = [*ends, n]
-        roles = [*roles, "user"]
     sep = b""
-    for role, end in zip(roles, ends, strict=True):
-        end = min(end, n)
-        if end <= start:
-            continue
-        skip = min(overhead, end - start)
-        content = view[_W * (start + skip): _W * end - 1]
-        start = end
+    for role, start, end, calls in message_spans(plan, n, overhead):
+        content = view[_W * start: _W * end - 1]
         if role == "tool_call":
-            calls += 1
             out += (sep + b'{"role":"assistant","content":"', content,
                     b'","tool_calls":[{"id":"call_%d","type":"function","function":'
                     b'{"name":"run","arguments":"{}"}}]}' % calls)

@@ -14,6 +14,7 @@ block boundaries. :func:`probe_chat_tokenizer` measures that overhead with the s
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any, Literal
 
 import numpy as np
@@ -206,27 +207,13 @@ class BlockText:
 def render_messages(plan: RequestPlan, tokens: npt.NDArray[np.int64],
                     overhead: int = 0) -> list[dict[str, Any]]:
     """The messages of ``plan`` (one ``user`` message when it has no structure)."""
-    log = plan.messages
     n = len(tokens)
-    if log is None or plan.n_messages == 0:
+    if plan.messages is None or plan.n_messages == 0:
         return [{"role": "user", "content": words(tokens[overhead:] if n > overhead else tokens)}]
     out: list[dict[str, Any]] = []
-    start = 0
-    calls = 0
-    ends = log.ends[: plan.n_messages]
-    roles = log.roles[: plan.n_messages]
-    if ends[-1] < n:  # content after the last message boundary: a user message
-        ends = [*ends, n]
-        roles = [*roles, "user"]
-    for role, end in zip(roles, ends, strict=True):
-        end = min(end, n)
-        if end <= start:
-            continue
-        skip = min(overhead, end - start)  # a message may shrink to its template tokens
-        text = words(tokens[start + skip: end])
-        start = end
+    for role, start, end, calls in message_spans(plan, n, overhead):
+        text = words(tokens[start:end])
         if role == "tool_call":
-            calls += 1
             out.append({"role": "assistant", "content": text, "tool_calls": [
                 {"id": f"call_{calls}", "type": "function",
                  "function": {"name": "run", "arguments": "{}"}}]})
@@ -235,6 +222,32 @@ def render_messages(plan: RequestPlan, tokens: npt.NDArray[np.int64],
         else:
             out.append({"role": role, "content": text})
     return out
+
+
+def message_spans(plan: RequestPlan, n: int,
+                  overhead: int = 0) -> Iterator[tuple[str, int, int, int]]:
+    """The messages of a structured ``plan`` over its first ``n`` tokens, as ``(role,
+    start, end, calls)``: the token range of each message's text (its first ``overhead``
+    tokens are the chat template's, so they are skipped; a message may shrink to
+    nothing but them) and the number of tool calls so far (a ``tool`` message answers
+    call number ``calls``). Content after the last boundary is a ``user`` message."""
+    log = plan.messages
+    assert log is not None
+    ends = log.ends[: plan.n_messages]
+    roles = log.roles[: plan.n_messages]
+    if ends[-1] < n:
+        ends = [*ends, n]
+        roles = [*roles, "user"]
+    start = calls = 0
+    for role, end in zip(roles, ends, strict=True):
+        end = min(end, n)
+        if end <= start:
+            continue
+        skip = min(overhead, end - start)
+        if role == "tool_call":
+            calls += 1
+        yield role, start + skip, end, calls
+        start = end
 
 
 async def probe_chat_tokenizer(client: Any, url: str, model: str) -> tuple[int, dict[str, str]]:
