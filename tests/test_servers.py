@@ -430,3 +430,24 @@ def test_profile_mapping_round_trip() -> None:
     profile = parse_profile(yaml.safe_load(item.read_text()), name="x")
     assert profile.kv.disk_store is not None and profile.kv.disk_store.path is None
     assert profile.describe()["launcher"] == "vllm-cpu"
+
+
+def test_a_dead_servers_log_tail_ends_with_how_it_exited(tmp_path: Path) -> None:
+    # A killed vLLM's engine process prints a long traceback after the watchdog has
+    # logged the exit; the failure report shows only the last lines of the tail, and
+    # the exit code must be among them.
+    from pytest_ctxplat.servers.process import ManagedProcess
+
+    script = ("import sys\n"
+              "print('INFO serving', flush=True)\n"
+              "print('ctxplat watchdog: server exited with code -9', file=sys.stderr,"
+              " flush=True)\n"
+              "for i in range(60): print(f'(EngineCore) ERROR traceback line {i}', flush=True)\n")
+    proc = ManagedProcess([sys.executable, "-c", script], tmp_path / "server.log")
+    proc.proc.wait(timeout=30)
+    tail = proc.log_tail(40).splitlines()
+    assert len(tail) == 40
+    assert tail[-1] == "ctxplat watchdog: server exited with code -9"
+    assert tail[-2] == "(EngineCore) ERROR traceback line 59"
+    assert "INFO serving" not in tail
+    proc.stop()

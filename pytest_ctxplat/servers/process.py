@@ -30,6 +30,7 @@ __all__ = ["LIVE", "ManagedProcess", "kill_all", "make_temp_dir", "owner_pids",
 
 LIVE: set[ManagedProcess] = set()
 _TEMP_DIRS: dict[Path, int] = {}  # folder -> pid of the process that made it
+_WATCHDOG_PREFIX = "ctxplat watchdog:"  # the lines servers/watchdog.py writes into the log
 
 
 def owner_pids() -> list[int]:
@@ -121,12 +122,18 @@ class ManagedProcess:
         return True
 
     def log_tail(self, lines: int = 40) -> str:
+        """The last ``lines`` lines of the server's log, with the watchdog's own lines
+        (how the server exited, and why it was stopped) moved to the end: a dying
+        server's children often print long tracebacks after its exit, and the exit is
+        what a report that shows only the last few lines must keep."""
         try:
             data = self.log_path.read_bytes()[-64_000:]
         except OSError:
             return ""
         text = data.decode("utf-8", "replace").splitlines()
-        return "\n".join(text[-lines:])
+        own = [line for line in text if line.startswith(_WATCHDOG_PREFIX)][-3:]
+        rest = [line for line in text if not line.startswith(_WATCHDOG_PREFIX)]
+        return "\n".join([*rest[-max(lines - len(own), 0):], *own][-lines:])
 
     def wait_ready(
         self,
