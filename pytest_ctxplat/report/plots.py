@@ -56,6 +56,13 @@ def missing() -> str | None:
     return None
 
 
+def _twin_legend(ax: Any, ax2: Any, **kwargs: Any) -> None:
+    """One legend for a chart with a second y axis: both axes' lines, on ``ax``."""
+    h1, l1 = ax.get_legend_handles_labels()
+    h2, l2 = ax2.get_legend_handles_labels()
+    ax.legend(h1 + h2, l1 + l2, **kwargs)
+
+
 def _png(fig: Any) -> bytes:
     plt = _plt()
     buf = io.BytesIO()
@@ -248,9 +255,7 @@ def ttl_curves(analysis: Mapping[str, Any]) -> bytes:
     for t in (analysis.get("ttl") or {}):
         if t != "inf":
             ax.axvline(float(t), color="black", alpha=0.15)
-    h1, l1 = ax.get_legend_handles_labels()
-    h2, l2 = ax2.get_legend_handles_labels()
-    ax.legend(h1 + h2, l1 + l2, loc="center right", fontsize=8)
+    _twin_legend(ax, ax2, loc="center right", fontsize=8)
     ax.set_title(f"{analysis.get('name', 'trace')}: TTL curves")
     ax.grid(alpha=0.3)
     return _png(fig)
@@ -309,9 +314,7 @@ def knee_curves(run: Mapping[str, Any]) -> bytes:
     ax2.plot(xs, [p.get("ttft_p95_ms") for p in points], color="tab:red", marker="s",
              label="TTFT p95 (ms)")
     ax2.set_ylabel("TTFT p95 (ms)")
-    h1, l1 = ax.get_legend_handles_labels()
-    h2, l2 = ax2.get_legend_handles_labels()
-    ax.legend(h1 + h2, l1 + l2, loc="center left", fontsize=7)
+    _twin_legend(ax, ax2, loc="center left", fontsize=7)
     ax.set_title(f"{run.get('name', 'run')}: where each tier runs out")
     ax.grid(alpha=0.3)
     return _png(fig)
