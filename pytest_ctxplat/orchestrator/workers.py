@@ -20,12 +20,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from ..driver.limits import ClientLimits
 from ..driver.multiproc import new_event_loop, run_in_processes, tuned_gc
 from ..errors import ConfigError
-from ..report.result import RunResult, result_path, write_json
+from ..report.result import RunResult, write_document, write_json
 from ..servers.attach import AttachedServer
 from ..servers.base import ServerHandle, ServerInfo
 from ..workload.spec import WorkloadSpec
@@ -92,7 +90,7 @@ async def play_workers(spec: WorkloadSpec, handle: ServerHandle, options: PlayOp
                                    timeout_s=timeout_s)
     if shard is not None and options.results_dir is not None:
         for doc in docs:
-            _write_doc(doc, Path(options.results_dir))
+            write_document(doc, Path(options.results_dir))
     result = merge_parts(docs, f"{options.name}: workers={workers}", partial=shard is not None)
     alive = handle.alive()
     target = {**result.target, "alive_after_run": alive,
@@ -101,16 +99,6 @@ async def play_workers(spec: WorkloadSpec, handle: ServerHandle, options: PlayOp
     if options.results_dir is not None and shard is None:
         write_json(result, Path(options.results_dir))
     return result
-
-
-def _write_doc(doc: dict[str, Any], folder: Path) -> None:
-    """Write a worker's result document as :func:`write_json` writes a result."""
-    folder.mkdir(parents=True, exist_ok=True)
-    path = result_path(folder, str(doc["name"]))
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY
-                                 | orjson.OPT_NON_STR_KEYS))
-    tmp.replace(path)
 
 
 def _play_main(args: dict[str, Any], conn: Any) -> None:

@@ -23,7 +23,7 @@ from ..version import __version__
 from .records import RequestRecord
 
 __all__ = ["SCHEMA_VERSION", "RunResult", "machine_info", "read_document", "result_path",
-           "write_json"]
+           "write_document", "write_json"]
 
 SCHEMA_VERSION = 1
 
@@ -142,10 +142,16 @@ def result_path(results_dir: Path, name: str) -> Path:
 
 def write_json(result: RunResult, results_dir: Path) -> Path:
     """Write ``result`` atomically; returns the path."""
+    return write_document(result.to_dict(), results_dir)
+
+
+def write_document(doc: Mapping[str, Any], results_dir: Path) -> Path:
+    """Write a result document (:meth:`RunResult.to_dict`, or one received from a worker
+    process) atomically, named after its ``name``; returns the path."""
     results_dir.mkdir(parents=True, exist_ok=True)
-    path = result_path(results_dir, result.name)
+    path = result_path(results_dir, str(doc["name"]))
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_bytes(orjson.dumps(result.to_dict(), option=orjson.OPT_INDENT_2
+    tmp.write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2
                                  | orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS))
     tmp.replace(path)
     return path
