@@ -27,7 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ..errors import ServerError
 from ..servers.base import ServerHandle
-from ..servers.scrape import MetricsSnapshot, scrape
+from ..servers.scrape import MetricsSnapshot, label, scrape
 from ..workload.spec import WorkloadSpec
 from .core import PlayOptions, play
 from .http import HttpTarget, _first_model
@@ -96,7 +96,8 @@ def _tier_of(key: str) -> str:
         return "external"
     if key.startswith("vllm:prefix_cache_hits"):
         return "hbm"
-    return key.split("tier=")[1].split(",")[0].rstrip("}") if "tier=" in key else key
+    tier = label(key, "tier")
+    return key if tier is None else tier
 
 
 async def _model(handle: ServerHandle, client: httpx.AsyncClient) -> str:

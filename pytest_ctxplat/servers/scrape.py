@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-__all__ = ["TTFT_HISTOGRAM", "MetricsSnapshot", "histogram_delta", "merge_snapshots",
+__all__ = ["TTFT_HISTOGRAM", "MetricsSnapshot", "histogram_delta", "label", "merge_snapshots",
            "parse_metrics", "scrape", "scrape_all", "server_delta"]
 
 _RENAMES = {
@@ -45,25 +45,39 @@ class MetricsSnapshot:
 
     def block_size(self) -> int | None:
         """The KV block size in ``vllm:cache_config_info{block_size=...}`` (None: absent)."""
-        for key in self.with_prefix("vllm:cache_config_info"):
-            if "block_size=" in key:
-                try:
-                    return int(key.split("block_size=")[1].split(",")[0].rstrip("}"))
-                except ValueError:
-                    return None
-        return None
+        return self._config_int("block_size")
 
     def gpu_capacity_tokens(self) -> int | None:
         """HBM's KV capacity in tokens, ``num_gpu_blocks`` x ``block_size`` of
         ``vllm:cache_config_info`` (None: absent)."""
         bs = self.block_size()
+        blocks = self._config_int("num_gpu_blocks") if bs else None
+        return None if blocks is None or not bs else blocks * bs
+
+    def _config_int(self, name: str) -> int | None:
+        """Integer label ``name`` of ``vllm:cache_config_info`` (None: absent or not an
+        integer)."""
         for key in self.with_prefix("vllm:cache_config_info"):
-            if bs and "num_gpu_blocks=" in key:
+            value = label(key, name)
+            if value is not None:
                 try:
-                    return int(key.split("num_gpu_blocks=")[1].split(",")[0].rstrip("}")) * bs
+                    return int(value)
                 except ValueError:
                     return None
         return None
+
+
+def label(key: str, name: str) -> str | None:
+    """The value of label ``name`` in a snapshot key (``metric{a=x,b=y}``, as
+    :func:`parse_metrics` writes it); None when the key has no such label."""
+    _, brace, labels = key.partition("{")
+    if not brace:
+        return None
+    for item in labels.rstrip("}").split(","):
+        k, eq, value = item.partition("=")
+        if eq and k == name:
+            return value
+    return None
 
 
 def parse_metrics(text: str) -> MetricsSnapshot:
@@ -129,8 +143,8 @@ def histogram_delta(before: MetricsSnapshot, after: MetricsSnapshot, name: str
     prefix = f"{name}_bucket{{"
     buckets = []
     for key, value in after.values.items():
-        if key.startswith(prefix) and "le=" in key:
-            le = key.split("le=")[1].split(",")[0].rstrip("}")
+        le = label(key, "le") if key.startswith(prefix) else None
+        if le is not None:
             try:
                 bound = float(le)
             except ValueError:
