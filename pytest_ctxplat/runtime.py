@@ -436,25 +436,27 @@ class SplitMerger:
 
     def __init__(self, config: pytest.Config) -> None:
         self.config = config
-        self.parts: dict[str, set[str]] = {}
+        self.parts: dict[str, set[int]] = {}
         self.merged: list[RunResult] = []
         self.errors: list[str] = []
 
     def add(self, nodeid: str, part: str) -> None:
         """Part ``"I/N"`` of ``nodeid`` was played; merge once all N were."""
-        index, count = part.split("/")
+        from .orchestrator.parts import parse_part
+
+        played = parse_part(part, f"{nodeid}: ctxplat.part")
         seen = self.parts.setdefault(nodeid, set())
-        seen.add(index)
-        if len(seen) == int(count):
-            self._merge(nodeid, int(count))
+        seen.add(played.index)
+        if len(seen) == played.count:
+            self._merge(nodeid, played.count)
 
     def _merge(self, nodeid: str, count: int) -> None:
-        from .orchestrator.parts import merge_parts
+        from .orchestrator.parts import Part, merge_parts
         from .report.result import read_document, result_path, write_json
 
         results = self.config.stash[settings_key].results
         try:
-            docs = [read_document(result_path(results, f"{nodeid} [shard {i} of {count}]"),
+            docs = [read_document(result_path(results, Part(i, count).result_name(nodeid)),
                                   "parts", "a part's result") for i in range(count)]
             merged = merge_parts(docs, nodeid)
         except ConfigError as exc:

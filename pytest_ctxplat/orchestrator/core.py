@@ -245,7 +245,7 @@ class _Run:
             time_scale=self.prep.time_scale, records=runner.records,
             designed_variants=runner.designed_variants, before=self.before, after=after,
             peaks=self.peaks, notes=notes)
-        return {"name": f"{self.opts.name} [{part.label}]", "verdict": None, "parts": payload}
+        return {"name": part.result_name(self.opts.name), "verdict": None, "parts": payload}
 
     def write(self, result: RunResult) -> None:
         if self.opts.results_dir is not None:

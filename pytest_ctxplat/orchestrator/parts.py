@@ -66,6 +66,10 @@ class Part:
     def label(self) -> str:
         return f"shard {self.index} of {self.count}"
 
+    def result_name(self, test: str) -> str:
+        """The name of this part's result of ``test`` (and so of its file)."""
+        return f"{test} [{self.label}]"
+
     def salt(self, salt: int) -> int:
         """This part's token salt, disjoint from every other part's."""
         return salt + self.index * SALT_STRIDE
