@@ -18,7 +18,7 @@ from ..workload.traces import Trace
 from .pricing import PriceTable, cost_of_policy
 from .replay import CacheStats, lru_grid, replay_cache
 
-__all__ = ["DEFAULT_TTLS", "Analysis", "TierPlan", "analyze", "ttl_key"]
+__all__ = ["DEFAULT_TTLS", "Analysis", "TierPlan", "analyze", "block_figures", "ttl_key"]
 
 DEFAULT_TTLS = (60.0, 300.0, 3600.0)
 TTL_GRID = tuple(float(x) for x in np.unique(np.round(np.geomspace(1, 7 * 86400, 49), 1)))
@@ -130,6 +130,13 @@ def _rate(a: float, b: float) -> float:
     return float(a) / float(b) if b else 0.0
 
 
+def block_figures(st: CacheStats, hit_blocks: float) -> dict[str, float]:
+    """The block hit rate and the re-fills (misses per distinct block) of a replay in
+    which ``hit_blocks`` block references hit (one TTL's, or the infinite cache's)."""
+    return {"block_hit_rate": _rate(hit_blocks, st.block_refs),
+            "misses_per_block": _rate(st.block_refs - hit_blocks, st.distinct_blocks)}
+
+
 def analyze(
     trace: Trace,
     ttls: Sequence[float] = DEFAULT_TTLS,
@@ -164,13 +171,13 @@ def analyze(
 
     def ttl_row(t: float) -> dict[str, float]:
         i = idx[t]
+        blocks = block_figures(st, st.ttl_hit_blocks[i])
         row = {
-            "block_hit_rate": _rate(st.ttl_hit_blocks[i], st.block_refs),
+            "block_hit_rate": blocks["block_hit_rate"],
             "token_hit_rate": _rate(st.ttl_hit_tokens[i], st.token_refs),
             "peak_working_set_tokens": int(st.ttl_peak_blocks[i]) * bs,
             "mean_working_set_tokens": float(st.ttl_mean_blocks[i]) * bs,
-            "misses_per_block": _rate(st.block_refs - st.ttl_hit_blocks[i],
-                                      st.distinct_blocks),
+            "misses_per_block": blocks["misses_per_block"],
         }
         if model is not None:
             row["peak_working_set_gb"] = model.gb(row["peak_working_set_tokens"])

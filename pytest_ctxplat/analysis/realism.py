@@ -21,7 +21,7 @@ import numpy as np
 from ..workload.plan import plan_workload
 from ..workload.spec import WorkloadSpec
 from ..workload.traces import Trace
-from .analyze import ttl_key
+from .analyze import block_figures, ttl_key
 from .fit import ks_distance
 from .replay import replay_cache
 from .sources import trace_from_plan
@@ -59,9 +59,7 @@ def trace_figures(trace: Trace, ttls: Sequence[float] = REPORT_TTLS,
         if math.isinf(t):
             continue
         ttl_out[ttl_key(float(t))] = {
-            "block_hit_rate": _rate(st.ttl_hit_blocks[i], st.block_refs),
-            "misses_per_block": _rate(st.block_refs - st.ttl_hit_blocks[i],
-                                      st.distinct_blocks),
+            **block_figures(st, st.ttl_hit_blocks[i]),
             "working_set_tokens_per_session": _rate(st.ttl_occupancy_block_s[i] * bs,
                                                     st.session_time_s),
         }
@@ -80,9 +78,7 @@ def trace_figures(trace: Trace, ttls: Sequence[float] = REPORT_TTLS,
     return {
         "requests": len(trace), "sessions": len(sessions), "distinct_blocks": st.distinct_blocks,
         "ttl": ttl_out,
-        "infinite": {"block_hit_rate": _rate(st.infinite_hit_blocks, st.block_refs),
-                     "misses_per_block": _rate(st.block_refs - st.infinite_hit_blocks,
-                                               st.distinct_blocks)},
+        "infinite": block_figures(st, st.infinite_hit_blocks),
         "context_tokens_by_session_age": _by_age(trace, sessions),
         "_samples": dists,
     }
