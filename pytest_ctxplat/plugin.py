@@ -113,7 +113,14 @@ def _stop_on_sigterm(config: pytest.Config) -> None:
 
     def on_sigterm(signum: int, frame: object) -> None:
         note_signal("SIGTERM")  # before anything unwinds: the result says interrupted
-        signal.default_int_handler(signum, frame)  # type: ignore[arg-type]
+        # Whatever handles Ctrl-C now handles this too: while a run is on its event loop
+        # that is asyncio.Runner's handler, which cancels the run and raises
+        # KeyboardInterrupt once it has unwound. A KeyboardInterrupt raised here instead
+        # could land inside a uvloop transport callback, which swallows it.
+        on_sigint = signal.getsignal(signal.SIGINT)
+        if not callable(on_sigint):
+            on_sigint = signal.default_int_handler
+        on_sigint(signal.SIGINT, frame)  # type: ignore[arg-type]
 
     clear()
     signal.signal(signal.SIGTERM, on_sigterm)
