@@ -69,7 +69,9 @@ def test_ramp_starts_users_over_time_and_stages_limit_users() -> None:
     early = {r.user for r in records if r.start_s < 19}
     late = {r.user for r in records if r.start_s > 21}
     assert early == {0} and late == {0, 1, 2}
-    assert max(r.start_s for r in records) < 40
+    # no request starts after the last stage; the clock is wall time x SCALE, so a
+    # request let in just before the end may start a few scaled ms late on a busy CPU
+    assert max(r.start_s for r in records) < 40.5
 
 
 def test_open_loop_poisson_arrivals_and_concurrency_cap() -> None:
