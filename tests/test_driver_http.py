@@ -1,4 +1,5 @@
-"""StreamClient against real aiohttp.web servers on 127.0.0.1."""
+"""StreamClient against real aiohttp.web servers on 127.0.0.1, over both of its
+transports (the own HTTP/1.1 one and aiohttp): every test runs once with each."""
 
 from __future__ import annotations
 
@@ -22,6 +23,13 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 SECRET = "sk-test-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {SECRET}"}
 BODY = orjson.dumps({"model": "m", "prompt": [1, 2, 3], "max_tokens": 8, "stream": True})
+
+
+@pytest.fixture(autouse=True, params=["h1", "aiohttp"])
+def transport(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every client made in a test uses this transport."""
+    monkeypatch.setattr(StreamClient, "default_transport", request.param)
+    return str(request.param)
 
 
 def _record(index: int = 0) -> RequestRecord:

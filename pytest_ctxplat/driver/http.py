@@ -7,10 +7,13 @@ token, gaps between token chunks, end, output and cached tokens, HTTP status, an
 request's outcome class (``ok``, ``http_status``, ``connect_error``, ``timeout``,
 ``protocol_error``, ``incomplete``, ``throttled``, ``cancelled``).
 
-It uses aiohttp directly: on a small machine a plain httpx stream reaches a few hundred
-requests per second where a minimal aiohttp client reaches thousands, and the client must
-not be what limits a load test. Control-plane calls (probe, reset, /metrics) go through
-httpx in the orchestrator and the server backends: one library per job.
+For ``http://`` servers it uses its own HTTP/1.1 transport (:mod:`.h1`: keep-alive
+connections, answers parsed by httptools in the protocol callbacks), which costs about
+half the client CPU per request of a minimal aiohttp client; ``https://`` servers go
+through aiohttp. On a small machine a plain httpx stream reaches a few hundred requests
+per second, these thousands: the client must not be what limits a load test.
+Control-plane calls (probe, reset, /metrics) go through httpx in the orchestrator and
+the server backends.
 
 Token chunks are not parsed as JSON one by one: the first one of a stream is, and
 becomes a :class:`~pytest_ctxplat.driver.sse.TokenTemplate`; the token chunks of each
@@ -28,10 +31,12 @@ import asyncio
 from array import array
 from collections.abc import Callable, Mapping
 from types import TracebackType
+from typing import Any
 
 import aiohttp
 from yarl import URL
 
+from pytest_ctxplat.driver.h1 import Pool, ServerClosed
 from pytest_ctxplat.driver.limits import (
     DEFAULT_LIMITS,
     THROTTLE_STATUSES,
@@ -67,8 +72,13 @@ class StreamClient:
 
     Connections are kept alive and reused across requests. ``headers`` (for example
     ``Authorization``) go with every request; their secret values never appear in
-    recorded errors.
+    recorded errors. ``transport``: ``"h1"`` (the own HTTP/1.1 transport, :mod:`.h1`;
+    ``http://`` only), ``"aiohttp"``, or ``"auto"`` (the default: ``h1`` for ``http://``,
+    aiohttp for ``https://``).
     """
+
+    TRANSPORTS = ("auto", "h1", "aiohttp")
+    default_transport = "auto"  # what ``transport=None`` means
 
     def __init__(
         self,
@@ -76,15 +86,26 @@ class StreamClient:
         *,
         limits: ClientLimits = DEFAULT_LIMITS,
         headers: Mapping[str, str] | None = None,
+        transport: str | None = None,
     ) -> None:
         url = URL(base_url)
         if url.scheme not in ("http", "https") or not url.host:
             raise ConfigError(f"StreamClient base_url must be an http(s) URL, got {base_url!r}")
+        transport = transport or self.default_transport
+        if transport not in self.TRANSPORTS:
+            raise ConfigError(f"StreamClient transport: {transport!r}; valid: "
+                              f"{', '.join(self.TRANSPORTS)}")
+        if transport == "h1" and url.scheme != "http":
+            raise ConfigError(f"StreamClient transport 'h1' speaks plain http:// only, "
+                              f"got {base_url!r}; use 'auto' or 'aiohttp' for https")
+        self.transport = "h1" if transport == "auto" and url.scheme == "http" else (
+            "aiohttp" if transport == "auto" else transport)
         self.base_url = base_url.rstrip("/")
         self.limits = limits
         self._headers: dict[str, str] = dict(headers or {})
         self._secrets = secret_values(self._headers)
         self._session: aiohttp.ClientSession | None = None
+        self._pool: Pool | None = None
         self._watch: DeadlineWatch | None = None
         self._urls: dict[str, URL] = {}
 
@@ -104,9 +125,23 @@ class StreamClient:
 
     async def open(self) -> None:
         """Create the session (done by ``async with``); a second call does nothing."""
-        if self._session is not None:
+        if self._session is not None or self._pool is not None:
             return
         limits = self.limits
+        url = URL(self.base_url)
+        if self.transport == "h1":
+            headers = {"Accept-Encoding": "identity",
+                       **{k: v for k, v in self._headers.items()
+                          if k.lower() not in ("content-type", "content-length", "host")},
+                       "Content-Type": "application/json"}
+            try:
+                self._pool = Pool(url.host or "", url.port or 80,
+                                  limit=limits.max_connections,
+                                  connect_timeout_s=limits.connect_timeout_s, headers=headers)
+            except ValueError as exc:
+                raise ConfigError(f"StreamClient headers: {exc}") from None
+            self._start_watch()
+            return
         connector = aiohttp.TCPConnector(
             limit=limits.max_connections,
             limit_per_host=limits.max_connections,
@@ -129,21 +164,27 @@ class StreamClient:
             auto_decompress=False,
             raise_for_status=False,
         )
-        self._watch = DeadlineWatch(limits, asyncio.get_running_loop().time)
+        self._start_watch()
+
+    def _start_watch(self) -> None:
+        self._watch = DeadlineWatch(self.limits, asyncio.get_running_loop().time)
         self._watch.start()
 
     async def aclose(self) -> None:
         """Close the session and its connections."""
         session, self._session = self._session, None
+        pool, self._pool = self._pool, None
         watch, self._watch = self._watch, None
         if watch is not None:
             await watch.stop()
+        if pool is not None:
+            pool.close()
         if session is not None:
             await session.close()
 
     @property
     def closed(self) -> bool:
-        return self._session is None
+        return self._session is None and self._pool is None
 
     def _url(self, path: str) -> URL:
         url = self._urls.get(path)
@@ -152,11 +193,13 @@ class StreamClient:
             url = self._urls[path] = URL(self.base_url + sep + path)
         return url
 
-    def _require_session(self) -> aiohttp.ClientSession:
-        session = self._session
-        if session is None:
+    def _post(self, path: str, body: bytes) -> Any:
+        """The async context manager of one POST: the own transport's or aiohttp's."""
+        if self._pool is not None:
+            return self._pool.post(self._url(path).raw_path_qs, body)
+        if self._session is None:
             raise DriverError("StreamClient is not open: use 'async with StreamClient(...)'")
-        return session
+        return self._session.post(self._url(path), data=body)
 
     # -- requests --------------------------------------------------------------------
 
@@ -196,14 +239,14 @@ class StreamClient:
         own cancellation; failures set ``outcome`` and ``error`` and keep the partial
         measurements.
         """
-        session = self._require_session()
+        post = self._post(path, body)
         watch = self._watch
         assert watch is not None
         flight = Flight(asyncio.current_task(), watch.clock())
         watch.flights.add(flight)
         record.start_s = now() if start is None else start
         try:
-            await self._exchange(session, path, body, record, now, flight)
+            await self._exchange(post, record, now, flight)
         except asyncio.CancelledError:
             if not swallow_own_cancel(flight):
                 record.fail("cancelled", "cancelled: the run stopped", now())
@@ -217,11 +260,10 @@ class StreamClient:
         finally:
             watch.flights.discard(flight)
 
-    async def _exchange(self, session: aiohttp.ClientSession, path: str, body: bytes,
-                        record: RequestRecord, now: Callable[[], float], flight: Flight
-                        ) -> None:
+    async def _exchange(self, post: Any, record: RequestRecord, now: Callable[[], float],
+                        flight: Flight) -> None:
         """Send, then read the answer; sets every field but ``start_s``."""
-        async with session.post(self._url(path), data=body) as resp:
+        async with post as resp:
             status = record.status = resp.status
             if status >= 400:
                 text = await _read_head(resp.content, _ERROR_BODY_CHARS * 4, self._secrets)
@@ -232,7 +274,7 @@ class StreamClient:
                 return
             await self._read_stream(resp, record, now, flight)
 
-    async def _read_stream(self, resp: aiohttp.ClientResponse, record: RequestRecord,
+    async def _read_stream(self, resp: Any, record: RequestRecord,
                            now: Callable[[], float], flight: Flight) -> None:
         # hot path: one function on purpose. Locals hold bound methods and the loop reads
         # each received buffer once; splitting it into calls costs measurable client CPU
@@ -339,7 +381,7 @@ class StreamClient:
         ``protocol_error``."""
         text = _exc_text(exc)
         if record.status is None:
-            if isinstance(exc, aiohttp.ServerDisconnectedError):
+            if isinstance(exc, aiohttp.ServerDisconnectedError | ServerClosed):
                 return "protocol_error", self._redact(
                     f"protocol_error: the server closed the connection without answering "
                     f"({text})")
@@ -353,8 +395,7 @@ def _exc_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
 
 
-def _judge(record: RequestRecord, done: bool, events: int,
-           resp: aiohttp.ClientResponse) -> None:
+def _judge(record: RequestRecord, done: bool, events: int, resp: Any) -> None:
     """The outcome of a stream that was read to its end (``[DONE]`` or end of body)."""
     if not done and record.finish_reason is None:
         if events == 0:
@@ -438,7 +479,7 @@ def _count(record: RequestRecord, n_chunks: int, usage: StreamUsage | None,
         record.output_tokens = n_chunks
 
 
-async def _read_head(content: aiohttp.StreamReader, limit: int,
+async def _read_head(content: Any, limit: int,
                      secrets: tuple[str, ...]) -> str:
     """Up to ``limit`` bytes of a body, as one line of text with ``secrets`` redacted
     (before it is cut, so no part of one is left), cut at 200 characters."""
