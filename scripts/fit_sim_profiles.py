@@ -15,7 +15,7 @@ compute efficiencies, the step overhead and the all-reduce latency):
 * ``attention_efficiency`` attention kernels, achieved / peak
 * ``step_overhead_s``      fixed time per engine step
 * ``request_overhead_s``   engine CPU time per request admitted (only with
-  ``--request-overhead``; else 0: the repo's points identify it by one point, B2)
+  ``--request-overhead``; else 0: fig. 2's held-out points B1, B4-B6 do not support one)
 * ``h200_bandwidth``       H200 HBM bandwidth efficiency (H100's is fixed at 0.8, the
   prior for decode kernels: three decode points cannot separate four parameters)
 * ``allreduce_latency_s``  fixed cost of one all-reduce (tensor parallelism)

@@ -41,12 +41,13 @@ from pytest_ctxplat.sim.hardware import HardwareProfile, load_hardware
 from pytest_ctxplat.sim.request import Request, RequestState
 from pytest_ctxplat.sim.virtual import VirtualClock, run_virtual
 
-__all__ = ["KV_SOURCES", "METRICS", "FidelityPoint", "format_table", "load_points",
+__all__ = ["KV_ORDERS", "KV_SOURCES", "METRICS", "FidelityPoint", "format_table", "load_points",
            "run_points", "simulate_point", "summary"]
 
 METRICS = ("ttft_ms_mean", "e2e_ms_mean", "tpot_ms_mean", "prefill_tokens_per_s",
            "output_tokens_per_s", "requests_per_s")
 KV_SOURCES = ("none", "dram", "nvme")
+KV_ORDERS = ("spread", "first")
 Tweak = Callable[[HardwareProfile], HardwareProfile]
 
 
@@ -65,6 +66,10 @@ class FidelityPoint(Validated):
     kv_from: str = setting("none", choices=KV_SOURCES, doc="tier the prompts' KV starts in")
     kv_fraction: float = setting(1.0, ge=0, le=1, doc="share of requests (several) or of "
                                  "prompt blocks (one request) preloaded")
+    kv_order: str = setting("spread", choices=KV_ORDERS, doc="several requests: where the "
+                            "preloaded ones stand in the submission order (spread evenly, "
+                            "or all first, as when the first share of the prompts warmed "
+                            "the tier)")
     metric: str = setting(choices=METRICS, doc="the published metric")
     published: float = setting(gt=0, doc="the published value")
     fitted: bool = setting(False, doc="used by scripts/fit_sim_profiles.py")
@@ -110,6 +115,8 @@ def _preloaded(point: FidelityPoint, i: int, prompt_blocks: int) -> int:
     f = point.kv_fraction
     if point.requests == 1:
         return round(prompt_blocks * f)
+    if point.kv_order == "first":
+        return prompt_blocks if i < round(point.requests * f) else 0
     return prompt_blocks if int((i + 1) * f) > int(i * f) else 0
 
 
