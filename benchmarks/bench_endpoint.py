@@ -98,8 +98,10 @@ class LoggedRequest:
 class NginxEndpoint:
     """nginx with its own configuration and prefix in a temporary directory."""
 
-    def __init__(self, delay_s: float = 0.25, nginx: str | None = None) -> None:
+    def __init__(self, delay_s: float = 0.25, nginx: str | None = None,
+                 log: bool = True) -> None:
         self.delay_s = delay_s
+        self.log = log  # False: no access log (for callers that measure on their side)
         self.nginx = nginx or shutil.which("nginx") or "/usr/sbin/nginx"
         self.port = free_port()
         self.delay_port = free_port()
@@ -141,7 +143,7 @@ class NginxEndpoint:
         conf = (conf.replace("@PREFIX@", str(prefix)).replace("@PORT@", str(self.port))
                 .replace("@DELAY_PORT@", str(self.delay_port))
                 .replace("@DELAY_S@", f"{self.delay_s:g}"))
-        conf = conf.replace(
+        conf = conf if not self.log else conf.replace(
             "    access_log off;",
             "    log_format timing '$msec $request_time $status $uri';\n"
             f"    access_log {prefix}/access.log timing;")

@@ -57,7 +57,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
     counts = [int(w) for w in args.workers.split(",")]
-    endpoint = NginxEndpoint()
+    endpoint = NginxEndpoint(log=False)  # rates come from the records: no log writes
     endpoint.start()
     rates: dict[int, list[float]] = {w: [] for w in counts}
     loads: list[float] = []
