@@ -143,10 +143,11 @@ class NginxEndpoint:
         conf = (conf.replace("@PREFIX@", str(prefix)).replace("@PORT@", str(self.port))
                 .replace("@DELAY_PORT@", str(self.delay_port))
                 .replace("@DELAY_S@", f"{self.delay_s:g}"))
-        conf = conf if not self.log else conf.replace(
-            "    access_log off;",
-            "    log_format timing '$msec $request_time $status $uri';\n"
-            f"    access_log {prefix}/access.log timing;")
+        if self.log:
+            conf = conf.replace(
+                "    access_log off;",
+                "    log_format timing '$msec $request_time $status $uri';\n"
+                f"    access_log {prefix}/access.log timing;")
         (prefix / "nginx.conf").write_text(conf)
         self._proc = subprocess.Popen(
             [self.nginx, "-p", str(prefix), "-c", str(prefix / "nginx.conf")],

@@ -158,6 +158,16 @@ async def test_the_request_line_keeps_the_base_path_and_sends_the_headers() -> N
 
 
 @pytest.mark.asyncio
+async def test_a_host_header_given_by_the_caller_replaces_the_default() -> None:
+    async with raw_server(lambda _: SSE_HEAD + b"Content-Length: %d\r\n\r\n" % len(EVENTS)
+                          + EVENTS) as (url, server):
+        (rec,) = await _send(url, headers={"Host": "models.internal"})
+    assert rec.outcome == "ok"
+    head = server.heads[0].decode()
+    assert "\r\nHost: models.internal\r\n" in head and head.count("Host:") == 1
+
+
+@pytest.mark.asyncio
 async def test_the_pool_holds_at_most_max_connections() -> None:
     async with raw_server(lambda _: SSE_HEAD + b"Content-Length: %d\r\n\r\n" % len(EVENTS)
                           + EVENTS) as (url, server):

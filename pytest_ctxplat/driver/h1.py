@@ -5,9 +5,10 @@ is written in one call; the answer is parsed by ``httptools`` (llhttp, the parse
 uvicorn uses) inside the connection's ``data_received``, and its body pieces are handed
 straight to the reader (:meth:`Answer.readany`), which waits on a future only when no
 data is there yet. There is no per-request task, stream object or header merging: on a
-small machine this path costs about half the client CPU per streamed request of a
-minimal aiohttp client (``benchmarks/bench_clients.py``), so the client is not what
-limits a load test. ``https://`` servers go through aiohttp (see
+small machine this path costs about three quarters of the client CPU per streamed
+request of a minimal aiohttp client, while doing all of the driver's stream reading
+(``benchmarks/bench_clients.py``), so the client is not what limits a load test.
+``https://`` servers go through aiohttp (see
 :class:`~pytest_ctxplat.driver.http.StreamClient`).
 
 Failures are exceptions the client classifies: :class:`ServerClosed` (the connection
@@ -50,11 +51,14 @@ class BadAnswer(CtxplatError, ValueError):
 
 
 def check_headers(headers: Mapping[str, str]) -> bytes:
-    """The request header lines for ``headers``; ``ValueError`` for a name or value
-    that cannot go into an HTTP/1.1 header as is (a line break, a non-Latin-1
-    character, an empty or spaced name)."""
+    """The request header lines for ``headers`` (without ``Content-Length``, which the
+    transport writes per request); ``ValueError`` for a name or value that cannot go
+    into an HTTP/1.1 header as is (a line break, a non-Latin-1 character, an empty or
+    spaced name)."""
     lines = []
     for name, value in headers.items():
+        if name.lower() == "content-length":
+            continue
         if not name or any(c in name for c in " \t\r\n:") or any(c in value for c in "\r\n"):
             raise ValueError(f"header {name!r}: names must be tokens and values one line")
         try:
@@ -213,8 +217,9 @@ class Pool:
         self.host, self.port, self.limit = host, port, limit
         self.connect_timeout_s = connect_timeout_s
         authority = f"[{host}]" if ":" in host else host
-        self._fixed = (f"Host: {authority}:{port}\r\n".encode("latin-1")
-                       + check_headers(headers))
+        own_host = any(name.lower() == "host" for name in headers)  # the caller's wins
+        self._fixed = (b"" if own_host else f"Host: {authority}:{port}\r\n".encode("latin-1")
+                       ) + check_headers(headers)
         self._heads: dict[str, bytes] = {}
         self._idle: list[Answer] = []
         self._all: set[Answer] = set()
@@ -279,9 +284,9 @@ class Pool:
         if reuse:
             conn.idle_since = time.monotonic()
             self._idle.append(conn)
+            self._wake_one()
         else:
-            self._drop(conn)
-        self._wake_one()
+            self._drop(conn)  # (wakes a waiter: a connection may be opened)
 
     def _drop(self, conn: Answer) -> None:
         self._all.discard(conn)

@@ -9,7 +9,7 @@ request's outcome class (``ok``, ``http_status``, ``connect_error``, ``timeout``
 
 For ``http://`` servers it uses its own HTTP/1.1 transport (:mod:`.h1`: keep-alive
 connections, answers parsed by httptools in the protocol callbacks), which costs about
-half the client CPU per request of a minimal aiohttp client; ``https://`` servers go
+three quarters of the client CPU per request of a minimal aiohttp client; ``https://`` servers go
 through aiohttp. On a small machine a plain httpx stream reaches a few hundred requests
 per second, these thousands: the client must not be what limits a load test.
 Control-plane calls (probe, reset, /metrics) go through httpx in the orchestrator and
@@ -98,8 +98,9 @@ class StreamClient:
         if transport == "h1" and url.scheme != "http":
             raise ConfigError(f"StreamClient transport 'h1' speaks plain http:// only, "
                               f"got {base_url!r}; use 'auto' or 'aiohttp' for https")
-        self.transport = "h1" if transport == "auto" and url.scheme == "http" else (
-            "aiohttp" if transport == "auto" else transport)
+        if transport == "auto":
+            transport = "h1" if url.scheme == "http" else "aiohttp"
+        self.transport = transport
         self.base_url = base_url.rstrip("/")
         self.limits = limits
         self._headers: dict[str, str] = dict(headers or {})
@@ -128,12 +129,13 @@ class StreamClient:
         if self._session is not None or self._pool is not None:
             return
         limits = self.limits
-        url = URL(self.base_url)
+        # every request is a JSON POST: its Content-Type is a session header, not merged
+        # into the headers of each request
+        headers = {"Accept-Encoding": "identity",
+                   **{k: v for k, v in self._headers.items() if k.lower() != "content-type"},
+                   "Content-Type": "application/json"}
         if self.transport == "h1":
-            headers = {"Accept-Encoding": "identity",
-                       **{k: v for k, v in self._headers.items()
-                          if k.lower() not in ("content-type", "content-length", "host")},
-                       "Content-Type": "application/json"}
+            url = URL(self.base_url)
             try:
                 self._pool = Pool(url.host or "", url.port or 80,
                                   limit=limits.max_connections,
@@ -151,11 +153,6 @@ class StreamClient:
         # first-byte, token and request deadlines are the watch's (see driver.limits)
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=limits.connect_timeout_s,
                                         sock_read=None)
-        # every request is a JSON POST: its Content-Type is a session header, not merged
-        # into the headers of each request
-        headers = {"Accept-Encoding": "identity",
-                   **{k: v for k, v in self._headers.items() if k.lower() != "content-type"},
-                   "Content-Type": "application/json"}
         self._session = aiohttp.ClientSession(
             connector=connector,
             timeout=timeout,
