@@ -132,6 +132,16 @@ def test_workers_split_users_across_processes_into_one_verdict(sim_url: str,
     assert written["metrics"]["requests"] == 32 and written["verdict"]["passed"]
 
 
+def test_workers_draw_a_request_bound_from_one_pool(sim_url: str) -> None:
+    spec = load_workload("chat", {**CHAT, "turns": 1, "recycle": True, "max_requests": 40})
+    result = run_workload(sim_url, spec, slo=SLO, name="w", workers=2)
+    assert result.metrics["requests"] == 40 and result.verdict is not None
+    assert result.verdict.passed
+    shards = (result.parts or {})["shards"]
+    assert len(shards) == 2 and sum(s["requests"] for s in shards) == 40
+    assert {r.user for r in result.records} == set(range(8))
+
+
 def _shard_env(index: int, shards: int, start_at: float) -> dict[str, str]:
     """The environment an Indexed Job's pod sees (plus the manifest's own variables)."""
     return {**os.environ, "JOB_COMPLETION_INDEX": str(index), "CTXPLAT_SHARDS": str(shards),

@@ -35,6 +35,7 @@ from ..workload.render import render_messages
 from ..workload.spec import WorkloadContext, WorkloadSpec
 from ..workload.tokens import TokenSpace
 from .body import BodyBuilder
+from .budget import RequestBudget
 from .controller import CapacitySearch, controller_config, govern
 
 __all__ = ["HttpSink", "OutgoingRequest", "RequestSink", "RunOptions", "Runner",
@@ -117,7 +118,9 @@ class RunOptions:
     judges (the workload's ``load.controller``, or implied by ``min_sustained_users``).
     After ``max_connect_failures`` connection failures in a row the run stops (a circuit
     breaker; 0: never). ``part`` ``(i, n)``: play only users ``u`` with ``u % n == i``,
-    with block ids of part ``i``'s own range (one part of a split run).
+    with block ids of part ``i``'s own range (one part of a split run). ``budget``: draw
+    the requests from a pool shared with the run's other worker processes instead of
+    bounding them by ``max_requests`` (:mod:`~pytest_ctxplat.driver.budget`).
     """
 
     model: str
@@ -134,6 +137,7 @@ class RunOptions:
     chat_overhead_tokens: int = 0
     slo: SLOSpec | None = None
     part: tuple[int, int] = (0, 1)
+    budget: RequestBudget | None = None
 
 
 class Runner:
@@ -158,6 +162,10 @@ class Runner:
         self._connect_failures = 0
         self._detached: set[asyncio.Task[bool]] = set()  # subagents nobody waits for
         self.started = 0
+        self._budget = options.budget
+        self._allowed: float = (0 if self._budget is not None else  # requests it may start
+                                math.inf if workload.max_requests is None
+                                else workload.max_requests)
         self.throttled = 0
         self.token_space = TokenSpace(
             workload.block_size,
@@ -232,6 +240,9 @@ class Runner:
             for t in rest:
                 t.cancel()
             await asyncio.gather(*rest, return_exceptions=True)
+            if self._budget is not None:  # drawn and not sent: the other workers may
+                self._budget.give_back(int(self._allowed) - self.started)
+                self._allowed = self.started
         return self.records
 
     # -- SLO-governed closed loop ---------------------------------------------------------
@@ -268,8 +279,7 @@ class Runner:
             return f"run stopped: {self.stop_reason}"
         if self.now() >= self._deadline:
             return "run bound (duration_s)"
-        if self.workload.max_requests is not None and \
-                self.started >= self.workload.max_requests:
+        if self.started >= self._allowed and (self._budget is None or not self._budget.left):
             return "run bound (max_requests)"
         return "run stopped"
 
@@ -296,8 +306,14 @@ class Runner:
     def _may_send(self) -> bool:
         if self._stop.is_set() or self.now() >= self._deadline:
             return False
-        cap = self.workload.max_requests
-        return cap is None or self.started < cap
+        return self.started < self._allowed or self._draw()
+
+    def _draw(self) -> bool:
+        """Take more requests from the shared budget; False when none are left."""
+        if self._budget is None:
+            return False
+        self._allowed += self._budget.draw()
+        return self.started < self._allowed
 
     async def _sleep(self, delay: float) -> bool:
         """Sleep ``delay`` but not past the deadline or a stop; False if the run is over."""

@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
+from ..driver.budget import RequestBudget
 from ..driver.runner import RequestSink, Runner, RunOptions
 from ..interrupts import signalled
 from ..report.records import RequestRecord
@@ -103,7 +104,9 @@ class PlayOptions:
     overrides the SLO's ``on_inconclusive`` (see :func:`~.repeat.play_judged`).
     ``part``: play one part of a split run (:mod:`~.parts`), starting at its
     ``start_at``; ``ready``, when given, is called once the target is prepared and
-    returns the agreed start instead (a start barrier between processes).
+    returns the agreed start instead (a start barrier between processes). ``budget``:
+    the requests this part may start come from a pool shared with the other worker
+    processes of the run (``workers=N``), not from its fixed share of ``max_requests``.
     """
 
     slo: SLOSpec | None = None
@@ -122,6 +125,7 @@ class PlayOptions:
     policy: str | None = None
     part: Part | None = None
     ready: Callable[[], float | None] | None = None
+    budget: RequestBudget | None = None
 
 
 async def play(spec: WorkloadSpec, target: Target, options: PlayOptions | None = None
@@ -190,7 +194,8 @@ class _Run:
             server_block_size=self.block_size, extra_body=dict(opts.extra_body),
             chat_overhead_tokens=prep.chat_overhead_tokens,
             max_connect_failures=opts.max_connect_failures, slo=opts.slo,
-            part=(0, 1) if opts.part is None else (opts.part.index, opts.part.count)))
+            part=(0, 1) if opts.part is None else (opts.part.index, opts.part.count),
+            budget=opts.budget))
         self.peaks: dict[str, float] = {}
         self.timeline: list[dict[str, float]] = []
         self.progress = ProgressTracker(duration_s=prep.spec.bound_s,

@@ -5,8 +5,10 @@ into one result and one verdict.
 Part ``i`` of ``n`` plays the closed-loop users ``u`` with ``u % n == i`` (user indices,
 ramps and session ids stay those of the whole run), takes its block ids from its own
 range (:data:`~pytest_ctxplat.workload.spec.PART_ID_STRIDE`) and its own token salt, so
-no part is served another part's blocks; ``max_requests`` is shared out evenly. Parts
-start together at an agreed wall-clock time (``start_at``). A prefix that a workload
+no part is served another part's blocks; ``max_requests`` is shared out evenly (the
+worker processes on one machine draw from one pool instead:
+:mod:`~pytest_ctxplat.driver.budget`). Parts start together at an agreed wall-clock
+time (``start_at``). A prefix that a workload
 shares between all users (a system prompt) is shared within each part: every part sends
 its own copy, so a split run has ``n - 1`` more first misses than the whole run.
 

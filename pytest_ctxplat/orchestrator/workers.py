@@ -5,7 +5,9 @@ that plays one part of the run (:mod:`~.parts`: its share of the users, its own 
 ids and token salt) against the same server. Every worker prepares its target (probe;
 only the first resets the server's cache), then all wait at one start barrier
 (:func:`~pytest_ctxplat.driver.multiproc.run_in_processes`) and start together at one
-wall-clock time. Their results come back to this process and merge into one
+wall-clock time. A run bounded by ``max_requests`` is one pool of requests that the
+workers draw from (:mod:`~pytest_ctxplat.driver.budget`), so they end together. Their
+results come back to this process and merge into one
 :class:`~pytest_ctxplat.report.result.RunResult` and one verdict (:func:`~.parts.merge_parts`).
 
 Only an HTTP target can be split: the simulator's in-process target (``simulate``) runs
@@ -20,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..driver.budget import RequestBudget
 from ..driver.limits import ClientLimits
 from ..driver.multiproc import new_event_loop, run_in_processes, tuned_gc
 from ..errors import ConfigError
@@ -28,7 +31,7 @@ from ..servers.attach import AttachedServer
 from ..servers.base import ServerHandle, ServerInfo
 from ..workload.spec import WorkloadSpec
 from .core import PlayOptions, play
-from .parts import Part, merge_parts, split_refusal
+from .parts import Part, merge_parts, part_spec, split_refusal
 
 __all__ = ["START_MARGIN_S", "play_workers"]
 
@@ -79,10 +82,11 @@ async def play_workers(spec: WorkloadSpec, handle: ServerHandle, options: PlayOp
     reset = reset_cache if handle.reset_cache is None else handle.reset_cache
     first, count = (0, workers) if shard is None else (shard.index * workers,
                                                        shard.count * workers)
+    budget = _shared_budget(spec, first, count, workers)
     args = [{"url": handle.url, "headers": handle.headers(), "info": handle.info,
              "capabilities": handle.capabilities, "reset_cache": reset and i == 0,
              "model": model, "time_scale": time_scale, "limits": limits, "spec": spec,
-             "options": dataclasses.replace(base, part=Part(first + i, count))}
+             "options": dataclasses.replace(base, part=Part(first + i, count), budget=budget)}
             for i in range(workers)]
     agreed = 0.0 if shard is None or shard.start_at is None else shard.start_at
     docs = await asyncio.to_thread(run_in_processes, _play_main, args,
@@ -99,6 +103,16 @@ async def play_workers(spec: WorkloadSpec, handle: ServerHandle, options: PlayOp
     if options.results_dir is not None and shard is None:
         write_json(result, Path(options.results_dir))
     return result
+
+
+def _shared_budget(spec: WorkloadSpec, first: int, count: int, workers: int
+                   ) -> RequestBudget | None:
+    """One pool for the workers' requests (their parts' shares of ``max_requests``
+    together), so they end together; None for a run not bounded by a request count."""
+    shares = [part_spec(spec, Part(first + i, count)).max_requests for i in range(workers)]
+    if any(n is None for n in shares):
+        return None
+    return RequestBudget(sum(n for n in shares if n is not None), workers)
 
 
 def _play_main(args: dict[str, Any], conn: Any) -> None:
