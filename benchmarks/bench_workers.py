@@ -7,9 +7,10 @@ prompts: 64 shared + 64 own, 64 output tokens; ``concurrency`` users, ``requests
 all) with ``run_workload(..., workers=N)`` against nginx serving a fixed SSE body
 (``bench_endpoint.NginxEndpoint``): the whole path a test takes (target preparation,
 plans, token ids, bodies, records, designed-hit accounting, the merge of the workers'
-results and the verdict). Requests/s is the merged result's requests over the span from
-the first request's start to the last one's end (one clock: the workers start at one
-wall-clock line and their records are placed on it). Each setting is run ``--repeats``
+results and the verdict; the workers draw the run's requests from one shared pool).
+Requests/s is the merged result's requests over the span from the first request's start
+to the last one's end (one clock: the workers start at one wall-clock line and their
+records are placed on it). Each setting is run ``--repeats``
 times; the table shows the median, and the machine's load average before each run
 (this measures the client: on a busy machine a second process gains less).
 """
