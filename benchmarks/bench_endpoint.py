@@ -99,9 +99,14 @@ class NginxEndpoint:
     """nginx with its own configuration and prefix in a temporary directory."""
 
     def __init__(self, delay_s: float = 0.25, nginx: str | None = None,
-                 log: bool = True) -> None:
+                 log: bool = True, tls: bool = False) -> None:
         self.delay_s = delay_s
         self.log = log  # False: no access log (for callers that measure on their side)
+        # tls: the first server also answers https on tls_port, with a certificate for
+        # 127.0.0.1 from a test authority whose bundle is ca_file (trustme, dev extras)
+        self.tls = tls
+        self.tls_port = free_port() if tls else 0
+        self.tls_url = f"https://127.0.0.1:{self.tls_port}" if tls else ""
         self.nginx = nginx or shutil.which("nginx") or "/usr/sbin/nginx"
         self.port = free_port()
         self.delay_port = free_port()
@@ -140,7 +145,8 @@ class NginxEndpoint:
             echoes = "".join(f"echo -n {_nginx_string(p)};\n" for p in pieces)
             (prefix / f"{name}.echo").write_text(echoes)
         conf = (HERE / "nginx" / "nginx.conf.in").read_text()
-        conf = (conf.replace("@PREFIX@", str(prefix)).replace("@PORT@", str(self.port))
+        conf = (conf.replace("@TLS@", self._tls_lines(prefix))
+                .replace("@PREFIX@", str(prefix)).replace("@PORT@", str(self.port))
                 .replace("@DELAY_PORT@", str(self.delay_port))
                 .replace("@DELAY_S@", f"{self.delay_s:g}"))
         if self.log:
@@ -164,6 +170,25 @@ class NginxEndpoint:
                 time.sleep(0.05)
         self.stop()
         raise RuntimeError("nginx did not listen within 10 s")
+
+    @property
+    def ca_file(self) -> Path:
+        """The test authority's bundle that a client must trust for :attr:`tls_url`."""
+        return self.prefix / "ca.pem"
+
+    def _tls_lines(self, prefix: Path) -> str:
+        if not self.tls:
+            return ""
+        import trustme
+
+        ca = trustme.CA()
+        ca.cert_pem.write_to_path(str(prefix / "ca.pem"))
+        cert = ca.issue_cert("127.0.0.1")
+        cert.cert_chain_pems[0].write_to_path(str(prefix / "cert.pem"))
+        cert.private_key_pem.write_to_path(str(prefix / "key.pem"))
+        return (f"        listen 127.0.0.1:{self.tls_port} ssl backlog=4096;\n"
+                f"        ssl_certificate {prefix}/cert.pem;\n"
+                f"        ssl_certificate_key {prefix}/key.pem;\n")
 
     def stop(self) -> None:
         proc, self._proc = self._proc, None

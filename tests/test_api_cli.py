@@ -10,9 +10,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import trustme
 
 from pytest_ctxplat import ServerError, SLOViolation, run_workload
 from pytest_ctxplat.servers import SimServer, start_sim
+from pytest_ctxplat.sim.config import SimConfig
+from pytest_ctxplat.sim.server import SimServerHandle
 
 TINY = {"users": 2, "turns": 3, "think_time_s": 0.2, "start_spread_s": 1.0,
         "system_prompt_tokens": 512, "user_tokens": 64, "output_tokens": 8, "block_size": 16}
@@ -39,6 +42,29 @@ def test_library_run_three_hit_rates_agree(sim: SimServer, tmp_path) -> None:
     assert abs(h.designed - h.request) < 0.01 and abs(h.request - h.server) < 0.01
     assert result.verdict is not None and result.verdict.passed
     assert (tmp_path / "lib.json").is_file()
+
+
+def test_an_https_server_is_measured_like_a_plain_one(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    # a server behind TLS with a private authority's certificate: the measured requests
+    # (the own transport) and the control-plane calls (probe, /metrics) trust it through
+    # SSL_CERT_FILE
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
+    cert.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "ca.pem"))
+    with SimServerHandle(SimConfig(speedup=20.0),
+                         tls=(str(tmp_path / "cert.pem"), str(tmp_path / "key.pem"))) as server:
+        server.start()
+        assert server.url.startswith("https://")
+        result = run_workload(server.url, "chat", overrides={**TINY, "users": 1, "turns": 4},
+                              slo={"cache_hit_rate_min": 0.5})
+    assert result.metrics["requests"] == 4 and result.metrics["errors"] == 0
+    h = result.hit_rates
+    assert h.request is not None and h.server is not None and abs(h.request - h.server) < 0.01
+    assert result.verdict is not None and result.verdict.passed
 
 
 def test_concurrent_users_request_and_server_rates_agree(sim: SimServer) -> None:

@@ -1,15 +1,19 @@
 """The own HTTP/1.1 transport (driver.h1) against raw socket servers: answer framings
 aiohttp's test server does not produce (close-delimited bodies, interim answers,
-``Connection: close``, bytes that are not HTTP), the request it writes, and its pool."""
+``Connection: close``, bytes that are not HTTP), the request it writes, its pool, and
+TLS (certificates from a test authority, ``trustme``)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import orjson
 import pytest
+import trustme
 
 from pytest_ctxplat.driver.http import ClientLimits, StreamClient
 from pytest_ctxplat.errors import ConfigError
@@ -62,13 +66,13 @@ class RawServer:
 
 
 @contextlib.asynccontextmanager
-async def raw_server(answer: Callable[[int], bytes], close: bool = False
-                     ) -> AsyncIterator[tuple[str, RawServer]]:
+async def raw_server(answer: Callable[[int], bytes], close: bool = False,
+                     tls: ssl.SSLContext | None = None) -> AsyncIterator[tuple[str, RawServer]]:
     state = RawServer(answer, close)
-    server = await asyncio.start_server(state.handle, "127.0.0.1", 0)
+    server = await asyncio.start_server(state.handle, "127.0.0.1", 0, ssl=tls)
     port = server.sockets[0].getsockname()[1]
     try:
-        yield f"http://127.0.0.1:{port}", state
+        yield f"{'https' if tls else 'http'}://127.0.0.1:{port}", state
     finally:
         server.close()
         await server.wait_closed()
@@ -192,6 +196,61 @@ async def test_a_body_larger_than_the_read_buffer_arrives_whole() -> None:
     assert (rec.outcome, rec.output_tokens) == ("ok", 2)
 
 
+def _server_tls(ca: trustme.CA, name: str) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert(name).configure_cert(context)
+    return context
+
+
+@pytest.fixture
+def authority(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> trustme.CA:
+    """A test certificate authority that clients trust (``SSL_CERT_FILE``)."""
+    ca = trustme.CA()
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "ca.pem"))
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+    return ca
+
+
+def _answer(_: int) -> bytes:
+    return SSE_HEAD + b"Content-Length: %d\r\n\r\n" % len(EVENTS) + EVENTS
+
+
+@pytest.mark.asyncio
+async def test_https_streams_over_tls_on_kept_alive_connections(authority: trustme.CA) -> None:
+    async with raw_server(_answer, tls=_server_tls(authority, "127.0.0.1")) as (url, server):
+        assert url.startswith("https://")
+        records = await _send(url, 3)
+    assert [(r.outcome, r.output_tokens) for r in records] == [("ok", 2)] * 3
+    assert server.connections == 1
+    assert server.heads[0].startswith(b"POST /v1/completions HTTP/1.1\r\n")
+
+
+@pytest.mark.asyncio
+async def test_https_checks_the_certificate_and_its_name(authority: trustme.CA) -> None:
+    other = trustme.CA()  # an authority the client does not trust
+    async with raw_server(_answer, tls=_server_tls(other, "127.0.0.1")) as (url, _):
+        (untrusted,) = await _send(url)
+    async with raw_server(_answer, tls=_server_tls(authority, "models.internal")) as (url, _):
+        (misnamed,) = await _send(url)
+    for rec in (untrusted, misnamed):
+        assert rec.outcome == "connect_error" and rec.status is None
+        assert "CERTIFICATE_VERIFY_FAILED" in (rec.error or "")
+    assert "IP address mismatch" in (misnamed.error or "")
+
+
+@pytest.mark.asyncio
+async def test_a_tls_answer_broken_off_is_a_protocol_error_keeping_the_tokens(
+        authority: trustme.CA) -> None:
+    first = EVENTS.split(b"\n\n")[0] + b"\n\n"
+    async with raw_server(lambda _: SSE_HEAD + b"Transfer-Encoding: chunked\r\n\r\n"
+                          + b"%x\r\n%s\r\n" % (len(first), first), close=True,
+                          tls=_server_tls(authority, "127.0.0.1")) as (url, _):
+        (rec,) = await _send(url)
+    assert rec.outcome == "protocol_error" and "mid-answer" in (rec.error or "")
+    assert rec.output_tokens == 1 and rec.ttft_s is not None
+
+
 def test_headers_that_cannot_be_sent_are_a_config_error() -> None:
     async def go() -> None:
         async with StreamClient("http://127.0.0.1:9", headers={"X-Key": "a\r\nHost: b"}):
@@ -204,7 +263,6 @@ def test_headers_that_cannot_be_sent_are_a_config_error() -> None:
 def test_transport_is_validated() -> None:
     with pytest.raises(ConfigError, match="valid: auto, h1, aiohttp"):
         StreamClient("http://127.0.0.1:9", transport="h2")
-    with pytest.raises(ConfigError, match="http:// only"):
-        StreamClient("https://127.0.0.1:9", transport="h1")
-    assert StreamClient("https://127.0.0.1:9").transport == "aiohttp"
+    assert StreamClient("https://127.0.0.1:9").transport == "h1"
     assert StreamClient("http://127.0.0.1:9").transport == "h1"
+    assert StreamClient("https://127.0.0.1:9", transport="aiohttp").transport == "aiohttp"

@@ -1,5 +1,7 @@
 """StreamClient against real aiohttp.web servers on 127.0.0.1, over both of its
-transports (the own HTTP/1.1 one and aiohttp): every test runs once with each."""
+transports (the own HTTP/1.1 one and aiohttp): every test runs once with each, and once
+more with the own transport over TLS (the servers of ``serve`` then speak https, with a
+certificate of a test authority that the client trusts through ``SSL_CERT_FILE``)."""
 
 from __future__ import annotations
 
@@ -7,10 +9,13 @@ import asyncio
 import contextlib
 import random
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 
 import orjson
 import pytest
+import trustme
 from aiohttp import web
 
 from pytest_ctxplat.driver.http import ClientLimits, StreamClient
@@ -25,11 +30,36 @@ AUTH = {"Authorization": f"Bearer {SECRET}"}
 BODY = orjson.dumps({"model": "m", "prompt": [1, 2, 3], "max_tokens": 8, "stream": True})
 
 
-@pytest.fixture(autouse=True, params=["h1", "aiohttp"])
-def transport(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Every client made in a test uses this transport."""
-    monkeypatch.setattr(StreamClient, "default_transport", request.param)
-    return str(request.param)
+_SERVER_TLS: list[ssl.SSLContext] = []  # set: the servers of ``serve`` speak TLS
+
+
+@pytest.fixture(scope="module")
+def test_authority(tmp_path_factory: pytest.TempPathFactory
+                   ) -> Iterator[tuple[Path, ssl.SSLContext]]:
+    """A certificate authority's bundle (for the client) and a server context with a
+    certificate it issued for 127.0.0.1."""
+    ca = trustme.CA()
+    bundle = tmp_path_factory.mktemp("tls") / "ca.pem"
+    ca.cert_pem.write_to_path(str(bundle))
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server)
+    yield bundle, server
+
+
+@pytest.fixture(autouse=True, params=["h1", "aiohttp", "h1-tls"])
+def transport(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch,
+              test_authority: tuple[Path, ssl.SSLContext]) -> Iterator[str]:
+    """Every client made in a test uses this transport (and TLS, with ``h1-tls``)."""
+    name = str(request.param)
+    monkeypatch.setattr(StreamClient, "default_transport", name.removesuffix("-tls"))
+    if name.endswith("-tls"):
+        bundle, server = test_authority
+        monkeypatch.setenv("SSL_CERT_FILE", str(bundle))
+        _SERVER_TLS.append(server)
+    try:
+        yield name
+    finally:
+        _SERVER_TLS.clear()
 
 
 def _record(index: int = 0) -> RequestRecord:
@@ -72,11 +102,12 @@ async def serve(routes: dict[str, Handler]) -> AsyncIterator[str]:
         app.router.add_route("*", path, handler)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
+    tls = _SERVER_TLS[0] if _SERVER_TLS else None
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=tls)
     await site.start()
     host, port = runner.addresses[0][:2]
     try:
-        yield f"http://{host}:{port}"
+        yield f"{'https' if tls else 'http'}://{host}:{port}"
     finally:
         await runner.cleanup()
 

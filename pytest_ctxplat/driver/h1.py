@@ -1,4 +1,4 @@
-"""The measured requests' own HTTP/1.1 transport, for ``http://`` servers.
+"""The measured requests' own HTTP/1.1 transport, for ``http://`` and ``https://`` servers.
 
 A :class:`Pool` keeps alive up to ``max_connections`` connections to one host. A request
 is written in one call; the answer is parsed by ``httptools`` (llhttp, the parser
@@ -8,8 +8,9 @@ data is there yet. There is no per-request task, stream object or header merging
 small machine this path costs about three quarters of the client CPU per streamed
 request of a minimal aiohttp client, while doing all of the driver's stream reading
 (``benchmarks/bench_clients.py``), so the client is not what limits a load test.
-``https://`` servers go through aiohttp (see
-:class:`~pytest_ctxplat.driver.http.StreamClient`).
+Over TLS (``ssl``: a context, see :func:`tls_context`) the same protocol reads what
+asyncio's TLS layer decrypts; TLS adds its own cost per byte and a handshake per
+connection (kept alive like the others).
 
 Failures are exceptions the client classifies: :class:`ServerClosed` (the connection
 ended before or during the answer; an ``OSError``), :class:`BadAnswer` (bytes that are
@@ -21,7 +22,10 @@ read in part) is closed, never reused.
 from __future__ import annotations
 
 import asyncio
+import functools
+import os
 import socket
+import ssl
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Mapping
@@ -31,7 +35,7 @@ import httptools
 
 from ..errors import CtxplatError
 
-__all__ = ["Answer", "BadAnswer", "Pool", "ServerClosed", "check_headers"]
+__all__ = ["Answer", "BadAnswer", "Pool", "ServerClosed", "check_headers", "tls_context"]
 
 _HIGH_WATER = 4 * 1024 * 1024  # body bytes held for the reader before reading pauses
 _IDLE_MAX_S = 75.0  # an idle connection older than this is closed, not reused
@@ -48,6 +52,21 @@ class ServerClosed(CtxplatError, ConnectionError):
 
 class BadAnswer(CtxplatError, ValueError):
     """What the server sent is not a valid HTTP/1.x answer."""
+
+
+def tls_context() -> ssl.SSLContext:
+    """How ``https://`` servers are reached: the system's trusted certificates (or the
+    bundle named by ``SSL_CERT_FILE`` / ``SSL_CERT_DIR``), host names checked, HTTP/1.1
+    offered by ALPN (a server that prefers HTTP/2 answers in HTTP/1.1). Made once per
+    value of those variables (loading the certificates reads files)."""
+    return _tls_context(os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
+
+
+@functools.lru_cache(maxsize=4)
+def _tls_context(cert_file: str | None, cert_dir: str | None) -> ssl.SSLContext:
+    context = ssl.create_default_context()  # reads the two variables itself
+    context.set_alpn_protocols(["http/1.1"])
+    return context
 
 
 def check_headers(headers: Mapping[str, str]) -> bytes:
@@ -210,11 +229,13 @@ class Answer(asyncio.Protocol):
 
 
 class Pool:
-    """Keep-alive connections to ``host:port``, at most ``limit`` open (0: no limit)."""
+    """Keep-alive connections to ``host:port``, at most ``limit`` open (0: no limit);
+    ``ssl``: speak TLS with this context (None: plain TCP)."""
 
     def __init__(self, host: str, port: int, *, limit: int, connect_timeout_s: float,
-                 headers: Mapping[str, str]) -> None:
+                 headers: Mapping[str, str], ssl: ssl.SSLContext | None = None) -> None:
         self.host, self.port, self.limit = host, port, limit
+        self.ssl = ssl
         self.connect_timeout_s = connect_timeout_s
         authority = f"[{host}]" if ":" in host else host
         own_host = any(name.lower() == "host" for name in headers)  # the caller's wins
@@ -272,7 +293,8 @@ class Pool:
         self._all.add(conn)
         try:
             transport, _ = await asyncio.wait_for(
-                loop.create_connection(lambda: conn, self.host, self.port),
+                loop.create_connection(lambda: conn, self.host, self.port, ssl=self.ssl,
+                                       server_hostname=self.host if self.ssl else None),
                 self.connect_timeout_s)
             conn.transport = transport  # (uvloop may call connection_made later)
         except BaseException:

@@ -7,11 +7,12 @@ token, gaps between token chunks, end, output and cached tokens, HTTP status, an
 request's outcome class (``ok``, ``http_status``, ``connect_error``, ``timeout``,
 ``protocol_error``, ``incomplete``, ``throttled``, ``cancelled``).
 
-For ``http://`` servers it uses its own HTTP/1.1 transport (:mod:`.h1`: keep-alive
-connections, answers parsed by httptools in the protocol callbacks), which costs about
-three quarters of the client CPU per request of a minimal aiohttp client; ``https://`` servers go
-through aiohttp. On a small machine a plain httpx stream reaches a few hundred requests
-per second, these thousands: the client must not be what limits a load test.
+It uses its own HTTP/1.1 transport (:mod:`.h1`: keep-alive connections, plain or TLS,
+answers parsed by httptools in the protocol callbacks), which costs about three quarters
+of the client CPU per request of a minimal aiohttp client; aiohttp is the other
+transport, for comparison (``transport="aiohttp"``). On a small machine a plain httpx
+stream reaches a few hundred requests per second, these thousands: the client must not
+be what limits a load test.
 Control-plane calls (probe, reset, /metrics) go through httpx in the orchestrator and
 the server backends.
 
@@ -36,7 +37,7 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
-from pytest_ctxplat.driver.h1 import Pool, ServerClosed
+from pytest_ctxplat.driver.h1 import Pool, ServerClosed, tls_context
 from pytest_ctxplat.driver.limits import (
     DEFAULT_LIMITS,
     THROTTLE_STATUSES,
@@ -72,9 +73,10 @@ class StreamClient:
 
     Connections are kept alive and reused across requests. ``headers`` (for example
     ``Authorization``) go with every request; their secret values never appear in
-    recorded errors. ``transport``: ``"h1"`` (the own HTTP/1.1 transport, :mod:`.h1`;
-    ``http://`` only), ``"aiohttp"``, or ``"auto"`` (the default: ``h1`` for ``http://``,
-    aiohttp for ``https://``).
+    recorded errors. ``transport``: ``"h1"`` (the own HTTP/1.1 transport, :mod:`.h1`),
+    ``"aiohttp"``, or ``"auto"`` (the default: ``h1``). ``https://`` servers are checked
+    against the system's trusted certificates, or the bundle named by ``SSL_CERT_FILE``
+    (either transport).
     """
 
     TRANSPORTS = ("auto", "h1", "aiohttp")
@@ -95,11 +97,8 @@ class StreamClient:
         if transport not in self.TRANSPORTS:
             raise ConfigError(f"StreamClient transport: {transport!r}; valid: "
                               f"{', '.join(self.TRANSPORTS)}")
-        if transport == "h1" and url.scheme != "http":
-            raise ConfigError(f"StreamClient transport 'h1' speaks plain http:// only, "
-                              f"got {base_url!r}; use 'auto' or 'aiohttp' for https")
         if transport == "auto":
-            transport = "h1" if url.scheme == "http" else "aiohttp"
+            transport = "h1"
         self.transport = transport
         self.base_url = base_url.rstrip("/")
         self.limits = limits
@@ -136,10 +135,12 @@ class StreamClient:
                    "Content-Type": "application/json"}
         if self.transport == "h1":
             url = URL(self.base_url)
+            tls = tls_context() if url.scheme == "https" else None
             try:
-                self._pool = Pool(url.host or "", url.port or 80,
+                self._pool = Pool(url.host or "", url.port or (443 if tls else 80),
                                   limit=limits.max_connections,
-                                  connect_timeout_s=limits.connect_timeout_s, headers=headers)
+                                  connect_timeout_s=limits.connect_timeout_s, headers=headers,
+                                  ssl=tls)
             except ValueError as exc:
                 raise ConfigError(f"StreamClient headers: {exc}") from None
             self._start_watch()

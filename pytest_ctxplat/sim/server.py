@@ -114,10 +114,12 @@ def build_engines(config: SimConfig) -> tuple[Engine, Router | None]:
     return cluster.engines[0], cluster.decode
 
 
-def _uvicorn_server(engine: Engine, router: Router | None = None) -> uvicorn.Server:
+def _uvicorn_server(engine: Engine, router: Router | None = None,
+                    tls: tuple[str, str] | None = None) -> uvicorn.Server:
     config = uvicorn.Config(
         create_app(engine, router), log_level="warning", access_log=False, lifespan="on",
-        timeout_graceful_shutdown=2,
+        timeout_graceful_shutdown=2, ssl_certfile=tls[0] if tls else None,
+        ssl_keyfile=tls[1] if tls else None,
     )  # fmt: skip
     return uvicorn.Server(config)
 
@@ -240,16 +242,18 @@ def _serve_watched(args: argparse.Namespace, watch: ParentWatch) -> int:
 
 
 class SimServerHandle:
-    """A simulator served by uvicorn on a background thread (own event loop)."""
+    """A simulator served by uvicorn on a background thread (own event loop);
+    ``tls``: serve https with this certificate (chain) and key file."""
 
-    def __init__(self, config: SimConfig, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, config: SimConfig, host: str = "127.0.0.1", port: int = 0, *,
+                 tls: tuple[str, str] | None = None) -> None:
         self.config = config
         self.engine, self.router = build_engines(config)
-        self._server = _uvicorn_server(self.engine, self.router)
+        self._server = _uvicorn_server(self.engine, self.router, tls)
         self._sock = _bind(host, port)
         self.host = host
         self.port: int = self._sock.getsockname()[1]
-        self.url = f"http://{host}:{self.port}"
+        self.url = f"{'https' if tls else 'http'}://{host}:{self.port}"
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="ctxplat-sim", daemon=True)
 
