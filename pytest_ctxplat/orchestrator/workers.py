@@ -109,10 +109,10 @@ def _shared_budget(spec: WorkloadSpec, first: int, count: int, workers: int
                    ) -> RequestBudget | None:
     """One pool for the workers' requests (their parts' shares of ``max_requests``
     together), so they end together; None for a run not bounded by a request count."""
-    shares = [part_spec(spec, Part(first + i, count)).max_requests for i in range(workers)]
-    if any(n is None for n in shares):
+    if spec.max_requests is None:
         return None
-    return RequestBudget(sum(n for n in shares if n is not None), workers)
+    shares = (part_spec(spec, Part(first + i, count)).max_requests for i in range(workers))
+    return RequestBudget(sum(n or 0 for n in shares), workers)
 
 
 def _play_main(args: dict[str, Any], conn: Any) -> None:
